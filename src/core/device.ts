@@ -1,0 +1,122 @@
+/**
+ * The block-device interface everything in imgtool stands on.
+ *
+ * Everything is bytes and half-open ranges [offset, offset + length).
+ * A device is the *guest's* view: for a qcow2 file, `size` is the virtual
+ * size and `read` returns guest data. Format drivers turn a child device
+ * (the container file) into such a device; they never touch `fs` themselves.
+ *
+ * `status(offset, length)` describes a *prefix* of the range (at least one
+ * byte when length > 0): generic code loops. This is qemu's block_status
+ * contract; it keeps drivers simple (answer for what you know) and callers
+ * general.
+ *
+ *   data         bytes stored here (may still happen to be zero)
+ *   zero         reads as zero, and the format records it as zero
+ *   unallocated  nothing stored in this layer; reads as zero
+ */
+
+import { ImageError } from './errors.js';
+
+export type ExtentKind = 'data' | 'zero' | 'unallocated';
+
+export interface Extent {
+  offset: number;
+  length: number;
+  kind: ExtentKind;
+}
+
+export interface BlockDevice {
+  readonly size: number;
+  readonly readOnly: boolean;
+  /** Fill `buf` entirely with the bytes at [offset, offset + buf.length), or throw. */
+  read(buf: Uint8Array, offset: number): Promise<void>;
+  write(buf: Uint8Array, offset: number): Promise<void>;
+  /** Make [offset, offset + length) read as zero, deallocating where the format can. */
+  writeZeroes(offset: number, length: number): Promise<void>;
+  /** Describe a non-empty prefix of [offset, offset + length). */
+  status(offset: number, length: number): Promise<Extent>;
+  flush(): Promise<void>;
+  close(): Promise<void>;
+}
+
+/** Throw unless [offset, offset + length) lies inside [0, size). */
+export function checkRange(dev: { size: number }, offset: number, length: number, what = 'request'): void {
+  if (
+    !Number.isSafeInteger(offset) ||
+    !Number.isSafeInteger(length) ||
+    offset < 0 ||
+    length < 0 ||
+    offset + length > dev.size
+  ) {
+    throw new ImageError(
+      'out-of-bounds',
+      `${what} [${offset}, ${offset + length}) is outside the device [0, ${dev.size})`,
+      { offset, value: length },
+    );
+  }
+}
+
+export function checkWritable(dev: { readOnly: boolean }, path?: string): void {
+  if (dev.readOnly) throw new ImageError('usage', 'device is read-only', { path, operation: 'write' });
+}
+
+/** Walk the extents of [offset, offset + length), merging neighbours of the same kind. */
+export async function* extents(dev: BlockDevice, offset = 0, length = dev.size - offset): AsyncGenerator<Extent> {
+  checkRange(dev, offset, length, 'extent walk');
+  const end = offset + length;
+  let pos = offset;
+  let pending: Extent | undefined;
+  while (pos < end) {
+    const e = await dev.status(pos, end - pos);
+    if (e.offset !== pos || e.length <= 0 || e.offset + e.length > end) {
+      throw new ImageError('corrupt', `status returned [${e.offset}, ${e.offset + e.length}) for a query at ${pos}`, {
+        offset: pos,
+      });
+    }
+    if (pending && pending.kind === e.kind) pending.length += e.length;
+    else {
+      if (pending) yield pending;
+      pending = { ...e };
+    }
+    pos += e.length;
+  }
+  if (pending) yield pending;
+}
+
+/** Sum of bytes the device reports as `data`. */
+export async function allocatedBytes(dev: BlockDevice): Promise<number> {
+  let total = 0;
+  for await (const e of extents(dev)) if (e.kind === 'data') total += e.length;
+  return total;
+}
+
+const ZERO_CHUNK = Buffer.alloc(1 << 20);
+
+/** True when every byte of buf is zero (memcmp against a shared zero buffer). */
+export function isZero(buf: Uint8Array): boolean {
+  for (let pos = 0; pos < buf.length; pos += ZERO_CHUNK.length) {
+    const n = Math.min(ZERO_CHUNK.length, buf.length - pos);
+    if (Buffer.compare(buf.subarray(pos, pos + n), ZERO_CHUNK.subarray(0, n)) !== 0) return false;
+  }
+  return true;
+}
+
+/** Read a whole range into a new buffer. */
+export async function readBytes(dev: BlockDevice, offset: number, length: number): Promise<Uint8Array> {
+  const buf = new Uint8Array(length);
+  await dev.read(buf, offset);
+  return buf;
+}
+
+/** Generic writeZeroes for devices that cannot deallocate: writes zero buffers. */
+export async function writeZeroesByWriting(dev: BlockDevice, offset: number, length: number): Promise<void> {
+  const chunk = new Uint8Array(Math.min(length, 1 << 20));
+  let pos = offset;
+  const end = offset + length;
+  while (pos < end) {
+    const n = Math.min(chunk.length, end - pos);
+    await dev.write(n === chunk.length ? chunk : chunk.subarray(0, n), pos);
+    pos += n;
+  }
+}

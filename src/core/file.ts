@@ -1,0 +1,260 @@
+/**
+ * A device over a host file or a host block device (an LVM volume, /dev/sdX).
+ *
+ * - Regular files: size from fstat. Opened read-only unless asked.
+ * - Block devices: fstat says 0, so the size comes from seeking to the end
+ *   (lseek(fd, 0, SEEK_END)), which Node does not expose directly; we read
+ *   /sys/dev/block/MAJ:MIN/size (in 512-byte units) and fall back to a binary
+ *   search with 1-byte reads when sysfs is not there.
+ * - `growable` (files we create): writes past the end extend the file.
+ *
+ * Node has no SEEK_DATA/SEEK_HOLE, so `status` reports `data` for the whole
+ * range; callers that care detect zeros in what they read (reading a hole costs
+ * no disk I/O, only the copy and the zero check).
+ *
+ * Both async and synchronous methods are offered: the synchronous ones are
+ * used by code that cannot await (the WASM tools' I/O callbacks).
+ */
+
+import * as fs from 'node:fs';
+import * as fsp from 'node:fs/promises';
+import { type BlockDevice, type Extent, checkRange, checkWritable } from './device.js';
+import { ImageError, ioError } from './errors.js';
+
+export interface FileOpenOptions {
+  writable?: boolean;
+  /** Create a new file (fails if it exists). Implies writable and growable. */
+  create?: boolean;
+  growable?: boolean;
+}
+
+export class FileDevice implements BlockDevice {
+  size: number;
+  readonly readOnly: boolean;
+  readonly growable: boolean;
+  readonly isBlockDevice: boolean;
+  readonly path: string;
+  private fd: number;
+  private closed = false;
+  /** Bytes read through this device: tests use it to prove sparse reads. */
+  bytesRead = 0;
+
+  private constructor(path: string, fd: number, size: number, readOnly: boolean, growable: boolean, isBlock: boolean) {
+    this.path = path;
+    this.fd = fd;
+    this.size = size;
+    this.readOnly = readOnly;
+    this.growable = growable;
+    this.isBlockDevice = isBlock;
+  }
+
+  static async open(path: string, opts: FileOpenOptions = {}): Promise<FileDevice> {
+    const writable = !!(opts.writable || opts.create);
+    const flags = opts.create ? 'wx+' : writable ? 'r+' : 'r';
+    let fd: number;
+    try {
+      fd = await new Promise<number>((res, rej) => fs.open(path, flags, 0o644, (e, f) => (e ? rej(e) : res(f))));
+    } catch (e) {
+      throw ioError(e, 'open', path);
+    }
+    try {
+      const st = fs.fstatSync(fd);
+      if (st.isDirectory()) throw new ImageError('usage', `${path} is a directory`, { path });
+      const isBlock = st.isBlockDevice();
+      const size = isBlock ? blockDeviceSize(fd, st, path) : st.size;
+      return new FileDevice(path, fd, size, !writable, !!(opts.create || opts.growable), isBlock);
+    } catch (e) {
+      fs.closeSync(fd);
+      throw e instanceof ImageError ? e : ioError(e, 'stat', path);
+    }
+  }
+
+  readSync(buf: Uint8Array, offset: number): void {
+    checkRange(this, offset, buf.length, 'read');
+    let done = 0;
+    while (done < buf.length) {
+      let n: number;
+      try {
+        n = fs.readSync(this.fd, buf, done, buf.length - done, offset + done);
+      } catch (e) {
+        throw ioError(e, `read at ${offset + done}`, this.path);
+      }
+      if (n === 0) {
+        // The file shrank under us, or a growable file's tail was never written: zeros.
+        if (this.growable) {
+          buf.fill(0, done);
+          break;
+        }
+        throw new ImageError('io', `unexpected end of file at ${offset + done}`, { path: this.path, offset: offset + done });
+      }
+      done += n;
+    }
+    this.bytesRead += buf.length;
+  }
+
+  writeSync(buf: Uint8Array, offset: number): void {
+    checkWritable(this, this.path);
+    if (this.growable && offset + buf.length > this.size) this.size = offset + buf.length;
+    checkRange(this, offset, buf.length, 'write');
+    let done = 0;
+    while (done < buf.length) {
+      try {
+        done += fs.writeSync(this.fd, buf, done, buf.length - done, offset + done);
+      } catch (e) {
+        throw ioError(e, `write at ${offset + done}`, this.path);
+      }
+    }
+  }
+
+  async read(buf: Uint8Array, offset: number): Promise<void> {
+    checkRange(this, offset, buf.length, 'read');
+    let done = 0;
+    while (done < buf.length) {
+      const n = await new Promise<number>((res, rej) =>
+        fs.read(this.fd, buf, done, buf.length - done, offset + done, (e, n) =>
+          e ? rej(ioError(e, `read at ${offset + done}`, this.path)) : res(n),
+        ),
+      );
+      if (n === 0) {
+        if (this.growable) {
+          buf.fill(0, done);
+          break;
+        }
+        throw new ImageError('io', `unexpected end of file at ${offset + done}`, { path: this.path, offset: offset + done });
+      }
+      done += n;
+    }
+    this.bytesRead += buf.length;
+  }
+
+  async write(buf: Uint8Array, offset: number): Promise<void> {
+    checkWritable(this, this.path);
+    if (this.growable && offset + buf.length > this.size) this.size = offset + buf.length;
+    checkRange(this, offset, buf.length, 'write');
+    let done = 0;
+    while (done < buf.length) {
+      done += await new Promise<number>((res, rej) =>
+        fs.write(this.fd, buf, done, buf.length - done, offset + done, (e, n) =>
+          e ? rej(ioError(e, `write at ${offset + done}`, this.path)) : res(n),
+        ),
+      );
+    }
+  }
+
+  /**
+   * Zeroes: past the current end of a growable file, extending it leaves a
+   * hole. Inside the file we write zeros (Node cannot punch holes).
+   */
+  async writeZeroes(offset: number, length: number): Promise<void> {
+    checkWritable(this, this.path);
+    if (this.growable && offset + length > this.size) {
+      const oldSize = this.size;
+      await this.truncate(offset + length);
+      if (offset >= oldSize) return;
+      length = oldSize - offset;
+    }
+    checkRange(this, offset, length, 'writeZeroes');
+    const chunk = new Uint8Array(Math.min(length, 1 << 20));
+    for (let pos = offset; pos < offset + length; pos += chunk.length) {
+      const n = Math.min(chunk.length, offset + length - pos);
+      await this.write(chunk.subarray(0, n), pos);
+    }
+  }
+
+  async status(offset: number, length: number): Promise<Extent> {
+    checkRange(this, offset, length, 'status');
+    return { offset, length, kind: 'data' };
+  }
+
+  /** Set the file's length (regular files only). Extending leaves a hole. */
+  async truncate(size: number): Promise<void> {
+    checkWritable(this, this.path);
+    if (this.isBlockDevice) {
+      if (size > this.size) throw new ImageError('usage', `${this.path}: block device is smaller than ${size} bytes`, { path: this.path });
+      return;
+    }
+    try {
+      fs.ftruncateSync(this.fd, size);
+    } catch (e) {
+      throw ioError(e, 'truncate', this.path);
+    }
+    this.size = size;
+  }
+
+  async flush(): Promise<void> {
+    if (this.readOnly || this.closed) return;
+    try {
+      await new Promise<void>((res, rej) => fs.fdatasync(this.fd, (e) => (e ? rej(e) : res())));
+    } catch (e) {
+      throw ioError(e, 'fsync', this.path);
+    }
+  }
+
+  flushSync(): void {
+    if (this.readOnly || this.closed) return;
+    try {
+      fs.fdatasyncSync(this.fd);
+    } catch (e) {
+      throw ioError(e, 'fsync', this.path);
+    }
+  }
+
+  /** Bytes the file occupies on disk (st_blocks * 512): qemu-img's actual-size. */
+  allocatedOnDisk(): number {
+    return fs.fstatSync(this.fd).blocks * 512;
+  }
+
+  async close(): Promise<void> {
+    if (this.closed) return;
+    this.closed = true;
+    try {
+      fs.closeSync(this.fd);
+    } catch (e) {
+      throw ioError(e, 'close', this.path);
+    }
+  }
+}
+
+function blockDeviceSize(fd: number, st: fs.Stats, path: string): number {
+  const major = Math.floor(st.rdev / 256) & 0xfff; // glibc dev_t encoding, small numbers
+  const minor = (st.rdev & 0xff) | (Math.floor(st.rdev / 4096) & 0xfff00);
+  try {
+    const sectors = Number(fs.readFileSync(`/sys/dev/block/${major}:${minor}/size`, 'utf8').trim());
+    if (Number.isSafeInteger(sectors) && sectors > 0) return sectors * 512;
+  } catch {
+    /* fall through */
+  }
+  // Binary search for the last readable byte.
+  const one = Buffer.alloc(1);
+  const readable = (pos: number) => {
+    try {
+      return fs.readSync(fd, one, 0, 1, pos) === 1;
+    } catch {
+      return false;
+    }
+  };
+  if (!readable(0)) return 0;
+  let lo = 0; // readable
+  let hi = 1;
+  while (readable(hi)) {
+    lo = hi;
+    hi *= 2;
+    if (hi > 2 ** 52) throw new ImageError('io', `cannot determine the size of block device ${path}`, { path });
+  }
+  while (hi - lo > 1) {
+    const mid = Math.floor((lo + hi) / 2);
+    if (readable(mid)) lo = mid;
+    else hi = mid;
+  }
+  return lo + 1;
+}
+
+/** Stat a path without opening it; undefined when it does not exist. */
+export async function statOrUndefined(path: string): Promise<fs.Stats | undefined> {
+  try {
+    return await fsp.stat(path);
+  } catch (e) {
+    if ((e as NodeJS.ErrnoException).code === 'ENOENT') return undefined;
+    throw ioError(e, 'stat', path);
+  }
+}

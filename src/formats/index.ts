@@ -1,0 +1,152 @@
+/**
+ * One entry point that detects, then constructs: open an image file of any
+ * format, or create one. Backing files are followed only when the caller
+ * allows it, and only inside the directory it names.
+ */
+
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import type { BlockDevice } from '../core/device.js';
+import { FileDevice } from '../core/file.js';
+import { ImageError } from '../core/errors.js';
+import { OutputFile } from '../core/output.js';
+import type { BackingRequest, CreateOptions, FormatDriver, Image, ImageInfo } from './types.js';
+import { raw } from './raw.js';
+
+/** Probe order matters only if two magics could collide; raw is the fallback and stays last. */
+export const DRIVERS: FormatDriver[] = [raw];
+
+export function driverByName(name: string): FormatDriver {
+  const d = DRIVERS.find((x) => x.name === name);
+  if (!d) {
+    throw new ImageError('usage', `unknown format '${name}' (known: ${DRIVERS.map((x) => x.name).join(', ')})`, {
+      format: name,
+    });
+  }
+  return d;
+}
+
+/** The output format named by a file's extension, or undefined. */
+export function formatFromExtension(file: string): string | undefined {
+  const ext = path.extname(file).slice(1).toLowerCase();
+  if (!ext) return undefined;
+  return DRIVERS.find((d) => d.extensions.includes(ext))?.name;
+}
+
+/** Detect the format of a container device from its first bytes; raw when nothing matches. */
+export async function detectFormat(child: BlockDevice): Promise<FormatDriver> {
+  const head = new Uint8Array(Math.min(4096, child.size));
+  await child.read(head, 0);
+  return DRIVERS.find((d) => d.probe(head)) ?? raw;
+}
+
+export interface OpenImageOptions {
+  format?: string;
+  writable?: boolean;
+  /**
+   * Follow backing files. `true` allows the image's own directory; a string
+   * names the directory backing files must resolve into.
+   */
+  backing?: boolean | string;
+  /** Allow a qcow2 external data file (same directory rule as backing). */
+  dataFile?: boolean;
+}
+
+export interface OpenedImage {
+  image: Image;
+  driver: FormatDriver;
+  file: FileDevice;
+  path: string;
+}
+
+const MAX_CHAIN = 16;
+
+/** Open an image file of any format. The file is opened read-only unless `writable`. */
+export async function openImage(file: string, opts: OpenImageOptions = {}, depth = 0): Promise<OpenedImage> {
+  const child = await FileDevice.open(file, { writable: opts.writable });
+  try {
+    const driver = opts.format ? driverByName(opts.format) : await detectFormat(child);
+    const allowDir =
+      opts.backing === undefined || opts.backing === false
+        ? undefined
+        : path.resolve(opts.backing === true ? path.dirname(file) : opts.backing);
+    const image = await driver.open(child, {
+      writable: opts.writable,
+      path: file,
+      openBacking: allowDir
+        ? async (req: BackingRequest) => {
+            if (depth + 1 >= MAX_CHAIN) {
+              throw new ImageError('unsupported', `backing chain deeper than ${MAX_CHAIN} images`, { path: file });
+            }
+            const target = confine(file, req.name, allowDir, 'backing file');
+            const opened = await openImage(target, { format: req.format, backing: allowDir }, depth + 1);
+            return opened.image;
+          }
+        : undefined,
+      openDataFile:
+        opts.dataFile
+          ? async (name: string) => {
+              const target = confine(file, name, path.dirname(path.resolve(file)), 'data file');
+              return FileDevice.open(target, { writable: opts.writable });
+            }
+          : undefined,
+    });
+    return { image, driver, file: child, path: file };
+  } catch (e) {
+    await child.close();
+    throw e;
+  }
+}
+
+/** Resolve `name` relative to `file`'s directory and refuse anything outside `allowDir`. */
+function confine(file: string, name: string, allowDir: string, what: string): string {
+  if (/^[a-z][a-z0-9+.-]*:/i.test(name) && !name.startsWith('/')) {
+    throw new ImageError('unsupported', `${what} '${name}' is not a local file`, { path: file, value: name });
+  }
+  const resolved = path.resolve(path.dirname(path.resolve(file)), name);
+  let real: string;
+  try {
+    real = fs.realpathSync(resolved);
+  } catch {
+    throw new ImageError('io', `${what} '${name}' (resolved to ${resolved}) does not exist`, { path: file, value: name });
+  }
+  const allowReal = fs.realpathSync(allowDir);
+  if (real !== allowReal && !real.startsWith(allowReal + path.sep)) {
+    throw new ImageError('usage', `${what} '${name}' resolves to ${real}, outside the allowed directory ${allowReal}`, {
+      path: file,
+      value: name,
+    });
+  }
+  return real;
+}
+
+export interface CreatedImage {
+  image: Image;
+  driver: FormatDriver;
+  output: OutputFile;
+}
+
+/** Create a new image file atomically: call `output.commit()` after `image.close()`, or `output.abort()`. */
+export async function createImage(
+  file: string,
+  format: string,
+  opts: CreateOptions,
+  out: { force?: boolean; inputs?: string[] } = {},
+): Promise<CreatedImage> {
+  const driver = driverByName(format);
+  if (!driver.create) throw new ImageError('unsupported', `imgtool cannot write ${format} images`, { format });
+  const output = await OutputFile.create(file, out);
+  try {
+    const image = await driver.create(output.device, { ...opts, path: file });
+    return { image, driver, output };
+  } catch (e) {
+    await output.abort();
+    throw e;
+  }
+}
+
+/** `qemu-img info` JSON for an opened image: the driver's fields plus filename and actual-size. */
+export async function describe(opened: OpenedImage): Promise<ImageInfo & { filename: string; 'actual-size': number }> {
+  const info = await opened.image.info();
+  return { ...info, filename: opened.path, 'actual-size': opened.file.allocatedOnDisk() };
+}

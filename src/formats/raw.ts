@@ -1,0 +1,64 @@
+/**
+ * raw: the guest's bytes as they are. The driver is a pass-through over the
+ * child; `create` sizes the child (a hole, on a regular file) so unwritten
+ * ranges stay sparse.
+ */
+
+import type { BlockDevice, Extent } from '../core/device.js';
+import type { CreateOptions, FormatDriver, Image, ImageInfo, OpenOptions } from './types.js';
+import { ImageError } from '../core/errors.js';
+
+class RawImage implements Image {
+  readonly format = 'raw';
+  constructor(private readonly child: BlockDevice) {}
+  get size(): number {
+    return this.child.size;
+  }
+  get readOnly(): boolean {
+    return this.child.readOnly;
+  }
+  read(buf: Uint8Array, offset: number): Promise<void> {
+    return this.child.read(buf, offset);
+  }
+  write(buf: Uint8Array, offset: number): Promise<void> {
+    return this.child.write(buf, offset);
+  }
+  writeZeroes(offset: number, length: number): Promise<void> {
+    return this.child.writeZeroes(offset, length);
+  }
+  status(offset: number, length: number): Promise<Extent> {
+    return this.child.status(offset, length);
+  }
+  flush(): Promise<void> {
+    return this.child.flush();
+  }
+  close(): Promise<void> {
+    return this.child.close();
+  }
+  async info(): Promise<ImageInfo> {
+    return { format: 'raw', 'virtual-size': this.size };
+  }
+}
+
+interface Truncatable {
+  truncate(size: number): Promise<void>;
+}
+
+export const raw: FormatDriver = {
+  name: 'raw',
+  extensions: ['img', 'raw', 'bin', 'iso'],
+  probe: () => false, // raw is the fallback, never detected by magic
+  async open(child: BlockDevice, _opts: OpenOptions): Promise<Image> {
+    return new RawImage(child);
+  },
+  async create(child: BlockDevice, opts: CreateOptions): Promise<Image> {
+    const unknown = Object.keys(opts.options);
+    if (unknown.length) throw new ImageError('usage', `raw: unknown option '${unknown[0]}'`, { format: 'raw' });
+    if (opts.compress) throw new ImageError('usage', 'raw images cannot be compressed (-c)', { format: 'raw' });
+    const t = child as Partial<Truncatable>;
+    if (typeof t.truncate === 'function') await t.truncate(opts.size);
+    else if (child.size < opts.size) await child.writeZeroes(child.size, opts.size - child.size);
+    return new RawImage(child);
+  },
+  createOptions: {},
+};

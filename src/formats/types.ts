@@ -1,0 +1,100 @@
+/**
+ * What a format driver is.
+ *
+ * A driver turns a *child* device holding the container (a qcow2 file, a VDI
+ * file, ...) into an `Image`: a BlockDevice of the guest's view plus a
+ * description of itself. Drivers never open files: the child is given to
+ * them, and so is a way to open a backing file (only when the user allowed
+ * it). That keeps every driver testable on a MemoryDevice and usable inside
+ * other images.
+ *
+ * Concurrency contract: callers (convert) may have several `read` calls, or
+ * several `write` calls to *disjoint* ranges, in flight at once. A driver
+ * must serialise its own metadata updates (allocation, L2/refcount/block-map
+ * writes) itself.
+ */
+
+import type { BlockDevice } from '../core/device.js';
+
+export interface SnapshotInfo {
+  id: string;
+  name: string;
+  'vm-state-size': number;
+  'date-sec': number;
+  'date-nsec': number;
+  'vm-clock-sec': number;
+  'vm-clock-nsec': number;
+  icount?: number;
+}
+
+/**
+ * `qemu-img info --output=json` field names and value types, so scripts
+ * written for qemu-img keep working. `filename` and `actual-size` are filled
+ * in by the caller that knows the file.
+ */
+export interface ImageInfo {
+  format: string;
+  'virtual-size': number;
+  'cluster-size'?: number;
+  'dirty-flag'?: boolean;
+  'backing-filename'?: string;
+  'backing-filename-format'?: string;
+  'full-backing-filename'?: string;
+  'data-file'?: string;
+  snapshots?: SnapshotInfo[];
+  'format-specific'?: { type: string; data: Record<string, unknown> };
+}
+
+export interface Image extends BlockDevice {
+  readonly format: string;
+  info(): Promise<ImageInfo>;
+}
+
+export interface BackingRequest {
+  /** The name as stored in the image (relative names are relative to the image's directory). */
+  name: string;
+  /** The format the image names for it, if any. */
+  format?: string;
+}
+
+export interface OpenOptions {
+  writable?: boolean;
+  /** For messages only. */
+  path?: string;
+  /**
+   * Present only when the user allowed following backing files. Returns the
+   * backing image, already confined to the allowed directory. A driver whose
+   * image names a backing file and gets no opener must throw
+   * ImageError('unsupported', ... naming the backing file and the option).
+   */
+  openBacking?: (req: BackingRequest) => Promise<Image>;
+  /** Present only when the user allowed an external data file (qcow2). */
+  openDataFile?: (name: string) => Promise<BlockDevice>;
+}
+
+export interface CreateOptions {
+  /** Virtual size in bytes. */
+  size: number;
+  /** `-o key=value` pairs, already split. Drivers reject keys they do not know. */
+  options: Record<string, string>;
+  /** `-c`: compress data clusters (formats that can). */
+  compress?: boolean;
+  path?: string;
+}
+
+export interface FormatDriver {
+  readonly name: string;
+  /** File extensions (without dot) that select this format for output. */
+  readonly extensions: readonly string[];
+  /** Does this look like our format? `head` holds the first bytes of the file (up to 4 KiB; fewer for a small file). */
+  probe(head: Uint8Array): boolean;
+  open(child: BlockDevice, opts: OpenOptions): Promise<Image>;
+  /**
+   * Lay out a new empty image on `child` (an empty, writable, growable device:
+   * writes past its end extend it) and return it open for writing. The image
+   * is complete and valid after `close()` (which flushes metadata).
+   */
+  create?(child: BlockDevice, opts: CreateOptions): Promise<Image>;
+  /** `-o` keys this driver accepts on create, with help text. */
+  readonly createOptions?: Readonly<Record<string, string>>;
+}
