@@ -98,6 +98,26 @@ export async function openImage(file: string, opts: OpenImageOptions = {}, depth
   }
 }
 
+/**
+ * Open with a caller-supplied backing opener (used by `info` to describe an
+ * image without following its backing file).
+ */
+export async function openImageWith(
+  file: string,
+  opts: { format?: string; writable?: boolean },
+  openBacking: (req: BackingRequest) => Promise<Image>,
+): Promise<OpenedImage> {
+  const child = await FileDevice.open(file, { writable: opts.writable });
+  try {
+    const driver = opts.format ? driverByName(opts.format) : await detectFormat(child);
+    const image = await driver.open(child, { writable: opts.writable, path: file, openBacking });
+    return { image, driver, file: child, path: file };
+  } catch (e) {
+    await child.close();
+    throw e;
+  }
+}
+
 /** Resolve `name` relative to `file`'s directory and refuse anything outside `allowDir`. */
 function confine(file: string, name: string, allowDir: string, what: string): string {
   if (/^[a-z][a-z0-9+.-]*:/i.test(name) && !name.startsWith('/')) {

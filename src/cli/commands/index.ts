@@ -1,0 +1,9 @@
+/** Every CLI command, in the order `imgtool --help` lists them. */
+import type { CommandSpec } from '../command.js';
+import { convertCommand } from './convert.js';
+import { infoCommand } from './info.js';
+
+export const COMMANDS: CommandSpec[] = [
+  convertCommand,
+  infoCommand,
+];

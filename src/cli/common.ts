@@ -1,0 +1,84 @@
+/** Options and helpers shared by commands that open images. */
+
+import type { OptionSpec, ParsedArgs } from './command.js';
+import { flag, str } from './command.js';
+import { openImage, openImageWith, type OpenedImage } from '../formats/index.js';
+import { ImageError } from '../core/errors.js';
+import { makeProgress, type Progress, type ProgressMode } from '../convert/progress.js';
+import type { CliContext } from './command.js';
+import type { Image, ImageInfo } from '../formats/types.js';
+
+export const FORMAT_OPTION: OptionSpec = {
+  name: 'format',
+  short: 'f',
+  type: 'string',
+  valueName: 'FMT',
+  description: 'input image format (raw, qcow, qcow2, vdi); detected from the magic when omitted',
+};
+
+export const BACKING_OPTIONS: OptionSpec[] = [
+  { name: 'backing', type: 'boolean', description: "read through the image's backing file (only inside the image's directory)" },
+  { name: 'backing-dir', type: 'string', valueName: 'DIR', description: 'with --backing: directory backing files may resolve into' },
+  { name: 'data-file', type: 'boolean', description: "allow a qcow2 image's external data file" },
+];
+
+export const PROGRESS_OPTIONS: OptionSpec[] = [
+  { name: 'show-progress', short: 'p', type: 'boolean', description: 'show progress (a bar on a terminal)' },
+  { name: 'progress', type: 'string', valueName: 'MODE', description: "progress output: 'bar', 'json' (one JSON object per line on stderr) or 'none'" },
+];
+
+export const FORCE_OPTION: OptionSpec = { name: 'force', type: 'boolean', description: 'overwrite an existing output' };
+
+export function progressFromArgs(args: ParsedArgs, ctx: CliContext): Progress {
+  const mode = (str(args, 'progress') as ProgressMode | undefined) ?? (flag(args, 'show-progress') ? 'bar' : 'none');
+  if (!['bar', 'json', 'none'].includes(mode)) throw new ImageError('usage', `--progress must be bar, json or none, not '${mode}'`);
+  return makeProgress(mode, ctx.stderr as NodeJS.WritableStream & { isTTY?: boolean });
+}
+
+/** A stand-in backing image for metadata-only opens: its reads fail with a clear message. */
+function missingBacking(name: string, path: string): Image {
+  const fail = async (): Promise<never> => {
+    throw new ImageError('unsupported', `${path} has a backing file '${name}'; pass --backing to read through it`, {
+      path,
+      field: 'backing_file',
+      value: name,
+    });
+  };
+  return {
+    format: 'missing',
+    size: Number.MAX_SAFE_INTEGER,
+    readOnly: true,
+    read: fail,
+    write: fail,
+    writeZeroes: fail,
+    status: fail,
+    flush: async () => {},
+    close: async () => {},
+    info: async (): Promise<ImageInfo> => ({ format: 'missing', 'virtual-size': 0 }),
+  };
+}
+
+/**
+ * Open an image from CLI arguments. With `metadataOnly` (info), an image with
+ * a backing file opens without following it; its data reads fail clearly.
+ */
+export async function openFromArgs(
+  path: string,
+  args: ParsedArgs,
+  opts: { writable?: boolean; metadataOnly?: boolean } = {},
+): Promise<OpenedImage> {
+  const backing = flag(args, 'backing') ? (str(args, 'backing-dir') ?? true) : false;
+  if (!backing && str(args, 'backing-dir')) throw new ImageError('usage', '--backing-dir needs --backing');
+  if (opts.metadataOnly && !backing) {
+    // Route through openImage with an opener that never touches the file system.
+    return openImageWith(path, { format: str(args, 'format'), writable: opts.writable }, async (req) =>
+      missingBacking(req.name, path),
+    );
+  }
+  return openImage(path, {
+    format: str(args, 'format'),
+    writable: opts.writable,
+    backing,
+    dataFile: flag(args, 'data-file'),
+  });
+}
