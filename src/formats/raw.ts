@@ -4,29 +4,34 @@
  * ranges stay sparse.
  */
 
-import type { BlockDevice, Extent } from '../core/device.js';
+import { type BlockDevice, type Extent, checkRange } from '../core/device.js';
 import type { CreateOptions, FormatDriver, Image, ImageInfo, OpenOptions } from './types.js';
 import { ImageError } from '../core/errors.js';
 
+/** The size is fixed at open/create: a growable child must not grow through the image. */
 class RawImage implements Image {
   readonly format = 'raw';
-  constructor(private readonly child: BlockDevice) {}
-  get size(): number {
-    return this.child.size;
+  readonly size: number;
+  constructor(private readonly child: BlockDevice, size = child.size) {
+    this.size = size;
   }
   get readOnly(): boolean {
     return this.child.readOnly;
   }
-  read(buf: Uint8Array, offset: number): Promise<void> {
+  async read(buf: Uint8Array, offset: number): Promise<void> {
+    checkRange(this, offset, buf.length, 'read');
     return this.child.read(buf, offset);
   }
-  write(buf: Uint8Array, offset: number): Promise<void> {
+  async write(buf: Uint8Array, offset: number): Promise<void> {
+    checkRange(this, offset, buf.length, 'write');
     return this.child.write(buf, offset);
   }
-  writeZeroes(offset: number, length: number): Promise<void> {
+  async writeZeroes(offset: number, length: number): Promise<void> {
+    checkRange(this, offset, length, 'writeZeroes');
     return this.child.writeZeroes(offset, length);
   }
-  status(offset: number, length: number): Promise<Extent> {
+  async status(offset: number, length: number): Promise<Extent> {
+    checkRange(this, offset, length, 'status');
     return this.child.status(offset, length);
   }
   flush(): Promise<void> {
@@ -58,7 +63,7 @@ export const raw: FormatDriver = {
     const t = child as Partial<Truncatable>;
     if (typeof t.truncate === 'function') await t.truncate(opts.size);
     else if (child.size < opts.size) await child.writeZeroes(child.size, opts.size - child.size);
-    return new RawImage(child);
+    return new RawImage(child, opts.size);
   },
   createOptions: {},
 };

@@ -1,0 +1,360 @@
+/**
+ * qcow2 header and header extensions: parse (with validation) and encode.
+ *
+ * Spec: qemu docs/interop/qcow2.rst, "Header", "Header extensions". All
+ * numbers big-endian.
+ *
+ * Header (version 2: the first 72 bytes; version 3: header_length bytes, >= 104)
+ *
+ *   field                     offset  size
+ *   magic "QFI\xfb"              0      4
+ *   version (2 or 3)             4      4
+ *   backing_file_offset          8      8   name lives in the first cluster
+ *   backing_file_size           16      4   <= 1023
+ *   cluster_bits                20      4   9..21 here (qemu: 2 MiB max)
+ *   size (virtual, bytes)       24      8
+ *   crypt_method                32      4   0 none, 1 AES, 2 LUKS
+ *   l1_size (entries)           36      4
+ *   l1_table_offset             40      8   cluster aligned
+ *   refcount_table_offset       48      8   cluster aligned
+ *   refcount_table_clusters     56      4
+ *   nb_snapshots                60      4
+ *   snapshots_offset            64      8   cluster aligned
+ *   -- version 3 --
+ *   incompatible_features       72      8   0 dirty, 1 corrupt, 2 data file, 3 compression type, 4 extended L2
+ *   compatible_features         80      8   0 lazy refcounts
+ *   autoclear_features          88      8   0 bitmaps, 1 raw external data
+ *   refcount_order              96      4   0..6 (v2: 4)
+ *   header_length              100      4   multiple of 8
+ *   compression_type           104      1   0 deflate, 1 zstd (present if header_length > 104)
+ *   padding                    105      7
+ *
+ * Header extension: type u32, length u32, data, padding to 8. The area runs
+ * from header_length to the backing file name (or the end of the first
+ * cluster). Types: 0 end, 0xe2792aca backing format, 0x6803f857 feature name
+ * table (48-byte entries: type u8, bit u8, name[46]), 0x23852875 bitmaps,
+ * 0x0537be77 encryption header, 0x44415441 external data file name.
+ */
+
+import type { BlockDevice } from '../../core/device.js';
+import { fieldError } from '../../core/errors.js';
+
+export const QCOW2_MAGIC = 0x514649fb;
+export const FORMAT = 'qcow2';
+
+export const INCOMPAT_DIRTY = 1;
+export const INCOMPAT_CORRUPT = 2;
+export const INCOMPAT_DATA_FILE = 4;
+export const INCOMPAT_COMPRESSION = 8;
+export const INCOMPAT_EXTL2 = 16;
+export const INCOMPAT_KNOWN = 0x1f;
+export const COMPAT_LAZY_REFCOUNTS = 1;
+export const AUTOCLEAR_BITMAPS = 1;
+export const AUTOCLEAR_DATA_FILE_RAW = 2;
+
+export const EXT_END = 0;
+export const EXT_BACKING_FORMAT = 0xe2792aca;
+export const EXT_FEATURE_TABLE = 0x6803f857;
+export const EXT_BITMAPS = 0x23852875;
+export const EXT_CRYPTO = 0x0537be77;
+export const EXT_DATA_FILE = 0x44415441;
+
+/** qemu's implementation limits, which we share so images stay interchangeable. */
+export const MIN_CLUSTER_BITS = 9;
+export const MAX_CLUSTER_BITS = 21;
+export const MAX_L1_BYTES = 32 * 1024 * 1024;
+export const MAX_REFTABLE_BYTES = 8 * 1024 * 1024;
+export const MAX_SNAPSHOTS = 65536;
+export const MAX_BACKING_NAME = 1023;
+
+export interface FeatureName {
+  type: number; // 0 incompatible, 1 compatible, 2 autoclear
+  bit: number;
+  name: string;
+}
+
+export interface Qcow2Header {
+  version: 2 | 3;
+  backingFileOffset: number;
+  backingFileSize: number;
+  clusterBits: number;
+  size: number;
+  cryptMethod: number;
+  l1Size: number;
+  l1TableOffset: number;
+  refcountTableOffset: number;
+  refcountTableClusters: number;
+  nbSnapshots: number;
+  snapshotsOffset: number;
+  /** Feature bitmasks: bits 0..31 as a number; `incompatibleHigh` holds bits 32..63 (all unknown). */
+  incompatible: number;
+  incompatibleHigh: number;
+  compatible: number;
+  autoclear: number;
+  refcountOrder: number;
+  headerLength: number;
+  compressionType: number;
+  // From extensions and the backing name area.
+  backingFile?: string;
+  backingFormat?: string;
+  dataFile?: string;
+  featureNames: FeatureName[];
+  hasBitmaps: boolean;
+}
+
+const u32 = (b: Uint8Array, o: number) => ((b[o]! << 24) >>> 0) + (b[o + 1]! << 16) + (b[o + 2]! << 8) + b[o + 3]!;
+
+function u64big(b: Uint8Array, o: number): bigint {
+  return (BigInt(u32(b, o)) << 32n) | BigInt(u32(b, o + 4));
+}
+
+/** A 64-bit offset/size field as a number; error when it cannot be one. */
+function u64num(b: Uint8Array, o: number, field: string): number {
+  const v = u64big(b, o);
+  if (v > BigInt(Number.MAX_SAFE_INTEGER)) {
+    throw fieldError('invalid-format', FORMAT, field, o, v, 'is larger than 2^53');
+  }
+  return Number(v);
+}
+
+export function probeQcow2(head: Uint8Array): boolean {
+  return head.length >= 8 && u32(head, 0) === QCOW2_MAGIC && (u32(head, 4) === 2 || u32(head, 4) === 3);
+}
+
+function latin(b: Uint8Array): string {
+  return Buffer.from(b.buffer, b.byteOffset, b.length).toString('utf8');
+}
+
+/**
+ * Read and validate the header and its extensions. Checks that only need
+ * the header and the file size live here; table contents are checked by
+ * their own modules.
+ */
+export async function readHeader(child: BlockDevice): Promise<Qcow2Header> {
+  const fileSize = child.size;
+  if (fileSize < 72) throw fieldError('invalid-format', FORMAT, 'header', 0, fileSize, 'file is too small for a qcow2 header');
+  const first = new Uint8Array(Math.min(fileSize, 4096));
+  await child.read(first, 0);
+  if (u32(first, 0) !== QCOW2_MAGIC) throw fieldError('invalid-format', FORMAT, 'magic', 0, u32(first, 0), 'is not QFI\\xfb');
+  const version = u32(first, 4);
+  if (version !== 2 && version !== 3) {
+    throw fieldError('unsupported', FORMAT, 'version', 4, version, 'is not 2 or 3');
+  }
+  const clusterBits = u32(first, 20);
+  if (clusterBits < MIN_CLUSTER_BITS || clusterBits > MAX_CLUSTER_BITS) {
+    throw fieldError('invalid-format', FORMAT, 'cluster_bits', 20, clusterBits, `is outside ${MIN_CLUSTER_BITS}..${MAX_CLUSTER_BITS}`);
+  }
+  const cs = 2 ** clusterBits;
+  // The whole first cluster (header, extensions, backing name), as far as the file has it.
+  let hdr = first;
+  if (cs > first.length && fileSize > first.length) {
+    hdr = new Uint8Array(Math.min(cs, fileSize));
+    await child.read(hdr, 0);
+  }
+  const h: Qcow2Header = {
+    version,
+    backingFileOffset: u64num(hdr, 8, 'backing_file_offset'),
+    backingFileSize: u32(hdr, 16),
+    clusterBits,
+    size: 0,
+    cryptMethod: u32(hdr, 32),
+    l1Size: u32(hdr, 36),
+    l1TableOffset: u64num(hdr, 40, 'l1_table_offset'),
+    refcountTableOffset: u64num(hdr, 48, 'refcount_table_offset'),
+    refcountTableClusters: u32(hdr, 56),
+    nbSnapshots: u32(hdr, 60),
+    snapshotsOffset: u64num(hdr, 64, 'snapshots_offset'),
+    incompatible: 0,
+    incompatibleHigh: 0,
+    compatible: 0,
+    autoclear: 0,
+    refcountOrder: 4,
+    headerLength: 72,
+    compressionType: 0,
+    featureNames: [],
+    hasBitmaps: false,
+  };
+  const size = u64big(hdr, 24);
+  if (size > BigInt(Number.MAX_SAFE_INTEGER)) {
+    throw fieldError('unsupported', FORMAT, 'size', 24, size, 'virtual size is larger than 2^53 bytes');
+  }
+  h.size = Number(size);
+
+  if (version === 3) {
+    if (hdr.length < 104) throw fieldError('invalid-format', FORMAT, 'header_length', 100, hdr.length, 'file is too small for a version 3 header');
+    h.incompatibleHigh = u32(hdr, 72);
+    h.incompatible = u32(hdr, 76);
+    h.compatible = u32(hdr, 84);
+    h.autoclear = u32(hdr, 92);
+    h.refcountOrder = u32(hdr, 96);
+    h.headerLength = u32(hdr, 100);
+    if (h.headerLength < 104 || h.headerLength % 8 !== 0 || h.headerLength > cs || h.headerLength > hdr.length) {
+      throw fieldError('invalid-format', FORMAT, 'header_length', 100, h.headerLength, 'must be a multiple of 8, at least 104 and inside the first cluster');
+    }
+    if (h.headerLength > 104) h.compressionType = hdr[104]!;
+    if (h.refcountOrder > 6) {
+      throw fieldError('invalid-format', FORMAT, 'refcount_order', 96, h.refcountOrder, 'is larger than 6 (64-bit refcounts)');
+    }
+  }
+
+  // Extensions: from the end of the header to the backing name (or the cluster end).
+  if (h.backingFileOffset !== 0) {
+    if (h.backingFileSize === 0 || h.backingFileSize > MAX_BACKING_NAME) {
+      throw fieldError('invalid-format', FORMAT, 'backing_file_size', 16, h.backingFileSize, `must be 1..${MAX_BACKING_NAME}`);
+    }
+    if (h.backingFileOffset < h.headerLength || h.backingFileOffset + h.backingFileSize > cs || h.backingFileOffset + h.backingFileSize > hdr.length) {
+      throw fieldError('invalid-format', FORMAT, 'backing_file_offset', 8, h.backingFileOffset, `the name (${h.backingFileSize} bytes) is not inside the first cluster after the header`);
+    }
+    h.backingFile = latin(hdr.subarray(h.backingFileOffset, h.backingFileOffset + h.backingFileSize));
+  }
+  const extEnd = h.backingFileOffset !== 0 ? h.backingFileOffset : Math.min(cs, hdr.length);
+  let pos = h.headerLength;
+  const seen = new Set<number>();
+  while (version === 3 && pos + 8 <= extEnd) {
+    const type = u32(hdr, pos);
+    const len = u32(hdr, pos + 4);
+    if (type === EXT_END) break;
+    const data = pos + 8;
+    if (len > extEnd - data) {
+      throw fieldError('invalid-format', FORMAT, `header extension 0x${type.toString(16)} length`, pos + 4, len, `runs past the extension area end (${extEnd})`);
+    }
+    const body = hdr.subarray(data, data + len);
+    if (seen.has(type) && type !== EXT_END) {
+      throw fieldError('invalid-format', FORMAT, `header extension 0x${type.toString(16)}`, pos, type, 'appears twice');
+    }
+    seen.add(type);
+    switch (type) {
+      case EXT_BACKING_FORMAT:
+        h.backingFormat = latin(body);
+        break;
+      case EXT_DATA_FILE:
+        h.dataFile = latin(body);
+        break;
+      case EXT_FEATURE_TABLE:
+        if (len % 48 !== 0) {
+          throw fieldError('invalid-format', FORMAT, 'feature name table length', pos + 4, len, 'is not a multiple of 48');
+        }
+        for (let e = 0; e < len; e += 48) {
+          const nameBytes = body.subarray(e + 2, e + 48);
+          const nul = nameBytes.indexOf(0);
+          h.featureNames.push({
+            type: body[e]!,
+            bit: body[e + 1]!,
+            name: latin(nul < 0 ? nameBytes : nameBytes.subarray(0, nul)),
+          });
+        }
+        break;
+      case EXT_BITMAPS:
+        h.hasBitmaps = true; // bitmaps are not used: reading and writing keep working without them
+        break;
+      default:
+        break; // unknown extensions are skipped (bounds were checked)
+    }
+    pos = data + Math.ceil(len / 8) * 8;
+  }
+  return h;
+}
+
+export function featureName(h: Qcow2Header, type: number, bit: number): string | undefined {
+  return h.featureNames.find((f) => f.type === type && f.bit === bit)?.name;
+}
+
+function putU32(b: Uint8Array, o: number, v: number): void {
+  b[o] = (v >>> 24) & 0xff;
+  b[o + 1] = (v >>> 16) & 0xff;
+  b[o + 2] = (v >>> 8) & 0xff;
+  b[o + 3] = v & 0xff;
+}
+
+export function putU64(b: Uint8Array, o: number, v: number): void {
+  putU32(b, o, Math.floor(v / 2 ** 32));
+  putU32(b, o + 4, v >>> 0);
+}
+
+/** The feature names we write into images we create (as qemu does), for tools that do not know a bit. */
+const OUR_FEATURE_NAMES: FeatureName[] = [
+  { type: 0, bit: 0, name: 'dirty bit' },
+  { type: 0, bit: 1, name: 'corrupt bit' },
+  { type: 0, bit: 2, name: 'external data file' },
+  { type: 0, bit: 3, name: 'compression type' },
+  { type: 0, bit: 4, name: 'extended L2 entries' },
+  { type: 1, bit: 0, name: 'lazy refcounts' },
+  { type: 2, bit: 0, name: 'bitmaps' },
+  { type: 2, bit: 1, name: 'raw external data' },
+];
+
+/**
+ * Encode a header (and, for version 3, a feature name table and the backing
+ * format extension) into one cluster. The backing name goes right after the
+ * extensions; `backingFileOffset/Size` are computed here.
+ */
+export function encodeHeader(h: Qcow2Header): Uint8Array {
+  const cs = 2 ** h.clusterBits;
+  const out = new Uint8Array(cs);
+  putU32(out, 0, QCOW2_MAGIC);
+  putU32(out, 4, h.version);
+  putU32(out, 20, h.clusterBits);
+  putU64(out, 24, h.size);
+  putU32(out, 32, h.cryptMethod);
+  putU32(out, 36, h.l1Size);
+  putU64(out, 40, h.l1TableOffset);
+  putU64(out, 48, h.refcountTableOffset);
+  putU32(out, 56, h.refcountTableClusters);
+  putU32(out, 60, h.nbSnapshots);
+  putU64(out, 64, h.snapshotsOffset);
+  let pos = 72;
+  if (h.version === 3) {
+    putU32(out, 72, h.incompatibleHigh);
+    putU32(out, 76, h.incompatible);
+    putU32(out, 84, h.compatible);
+    putU32(out, 92, h.autoclear);
+    putU32(out, 96, h.refcountOrder);
+    putU32(out, 100, 112);
+    out[104] = h.compressionType;
+    pos = 112;
+    const ext = (type: number, body: Uint8Array) => {
+      const need = 8 + Math.ceil(body.length / 8) * 8;
+      if (pos + need + 8 > cs) return; // no room (512-byte clusters): extensions are optional
+      putU32(out, pos, type);
+      putU32(out, pos + 4, body.length);
+      out.set(body, pos + 8);
+      pos += need;
+    };
+    if (h.backingFormat) ext(EXT_BACKING_FORMAT, Buffer.from(h.backingFormat, 'utf8'));
+    const table = new Uint8Array(48 * OUR_FEATURE_NAMES.length);
+    OUR_FEATURE_NAMES.forEach((f, i) => {
+      table[i * 48] = f.type;
+      table[i * 48 + 1] = f.bit;
+      table.set(Buffer.from(f.name, 'utf8'), i * 48 + 2);
+    });
+    ext(EXT_FEATURE_TABLE, table);
+    pos += 8; // end-of-extensions marker (zeros)
+  }
+  if (h.backingFile) {
+    const name = Buffer.from(h.backingFile, 'utf8');
+    putU64(out, 8, pos);
+    putU32(out, 16, name.length);
+    out.set(name, pos);
+  }
+  return out;
+}
+
+/** Bytes 40..63 (table locations) and, for v3, the feature words: what a writer changes after creation. */
+export function encodeMutableFields(h: Qcow2Header): { offset: number; bytes: Uint8Array } {
+  const b = new Uint8Array(h.version === 3 ? 96 - 40 : 64 - 40);
+  putU64(b, 0, h.l1TableOffset);
+  putU64(b, 8, h.refcountTableOffset);
+  putU32(b, 16, h.refcountTableClusters);
+  putU32(b, 20, h.nbSnapshots);
+  if (h.version === 3) {
+    putU64(b, 24, h.snapshotsOffset);
+    putU32(b, 32, h.incompatibleHigh);
+    putU32(b, 36, h.incompatible);
+    putU32(b, 44, h.compatible);
+    putU32(b, 52, h.autoclear);
+  } else {
+    // v2 stops at 64: snapshots_offset is not rewritten (we never change it)
+    return { offset: 40, bytes: b };
+  }
+  return { offset: 40, bytes: b };
+}
