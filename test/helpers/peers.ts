@@ -79,3 +79,18 @@ export function tempDir(prefix = 'imgtool-test-'): { dir: string; cleanup: () =>
 export function sha256File(path: string): string {
   return execFileSync('sha256sum', [path], { encoding: 'utf8' }).split(' ')[0]!;
 }
+
+const CLI = new URL('../../dist/cli/main.js', import.meta.url).pathname;
+
+/** Run the built imgtool CLI (npm test builds first). */
+export function imgtool(args: string[], opts: { input?: string | Buffer; timeout?: number; env?: NodeJS.ProcessEnv } = {}): RunResult {
+  const r = spawnSync(process.execPath, [CLI, ...args], {
+    encoding: 'utf8',
+    input: opts.input,
+    timeout: opts.timeout ?? 300_000,
+    maxBuffer: 256 << 20,
+    env: opts.env ?? process.env,
+  });
+  if (r.error) throw r.error;
+  return { status: r.status ?? -1, stdout: r.stdout, stderr: r.stderr };
+}
