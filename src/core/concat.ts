@@ -18,7 +18,8 @@ export class ConcatDevice implements BlockDevice {
       pos += p.size;
     }
     this.size = pos;
-    this.readOnly = parts.some((p) => p.readOnly);
+    // Writable if any part is: a write into a read-only part fails in that part.
+    this.readOnly = parts.every((p) => p.readOnly);
   }
 
   /** Index of the part holding byte `offset` (offset < size). */

@@ -1,0 +1,92 @@
+/**
+ * A view of a device restricted to a set of used ranges: bytes outside them
+ * read as zero and report `unallocated`. `wrap` puts this over the input
+ * filesystem so that only blocks the filesystem uses are read and copied;
+ * old data in free blocks (a fully allocated input) never reaches the output.
+ */
+
+import { type BlockDevice, type Extent, checkRange } from './device.js';
+import { ImageError } from './errors.js';
+
+export interface Range {
+  offset: number;
+  length: number;
+}
+
+export class AllocationFilterDevice implements BlockDevice {
+  readonly size: number;
+  readonly readOnly = true;
+  private readonly starts: number[];
+  private readonly ranges: Range[];
+
+  /** `used` must be sorted and non-overlapping. */
+  constructor(
+    readonly base: BlockDevice,
+    used: Range[],
+  ) {
+    this.size = base.size;
+    this.ranges = used.filter((r) => r.length > 0);
+    this.starts = this.ranges.map((r) => r.offset);
+  }
+
+  /** Index of the last range starting at or before pos, or -1. */
+  private find(pos: number): number {
+    let lo = 0;
+    let hi = this.starts.length - 1;
+    let ans = -1;
+    while (lo <= hi) {
+      const mid = (lo + hi) >> 1;
+      if (this.starts[mid]! <= pos) {
+        ans = mid;
+        lo = mid + 1;
+      } else hi = mid - 1;
+    }
+    return ans;
+  }
+
+  async status(offset: number, length: number): Promise<Extent> {
+    checkRange(this, offset, length, 'status');
+    const i = this.find(offset);
+    const r = i >= 0 ? this.ranges[i]! : undefined;
+    if (r && offset < r.offset + r.length) {
+      const n = Math.min(length, r.offset + r.length - offset);
+      const e = await this.base.status(offset, n);
+      return { offset, length: e.length, kind: e.kind };
+    }
+    const next = this.ranges[i + 1];
+    const end = next ? Math.min(offset + length, next.offset) : offset + length;
+    return { offset, length: end - offset, kind: 'unallocated' };
+  }
+
+  async read(buf: Uint8Array, offset: number): Promise<void> {
+    checkRange(this, offset, buf.length, 'read');
+    let pos = offset;
+    const end = offset + buf.length;
+    while (pos < end) {
+      const e = await this.status(pos, end - pos);
+      const view = buf.subarray(pos - offset, pos - offset + e.length);
+      if (e.kind === 'unallocated' && !this.inRange(pos)) view.fill(0);
+      else await this.base.read(view, pos);
+      pos += e.length;
+    }
+  }
+
+  private inRange(pos: number): boolean {
+    const i = this.find(pos);
+    return i >= 0 && pos < this.ranges[i]!.offset + this.ranges[i]!.length;
+  }
+
+  async write(): Promise<void> {
+    throw new ImageError('usage', 'an allocation filter is read-only (put an overlay over it)', { operation: 'write' });
+  }
+  async writeZeroes(): Promise<void> {
+    throw new ImageError('usage', 'an allocation filter is read-only (put an overlay over it)', { operation: 'write' });
+  }
+  async flush(): Promise<void> {}
+  async close(): Promise<void> {}
+
+  /** Bytes inside the used ranges. */
+  get usedBytes(): number {
+    return this.ranges.reduce((s, r) => s + r.length, 0);
+  }
+}
