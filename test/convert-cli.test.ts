@@ -3,8 +3,8 @@
  * untouched, outputs atomic (no partial file after an error or a signal).
  */
 import { describe, expect, it, afterAll } from 'vitest';
-import { writeFileSync, existsSync, readdirSync, openSync, writeSync, closeSync, ftruncateSync } from 'node:fs';
-import { spawn } from 'node:child_process';
+import { readFileSync, writeFileSync, existsSync, readdirSync, openSync, writeSync, closeSync, ftruncateSync } from 'node:fs';
+import { spawn, spawnSync } from 'node:child_process';
 import { imgtool, must, qemuCompare, qemuInfo, sha256File, tempDir } from './helpers/peers.js';
 import { pattern } from './helpers/devices.js';
 
@@ -115,6 +115,25 @@ describe('imgtool convert (raw)', () => {
     const events = r.stderr.trim().split('\n').map((l) => JSON.parse(l));
     expect(events.length).toBeGreaterThan(0);
     expect(events[events.length - 1]).toMatchObject({ event: 'progress', percent: 100 });
+  });
+});
+
+describe('imgtool convert with pipes', () => {
+  it('reads a raw image from a pipe on standard input, keeping holes as holes', () => {
+    const src = sparseRaw('p.img', 12 << 20);
+    const dst = t.path('p-out.img');
+    const r = imgtool(['convert', '-', dst], { input: readFileSync(src) });
+    expect(r.stderr).toBe('');
+    expect(r.status).toBe(0);
+    expect(qemuCompare(src, dst, 'raw', 'raw').status).toBe(0);
+    expect(qemuInfo(dst)['actual-size'] as number).toBeLessThan(1 << 20);
+  });
+
+  it('writes raw to standard output', () => {
+    const src = sparseRaw('q.img', 5 << 20);
+    const r = spawnSync(process.execPath, [new URL('../dist/cli/main.js', import.meta.url).pathname, 'convert', src, '-'], { maxBuffer: 64 << 20 });
+    expect(r.status).toBe(0);
+    expect(Buffer.compare(r.stdout, readFileSync(src))).toBe(0);
   });
 });
 

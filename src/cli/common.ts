@@ -2,7 +2,8 @@
 
 import type { OptionSpec, ParsedArgs } from './command.js';
 import { flag, str } from './command.js';
-import { openImage, openImageWith, type OpenedImage } from '../formats/index.js';
+import { openImage, openImageOn, openImageWith, type OpenedImage } from '../formats/index.js';
+import { openStdin } from '../convert/stream.js';
 import { ImageError } from '../core/errors.js';
 import { makeProgress, type Progress, type ProgressMode } from '../convert/progress.js';
 import type { CliContext } from './command.js';
@@ -67,6 +68,11 @@ export async function openFromArgs(
   args: ParsedArgs,
   opts: { writable?: boolean; metadataOnly?: boolean } = {},
 ): Promise<OpenedImage> {
+  if (path === '-') {
+    // Standard input: a file redirect is read in place, a pipe is spooled first.
+    if (opts.writable) throw new ImageError('usage', 'standard input cannot be opened for writing');
+    return openImageOn(await openStdin(), '-', { format: str(args, 'format') }, async (req) => missingBacking(req.name, '-'));
+  }
   const backing = flag(args, 'backing') ? (str(args, 'backing-dir') ?? true) : false;
   if (!backing && str(args, 'backing-dir')) throw new ImageError('usage', '--backing-dir needs --backing');
   if (opts.metadataOnly && !backing) {

@@ -12,9 +12,12 @@ import { ImageError } from '../core/errors.js';
 import { OutputFile } from '../core/output.js';
 import type { BackingRequest, CreateOptions, FormatDriver, Image, ImageInfo } from './types.js';
 import { raw } from './raw.js';
+import { qcow2 } from './qcow2/index.js';
+import { vdi } from './vdi/index.js';
+import { qcow } from './qcow/index.js';
 
 /** Probe order matters only if two magics could collide; raw is the fallback and stays last. */
-export const DRIVERS: FormatDriver[] = [raw];
+export const DRIVERS: FormatDriver[] = [vdi, qcow, raw];
 
 export function driverByName(name: string): FormatDriver {
   const d = DRIVERS.find((x) => x.name === name);
@@ -99,15 +102,16 @@ export async function openImage(file: string, opts: OpenImageOptions = {}, depth
 }
 
 /**
- * Open with a caller-supplied backing opener (used by `info` to describe an
- * image without following its backing file).
+ * Open an image held by an already open child device (standard input spooled
+ * to a scratch file). `openBacking` as in OpenOptions; `info` passes one that
+ * describes without following.
  */
-export async function openImageWith(
+export async function openImageOn(
+  child: FileDevice,
   file: string,
   opts: { format?: string; writable?: boolean },
-  openBacking: (req: BackingRequest) => Promise<Image>,
+  openBacking?: (req: BackingRequest) => Promise<Image>,
 ): Promise<OpenedImage> {
-  const child = await FileDevice.open(file, { writable: opts.writable });
   try {
     const driver = opts.format ? driverByName(opts.format) : await detectFormat(child);
     const image = await driver.open(child, { writable: opts.writable, path: file, openBacking });
@@ -116,6 +120,15 @@ export async function openImageWith(
     await child.close();
     throw e;
   }
+}
+
+/** Open with a caller-supplied backing opener (used by `info` to describe an image without following its backing file). */
+export async function openImageWith(
+  file: string,
+  opts: { format?: string; writable?: boolean },
+  openBacking: (req: BackingRequest) => Promise<Image>,
+): Promise<OpenedImage> {
+  return openImageOn(await FileDevice.open(file, { writable: opts.writable }), file, opts, openBacking);
 }
 
 /** Resolve `name` relative to `file`'s directory and refuse anything outside `allowDir`. */

@@ -7,6 +7,7 @@
 import { type BlockDevice, type Extent, checkRange } from '../core/device.js';
 import type { CreateOptions, FormatDriver, Image, ImageInfo, OpenOptions } from './types.js';
 import { ImageError } from '../core/errors.js';
+import { rawStream } from '../convert/stream.js';
 
 /** The size is fixed at open/create: a growable child must not grow through the image. */
 class RawImage implements Image {
@@ -66,4 +67,5 @@ export const raw: FormatDriver = {
     return new RawImage(child, opts.size);
   },
   createOptions: {},
+  stream: (source: BlockDevice) => rawStream(source),
 };

@@ -95,6 +95,12 @@ export interface FormatDriver {
    * is complete and valid after `close()` (which flushes metadata).
    */
   create?(child: BlockDevice, opts: CreateOptions): Promise<Image>;
+  /**
+   * Emit a complete image of `source` front to back, for outputs that cannot
+   * seek (a pipe). The layout is planned from the source's allocation first
+   * (the source must be seekable); chunks are yielded in file order.
+   */
+  stream?(source: BlockDevice, opts: CreateOptions): AsyncIterable<Uint8Array>;
   /** `-o` keys this driver accepts on create, with help text. */
   readonly createOptions?: Readonly<Record<string, string>>;
 }

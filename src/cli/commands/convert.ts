@@ -2,13 +2,14 @@ import { type CommandSpec, OUTPUT_OPTION, flag, list, printJson, str, wantsJson 
 import { BACKING_OPTIONS, FORCE_OPTION, FORMAT_OPTION, PROGRESS_OPTIONS, openFromArgs, progressFromArgs } from '../common.js';
 import { convertImage } from '../../convert/image.js';
 import { parseKeyValues, parseSize } from '../../core/size.js';
-import { formatFromExtension } from '../../formats/index.js';
+import { driverByName, formatFromExtension } from '../../formats/index.js';
+import { writeToStdout } from '../../convert/stream.js';
 import { ImageError } from '../../core/errors.js';
 
 export const convertCommand: CommandSpec = {
   name: 'convert',
   summary: 'convert an image from one format to another, copying only allocated data',
-  usage: 'convert [-f FMT] [-O FMT] [-c] [-p] [-S SIZE] [-o KEY=VALUE,...] SRC DST',
+  usage: 'convert [-f FMT] [-O FMT] [-c] [-p] [-S SIZE] [-o KEY=VALUE,...] SRC DST   (SRC or DST may be - for a pipe)',
   positionals: { min: 2, max: 2 },
   options: [
     FORMAT_OPTION,
@@ -33,18 +34,29 @@ Examples:
   imgtool convert xen.img kvm.qcow2
   imgtool convert -p -c -o cluster_size=2M disk.vdi disk.qcow2
   imgtool convert -f qcow2 -O raw disk.qcow2 disk.img
+  zcat disk.img.gz | imgtool convert - disk.qcow2          # from a pipe
+  imgtool convert -O vdi disk.qcow2 - | ssh host 'cat > disk.vdi'   # to a pipe
 
 Exit codes: 0 success; 2 usage (bad option, output exists); 3 invalid or corrupt input;
 4 unsupported feature; 5 I/O error; 130 interrupted (the partial output is removed).`,
   async run(args, ctx) {
     const [src, dst] = args.positionals as [string, string];
     const json = wantsJson(args);
-    const outFormat = str(args, 'output-format') ?? formatFromExtension(dst);
+    const outFormat = str(args, 'output-format') ?? (dst === '-' ? 'raw' : formatFromExtension(dst));
     if (!outFormat) {
       throw new ImageError('usage', `cannot tell the output format from '${dst}': name it with -O (raw, qcow, qcow2, vdi)`);
     }
     const opened = await openFromArgs(src, args);
     try {
+      if (dst === '-') {
+        const bytes = await writeToStdout(opened.image, driverByName(outFormat), {
+          size: opened.image.size,
+          options: parseKeyValues(list(args, 'options')),
+          compress: flag(args, 'compress'),
+        });
+        if (json) ctx.stderr.write(JSON.stringify({ source: src, target: '-', 'target-format': outFormat, 'bytes-written': bytes }) + '\n');
+        return 0;
+      }
       const result = await convertImage(opened, dst, {
         format: outFormat,
         options: parseKeyValues(list(args, 'options')),
