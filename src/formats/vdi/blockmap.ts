@@ -1,0 +1,117 @@
+/**
+ * The VDI block map (VirtualBox: the "blocks array", paBlocks; qemu: bmap).
+ *
+ * | field          | offset                  | size | notes                                  |
+ * |----------------|-------------------------|------|----------------------------------------|
+ * | block_map[i]   | offset_bmap + 4 * i     |    4 | little-endian, one per guest block     |
+ *
+ * Entry values:
+ *   0 .. blocks_allocated-1  index of the data block in the file: its bytes
+ *                            are at offset_data + index * (block_extra +
+ *                            block_size) + block_extra
+ *   0xFFFFFFFF (FREE)        never allocated: reads as zero in a base image
+ *   0xFFFFFFFE (ZERO)        discarded: reads as zero
+ *
+ * Two guest blocks pointing at one data block would alias each other's
+ * writes; `checkEntries` refuses that, and entries that point outside the
+ * allocated area or past the end of the file.
+ */
+
+import { fieldError } from '../../core/errors.js';
+
+export const BLOCK_FREE = 0xffffffff;
+export const BLOCK_ZERO = 0xfffffffe;
+
+export function isAllocated(entry: number): boolean {
+  return entry < BLOCK_ZERO;
+}
+
+export interface MapGeometry {
+  offsetBmap: number;
+  offsetData: number;
+  blockSize: number;
+  blockExtra: number;
+  blocksAllocated: number;
+  /** Guest bytes (rounded virtual size): the last block may be partly outside. */
+  diskSize: number;
+  fileSize: number;
+}
+
+/**
+ * Tracks which data blocks are already claimed while the map is read in
+ * chunks, so hostile maps fail at the first bad entry.
+ */
+export class BlockMapChecker {
+  private readonly claimed: Uint8Array;
+  constructor(
+    private readonly g: MapGeometry,
+    private readonly map: Uint32Array,
+  ) {
+    this.claimed = new Uint8Array(Math.ceil(g.blocksAllocated / 8));
+  }
+
+  /** Validate entries [from, to) of the map (already decoded into `map`). */
+  check(from: number, to: number): void {
+    const g = this.g;
+    const total = g.blockSize + g.blockExtra;
+    for (let i = from; i < to; i++) {
+      const e = this.map[i]!;
+      if (!isAllocated(e)) continue;
+      const field = `block_map[${i}]`;
+      const at = g.offsetBmap + 4 * i;
+      if (e >= g.blocksAllocated) {
+        throw fieldError(
+          'corrupt',
+          'vdi',
+          field,
+          at,
+          e,
+          `points at data block ${e}, but the header says only ${g.blocksAllocated} blocks are allocated (blocks_allocated)`,
+        );
+      }
+      // The bytes of this block the guest can reach must be inside the file.
+      const guestStart = i * g.blockSize;
+      const needed = Math.max(0, Math.min(g.blockSize, g.diskSize - guestStart));
+      const dataStart = g.offsetData + e * total + g.blockExtra;
+      if (dataStart + needed > g.fileSize) {
+        throw fieldError(
+          'corrupt',
+          'vdi',
+          field,
+          at,
+          e,
+          `points at data [${dataStart}, ${dataStart + needed}) past the end of the file (${g.fileSize} bytes)`,
+        );
+      }
+      const bit = 1 << (e & 7);
+      const byte = e >>> 3;
+      if (this.claimed[byte]! & bit) {
+        const other = this.map.subarray(0, i).indexOf(e);
+        throw fieldError(
+          'corrupt',
+          'vdi',
+          field,
+          at,
+          e,
+          `points at data block ${e}, which block_map[${other}] also uses: the two guest blocks would share storage`,
+        );
+      }
+      this.claimed[byte]! |= bit;
+    }
+  }
+}
+
+/** Decode little-endian entries from `bytes` into map[first ..]. */
+export function decodeEntries(bytes: Uint8Array, map: Uint32Array, first: number): void {
+  const v = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
+  const n = Math.floor(bytes.byteLength / 4);
+  for (let k = 0; k < n; k++) map[first + k] = v.getUint32(4 * k, true);
+}
+
+/** Encode entries map[first, first + count) as little-endian bytes. */
+export function encodeEntries(map: Uint32Array, first: number, count: number): Uint8Array {
+  const out = new Uint8Array(count * 4);
+  const v = new DataView(out.buffer);
+  for (let k = 0; k < count; k++) v.setUint32(4 * k, map[first + k]!, true);
+  return out;
+}

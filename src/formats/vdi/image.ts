@@ -1,0 +1,532 @@
+/**
+ * A VDI image as a block device: validation on open, reads through the block
+ * map, and writes that allocate data blocks at the end of the data area.
+ *
+ * Spec: VirtualBox src/VBox/Storage/VDICore.h (structures) and VDI.cpp
+ * (validation, layout); qemu block/vdi.c (what qemu accepts and writes).
+ *
+ * Vocabulary (VirtualBox / qemu / here):
+ *   block (cbBlock)               cluster (block_size)        block
+ *   blocks array (offBlocks)      bmap (offset_bmap)          block map
+ *   data block index              bmap entry                  map entry
+ *   cBlocksAllocated              blocks_allocated            blocksAllocated
+ *   fixed image (TYPE_FIXED)      static image                fixed/static
+ *   normal image (TYPE_NORMAL)    dynamic image               dynamic
+ *
+ * Concurrency: reads and writes to allocated blocks go straight to the child.
+ * Allocation is decided synchronously (JS runs one callback at a time), so the
+ * index reservation needs no lock; a block being allocated is recorded in
+ * `pending` and other writers to it wait for that allocation, then write in
+ * place. The block map and header are written by flush(), after the data
+ * they describe, so a crash leaves at worst unreferenced blocks.
+ */
+
+import { type BlockDevice, type Extent, checkRange, checkWritable, isZero } from '../../core/device.js';
+import { ImageError, fieldError } from '../../core/errors.js';
+import type { Image, ImageInfo } from '../types.js';
+import { BLOCK_FREE, BLOCK_ZERO, BlockMapChecker, decodeEntries, encodeEntries, isAllocated } from './blockmap.js';
+import {
+  HEADER1_SIZE,
+  HEADER1PLUS_SIZE,
+  HEADER_AREA,
+  OFF,
+  PRE_HEADER_SIZE,
+  TYPE_DIFF,
+  TYPE_FIXED,
+  TYPE_NORMAL,
+  TYPE_UNDO,
+  VDI_SIGNATURE,
+  VDI_TEXT,
+  VDI_VERSION_1_1,
+  type VdiHeader,
+  encodeHeader,
+  isNullUuid,
+  parseHeader,
+  randomVdiUuid,
+} from './header.js';
+
+const SECTOR = 512;
+const MiB = 1024 * 1024;
+/** qemu's limit: the map must stay below 2 GiB (block/vdi.c VDI_BLOCKS_IN_IMAGE_MAX). */
+export const VDI_BLOCKS_IN_IMAGE_MAX = Math.floor((2 ** 31 - SECTOR) / 4);
+/** VirtualBox opens block sizes from 1 MiB / 8 to 1 MiB * 128 (VDI.cpp vdiOpenImage). */
+export const MIN_BLOCK_SIZE = MiB / 8;
+export const MAX_BLOCK_SIZE = MiB * 128;
+/** Entries read per chunk when loading the map. */
+const MAP_CHUNK_ENTRIES = 256 * 1024;
+
+export interface VdiGeometry {
+  header: VdiHeader;
+  /** Raw header bytes as read (pre-header + header), patched and rewritten on flush. */
+  headerBytes: Uint8Array;
+  virtualSize: number;
+  fileSize: number;
+}
+
+const isPow2 = (x: number) => x > 0 && (x & (x - 1)) === 0;
+
+/** Read and validate the header. Throws ImageError naming the field. */
+export async function readHeader(child: BlockDevice): Promise<VdiGeometry> {
+  const fileSize = child.size;
+  if (fileSize < PRE_HEADER_SIZE + HEADER1_SIZE) {
+    throw fieldError(
+      'invalid-format',
+      'vdi',
+      'header',
+      0,
+      fileSize,
+      `is cut short: the file has ${fileSize} bytes, a VDI header needs ${PRE_HEADER_SIZE + HEADER1_SIZE}`,
+    );
+  }
+  const headLen = Math.min(fileSize, HEADER_AREA);
+  const head = new Uint8Array(headLen);
+  await child.read(head, 0);
+  const h = parseHeader(head);
+  const err = (kind: 'invalid-format' | 'corrupt' | 'unsupported', field: keyof typeof OFF, value: number | bigint | string, why: string) =>
+    fieldError(kind, 'vdi', field, OFF[field], value, why);
+
+  if (h.signature !== VDI_SIGNATURE) {
+    throw err('invalid-format', 'signature', `0x${h.signature.toString(16).padStart(8, '0')}`, 'is not the VDI signature 0xbeda107f');
+  }
+  if (h.version !== VDI_VERSION_1_1) {
+    throw err(
+      'unsupported',
+      'version',
+      h.version,
+      `is VDI ${h.version >>> 16}.${h.version & 0xffff}; only version 1.1 (0x00010001) is supported`,
+    );
+  }
+  if (h.headerSize < HEADER1_SIZE) {
+    throw err('invalid-format', 'header_size', h.headerSize, `is smaller than the version 1.1 header (${HEADER1_SIZE} bytes)`);
+  }
+  if (h.headerSize >= HEADER1PLUS_SIZE && fileSize < HEADER_AREA) {
+    throw err('invalid-format', 'header_size', h.headerSize, `says ${h.headerSize} bytes but the file ends at ${fileSize}`);
+  }
+  if (h.imageType === TYPE_UNDO || h.imageType === TYPE_DIFF) {
+    throw err(
+      'unsupported',
+      'image_type',
+      h.imageType,
+      `is a ${h.imageType === TYPE_DIFF ? 'differencing' : 'undo'} image: only normal (dynamic) and fixed VDI images are supported; merge it into its parent with VirtualBox first`,
+    );
+  }
+  if (h.imageType !== TYPE_NORMAL && h.imageType !== TYPE_FIXED) {
+    throw err('invalid-format', 'image_type', h.imageType, 'is not a VDI image type (1 normal, 2 fixed, 3 undo, 4 differencing)');
+  }
+  if (!isNullUuid(h.uuidLink)) {
+    throw err('unsupported', 'uuid_link', 0, 'is set: the image links to a parent image, which is not supported');
+  }
+  if (!isNullUuid(h.uuidParent)) {
+    throw err('unsupported', 'uuid_parent', 0, "is set: the image depends on a parent image's state, which is not supported");
+  }
+  if (h.sectorSize !== SECTOR) {
+    throw err('unsupported', 'sector_size', h.sectorSize, 'is not 512: only 512-byte sectors are supported');
+  }
+  if (h.lchs && h.lchs.sectorSize !== SECTOR) {
+    throw err('invalid-format', 'lchs_sector_size', h.lchs.sectorSize, 'is not 512 (VirtualBox refuses such images too)');
+  }
+  if (!isPow2(h.blockSize)) {
+    throw err('invalid-format', 'block_size', h.blockSize, 'is not a power of two');
+  }
+  if (h.blockSize < MIN_BLOCK_SIZE || h.blockSize > MAX_BLOCK_SIZE) {
+    throw err('unsupported', 'block_size', h.blockSize, `is outside ${MIN_BLOCK_SIZE}..${MAX_BLOCK_SIZE} bytes (the range VirtualBox opens)`);
+  }
+  if (h.blockExtra !== 0 && (!isPow2(h.blockExtra) || h.blockExtra > h.blockSize)) {
+    throw err('invalid-format', 'block_extra', h.blockExtra, 'must be 0 or a power of two no larger than block_size');
+  }
+  if (h.blocksInImage > VDI_BLOCKS_IN_IMAGE_MAX) {
+    throw err('unsupported', 'blocks_in_image', h.blocksInImage, `exceeds ${VDI_BLOCKS_IN_IMAGE_MAX} blocks (a block map above 2 GiB)`);
+  }
+  // qemu rounds an odd disk size up to a whole sector (VirtualBox rounds it down).
+  const rounded = (h.diskSize + 511n) & ~511n;
+  const capacity = BigInt(h.blocksInImage) * BigInt(h.blockSize);
+  if (rounded > capacity) {
+    throw err(
+      'invalid-format',
+      'disk_size',
+      h.diskSize,
+      `is larger than blocks_in_image (${h.blocksInImage}) x block_size (${h.blockSize}) = ${capacity} bytes`,
+    );
+  }
+  if (rounded > BigInt(Number.MAX_SAFE_INTEGER)) {
+    throw err('unsupported', 'disk_size', h.diskSize, 'is above 2^53 bytes');
+  }
+  if (h.offsetBmap % SECTOR !== 0) {
+    throw err('unsupported', 'offset_bmap', h.offsetBmap, 'is not a multiple of 512 (qemu refuses such images too)');
+  }
+  if (h.offsetBmap < PRE_HEADER_SIZE + h.headerSize) {
+    throw err('invalid-format', 'offset_bmap', h.offsetBmap, `overlaps the header, which ends at ${PRE_HEADER_SIZE + h.headerSize}`);
+  }
+  const mapEnd = h.offsetBmap + 4 * h.blocksInImage;
+  if (mapEnd > fileSize) {
+    throw err(
+      'corrupt',
+      'blocks_in_image',
+      h.blocksInImage,
+      `needs a block map of ${4 * h.blocksInImage} bytes at offset ${h.offsetBmap}, past the end of the file (${fileSize} bytes)`,
+    );
+  }
+  if (h.offsetData % SECTOR !== 0) {
+    throw err('unsupported', 'offset_data', h.offsetData, 'is not a multiple of 512 (qemu refuses such images too)');
+  }
+  if (h.offsetData < mapEnd) {
+    throw err('invalid-format', 'offset_data', h.offsetData, `overlaps the block map, which ends at ${mapEnd}`);
+  }
+  if (h.offsetData > fileSize) {
+    throw err('corrupt', 'offset_data', h.offsetData, `is past the end of the file (${fileSize} bytes)`);
+  }
+  if (h.blocksAllocated > h.blocksInImage) {
+    throw err('corrupt', 'blocks_allocated', h.blocksAllocated, `is more than blocks_in_image (${h.blocksInImage})`);
+  }
+  const headerBytes = new Uint8Array(PRE_HEADER_SIZE + Math.min(h.headerSize, HEADER1PLUS_SIZE));
+  headerBytes.set(head.subarray(0, headerBytes.length));
+  return { header: h, headerBytes, virtualSize: Number(rounded), fileSize };
+}
+
+/** Load and validate the block map (in chunks, failing at the first bad entry). */
+export async function readBlockMap(child: BlockDevice, g: VdiGeometry): Promise<Uint32Array> {
+  const h = g.header;
+  const map = new Uint32Array(h.blocksInImage);
+  const checker = new BlockMapChecker(
+    {
+      offsetBmap: h.offsetBmap,
+      offsetData: h.offsetData,
+      blockSize: h.blockSize,
+      blockExtra: h.blockExtra,
+      blocksAllocated: h.blocksAllocated,
+      diskSize: g.virtualSize,
+      fileSize: g.fileSize,
+    },
+    map,
+  );
+  const buf = new Uint8Array(Math.min(MAP_CHUNK_ENTRIES, h.blocksInImage) * 4);
+  for (let first = 0; first < h.blocksInImage; first += MAP_CHUNK_ENTRIES) {
+    const n = Math.min(MAP_CHUNK_ENTRIES, h.blocksInImage - first);
+    const view = buf.subarray(0, n * 4);
+    await child.read(view, h.offsetBmap + first * 4);
+    decodeEntries(view, map, first);
+    checker.check(first, first + n);
+  }
+  return map;
+}
+
+export class VdiImage implements Image {
+  readonly format = 'vdi';
+  readonly size: number;
+  readonly readOnly: boolean;
+  private readonly h: VdiHeader;
+  private readonly headerBytes: Uint8Array;
+  private readonly blockSize: number;
+  private readonly blockTotal: number;
+  private blocksAllocatedNow: number;
+  /** Guest block -> allocation in progress. */
+  private readonly pending = new Map<number, Promise<void>>();
+  /** 512-byte sectors of the block map that changed since the last flush. */
+  private readonly dirtyMapSectors = new Set<number>();
+  private headerDirty = false;
+  private touched: boolean;
+  private closed = false;
+
+  constructor(
+    private readonly child: BlockDevice,
+    g: VdiGeometry,
+    private readonly map: Uint32Array,
+    opts: { writable: boolean; fresh?: boolean },
+  ) {
+    this.h = { ...g.header };
+    this.headerBytes = g.headerBytes;
+    this.size = g.virtualSize;
+    this.readOnly = !opts.writable;
+    this.blockSize = g.header.blockSize;
+    this.blockTotal = g.header.blockSize + g.header.blockExtra;
+    this.blocksAllocatedNow = g.header.blocksAllocated;
+    // A freshly created image already has fresh UUIDs.
+    this.touched = !!opts.fresh;
+  }
+
+  /** 1 dynamic (normal), 2 fixed (static). */
+  get imageType(): number {
+    return this.h.imageType;
+  }
+
+  get blocksAllocated(): number {
+    return this.blocksAllocatedNow;
+  }
+
+  private dataOffset(entry: number): number {
+    return this.h.offsetData + entry * this.blockTotal + this.h.blockExtra;
+  }
+
+  async read(buf: Uint8Array, offset: number): Promise<void> {
+    checkRange(this, offset, buf.length, 'read');
+    const jobs: Promise<void>[] = [];
+    const bs = this.blockSize;
+    let pos = 0;
+    // Merge pieces that are contiguous in the file into one read.
+    let runFile = -1;
+    let runStart = 0;
+    let runLen = 0;
+    const flushRun = () => {
+      if (runLen > 0) jobs.push(this.child.read(buf.subarray(runStart, runStart + runLen), runFile));
+      runLen = 0;
+    };
+    while (pos < buf.length) {
+      const abs = offset + pos;
+      const b = Math.floor(abs / bs);
+      const inBlock = abs - b * bs;
+      const n = Math.min(bs - inBlock, buf.length - pos);
+      const e = this.map[b]!;
+      if (isAllocated(e)) {
+        const fileOff = this.dataOffset(e) + inBlock;
+        if (runLen > 0 && runFile + runLen === fileOff) runLen += n;
+        else {
+          flushRun();
+          runFile = fileOff;
+          runStart = pos;
+          runLen = n;
+        }
+      } else {
+        flushRun();
+        buf.fill(0, pos, pos + n);
+      }
+      pos += n;
+    }
+    flushRun();
+    await Promise.all(jobs);
+  }
+
+  private kindOf(b: number): Extent['kind'] {
+    const e = this.map[b]!;
+    return isAllocated(e) ? 'data' : e === BLOCK_ZERO ? 'zero' : 'unallocated';
+  }
+
+  async status(offset: number, length: number): Promise<Extent> {
+    checkRange(this, offset, length, 'status');
+    if (length === 0) return { offset, length: 0, kind: 'unallocated' };
+    const bs = this.blockSize;
+    const end = offset + length;
+    let b = Math.floor(offset / bs);
+    const kind = this.kindOf(b);
+    let stop = Math.min(end, (b + 1) * bs);
+    while (stop < end && this.kindOf(++b) === kind) stop = Math.min(end, (b + 1) * bs);
+    return { offset, length: stop - offset, kind };
+  }
+
+  /** First modification after opening an existing image: VirtualBox gives it a new modification UUID. */
+  private touch(): void {
+    if (this.touched) return;
+    this.touched = true;
+    this.h.uuidLastSnap = randomVdiUuid();
+    this.headerDirty = true;
+  }
+
+  private pieces(offset: number, length: number, fn: (b: number, inBlock: number, pos: number, n: number) => Promise<void>): Promise<void> {
+    const jobs: Promise<void>[] = [];
+    const bs = this.blockSize;
+    let pos = 0;
+    while (pos < length) {
+      const abs = offset + pos;
+      const b = Math.floor(abs / bs);
+      const inBlock = abs - b * bs;
+      const n = Math.min(bs - inBlock, length - pos);
+      jobs.push(fn(b, inBlock, pos, n));
+      pos += n;
+    }
+    return Promise.all(jobs).then(() => undefined);
+  }
+
+  async write(buf: Uint8Array, offset: number): Promise<void> {
+    checkWritable(this);
+    checkRange(this, offset, buf.length, 'write');
+    if (buf.length === 0) return;
+    this.touch();
+    await this.pieces(offset, buf.length, (b, inBlock, pos, n) => this.writePiece(b, inBlock, buf.subarray(pos, pos + n)));
+  }
+
+  private async writePiece(b: number, inBlock: number, piece: Uint8Array): Promise<void> {
+    for (;;) {
+      const p = this.pending.get(b);
+      if (p) {
+        await p;
+        continue;
+      }
+      const e = this.map[b]!;
+      if (isAllocated(e)) return this.child.write(piece, this.dataOffset(e) + inBlock);
+      // Free and zero blocks both read as zero: writing zeros there changes nothing.
+      if (isZero(piece)) return;
+      if (this.blocksAllocatedNow >= this.h.blocksInImage) {
+        throw new ImageError(
+          'corrupt',
+          `vdi: no data block left to allocate (blocks_allocated ${this.blocksAllocatedNow} = blocks_in_image)`,
+          { format: 'vdi', field: 'blocks_allocated', offset: OFF.blocks_allocated, value: this.blocksAllocatedNow },
+        );
+      }
+      const idx = this.blocksAllocatedNow++;
+      this.headerDirty = true;
+      const job = this.fillNewBlock(idx, inBlock, piece).then(() => {
+        this.map[b] = idx;
+        this.dirtyMapSectors.add(Math.floor((b * 4) / SECTOR));
+      });
+      const done = job.finally(() => this.pending.delete(b));
+      this.pending.set(
+        b,
+        done.catch(() => {}),
+      );
+      return done;
+    }
+  }
+
+  /** Write a whole new data block: the piece, zeros around it, zeros in the extra area. */
+  private async fillNewBlock(idx: number, inBlock: number, piece: Uint8Array): Promise<void> {
+    const start = this.h.offsetData + idx * this.blockTotal;
+    const extra = this.h.blockExtra;
+    if (extra === 0 && inBlock === 0 && piece.length === this.blockSize) {
+      await this.child.write(piece, start);
+      return;
+    }
+    if (this.blockTotal <= 4 * MiB) {
+      const whole = new Uint8Array(this.blockTotal);
+      whole.set(piece, extra + inBlock);
+      await this.child.write(whole, start);
+      return;
+    }
+    await this.writeZeroBytes(start, extra + inBlock);
+    await this.child.write(piece, start + extra + inBlock);
+    const after = extra + inBlock + piece.length;
+    await this.writeZeroBytes(start + after, this.blockTotal - after);
+  }
+
+  private async writeZeroBytes(at: number, length: number): Promise<void> {
+    const zero = new Uint8Array(Math.min(length, MiB));
+    for (let pos = 0; pos < length; pos += zero.length) {
+      const n = Math.min(zero.length, length - pos);
+      await this.child.write(zero.subarray(0, n), at + pos);
+    }
+  }
+
+  async writeZeroes(offset: number, length: number): Promise<void> {
+    checkWritable(this);
+    checkRange(this, offset, length, 'writeZeroes');
+    if (length === 0) return;
+    this.touch();
+    await this.pieces(offset, length, async (b, inBlock, _pos, n) => {
+      for (;;) {
+        const p = this.pending.get(b);
+        if (!p) break;
+        await p;
+      }
+      const e = this.map[b]!;
+      // Unallocated blocks already read as zero. Allocated blocks keep their
+      // storage (qemu-img check counts blocks_allocated against the map).
+      if (isAllocated(e)) await this.child.writeZeroes(this.dataOffset(e) + inBlock, n);
+    });
+  }
+
+  async flush(): Promise<void> {
+    if (this.readOnly || this.closed) return;
+    while (this.pending.size) await Promise.all(this.pending.values());
+    if (this.dirtyMapSectors.size) {
+      const sectors = [...this.dirtyMapSectors].sort((a, b) => a - b);
+      this.dirtyMapSectors.clear();
+      const perSector = SECTOR / 4;
+      let i = 0;
+      while (i < sectors.length) {
+        let j = i;
+        while (j + 1 < sectors.length && sectors[j + 1] === sectors[j]! + 1 && j - i < 2047) j++;
+        const first = sectors[i]! * perSector;
+        const last = Math.min(this.h.blocksInImage, (sectors[j]! + 1) * perSector);
+        await this.child.write(encodeEntries(this.map, first, last - first), this.h.offsetBmap + first * 4);
+        i = j + 1;
+      }
+    }
+    if (this.headerDirty) {
+      this.headerDirty = false;
+      const v = new DataView(this.headerBytes.buffer, this.headerBytes.byteOffset, this.headerBytes.byteLength);
+      v.setUint32(OFF.blocks_allocated, this.blocksAllocatedNow, true);
+      this.h.blocksAllocated = this.blocksAllocatedNow;
+      this.headerBytes.set(this.h.uuidLastSnap, OFF.uuid_last_snap);
+      await this.child.write(this.headerBytes, 0);
+    }
+    await this.child.flush();
+  }
+
+  async close(): Promise<void> {
+    if (this.closed) return;
+    try {
+      await this.flush();
+    } finally {
+      this.closed = true;
+      await this.child.close();
+    }
+  }
+
+  async info(): Promise<ImageInfo> {
+    return { format: 'vdi', 'virtual-size': this.size, 'cluster-size': this.blockSize, 'dirty-flag': false };
+  }
+}
+
+export interface VdiCreateParams {
+  size: number;
+  fixed: boolean;
+}
+
+/**
+ * Lay out a new image the way VirtualBox does (VDI.cpp vdiInitHeader):
+ * a VDIHEADER1PLUS header, the block map at the next 1 MiB boundary
+ * (VDI_DATA_ALIGN), data at the 1 MiB boundary after the map, 1 MiB blocks.
+ * Fixed images have an identity map and a file sized for every block (sparse).
+ */
+export async function createVdi(child: BlockDevice, p: VdiCreateParams): Promise<VdiImage> {
+  const blockSize = MiB;
+  const align = MiB;
+  const virtualSize = Math.ceil(p.size / SECTOR) * SECTOR;
+  const blocks = Math.ceil(virtualSize / blockSize);
+  if (blocks > VDI_BLOCKS_IN_IMAGE_MAX) {
+    throw new ImageError('usage', `vdi: a ${virtualSize}-byte disk needs ${blocks} blocks, more than the ${VDI_BLOCKS_IN_IMAGE_MAX} a VDI can map`, {
+      format: 'vdi',
+      value: p.size,
+    });
+  }
+  const offsetBmap = Math.ceil(HEADER_AREA / align) * align;
+  const offsetData = Math.ceil((offsetBmap + blocks * 4) / align) * align;
+  const header: VdiHeader = {
+    text: VDI_TEXT,
+    signature: VDI_SIGNATURE,
+    version: VDI_VERSION_1_1,
+    headerSize: HEADER1PLUS_SIZE,
+    imageType: p.fixed ? TYPE_FIXED : TYPE_NORMAL,
+    imageFlags: 0,
+    description: '',
+    offsetBmap,
+    offsetData,
+    // Geometry "not calculated" (0 C/H/S), as VirtualBox and qemu write it: the
+    // hypervisor derives one from the size when the disk is attached.
+    cylinders: 0,
+    heads: 0,
+    sectors: 0,
+    sectorSize: SECTOR,
+    diskSize: BigInt(virtualSize),
+    blockSize,
+    blockExtra: 0,
+    blocksInImage: blocks,
+    blocksAllocated: p.fixed ? blocks : 0,
+    uuidImage: randomVdiUuid(),
+    uuidLastSnap: randomVdiUuid(),
+    uuidLink: new Uint8Array(16),
+    uuidParent: new Uint8Array(16),
+    lchs: { cylinders: 0, heads: 0, sectors: 0, sectorSize: SECTOR },
+  };
+  const headerBytes = encodeHeader(header);
+  await child.write(headerBytes, 0);
+
+  const map = new Uint32Array(blocks);
+  if (p.fixed) for (let i = 0; i < blocks; i++) map[i] = i;
+  else map.fill(BLOCK_FREE);
+  for (let first = 0; first < blocks; first += MAP_CHUNK_ENTRIES) {
+    const n = Math.min(MAP_CHUNK_ENTRIES, blocks - first);
+    await child.write(encodeEntries(map, first, n), offsetBmap + first * 4);
+  }
+  const fileSize = offsetData + (p.fixed ? blocks * blockSize : 0);
+  if (child.size < fileSize) await child.writeZeroes(child.size, fileSize - child.size);
+  return new VdiImage(child, { header, headerBytes, virtualSize, fileSize }, map, { writable: true, fresh: true });
+}
