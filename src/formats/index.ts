@@ -17,7 +17,7 @@ import { vdi } from './vdi/index.js';
 import { qcow } from './qcow/index.js';
 
 /** Probe order matters only if two magics could collide; raw is the fallback and stays last. */
-export const DRIVERS: FormatDriver[] = [vdi, qcow, raw];
+export const DRIVERS: FormatDriver[] = [vdi, qcow, qcow2, raw];
 
 export function driverByName(name: string): FormatDriver {
   const d = DRIVERS.find((x) => x.name === name);

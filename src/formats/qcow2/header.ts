@@ -90,6 +90,8 @@ export interface Qcow2Header {
   incompatible: number;
   incompatibleHigh: number;
   compatible: number;
+  /** Bits 32..63 of compatible_features (unknown; preserved on rewrite). */
+  compatibleHigh: number;
   autoclear: number;
   refcountOrder: number;
   headerLength: number;
@@ -167,6 +169,7 @@ export async function readHeader(child: BlockDevice): Promise<Qcow2Header> {
     incompatible: 0,
     incompatibleHigh: 0,
     compatible: 0,
+    compatibleHigh: 0,
     autoclear: 0,
     refcountOrder: 4,
     headerLength: 72,
@@ -184,6 +187,7 @@ export async function readHeader(child: BlockDevice): Promise<Qcow2Header> {
     if (hdr.length < 104) throw fieldError('invalid-format', FORMAT, 'header_length', 100, hdr.length, 'file is too small for a version 3 header');
     h.incompatibleHigh = u32(hdr, 72);
     h.incompatible = u32(hdr, 76);
+    h.compatibleHigh = u32(hdr, 80);
     h.compatible = u32(hdr, 84);
     h.autoclear = u32(hdr, 92);
     h.refcountOrder = u32(hdr, 96);
@@ -306,6 +310,7 @@ export function encodeHeader(h: Qcow2Header): Uint8Array {
   if (h.version === 3) {
     putU32(out, 72, h.incompatibleHigh);
     putU32(out, 76, h.incompatible);
+    putU32(out, 80, h.compatibleHigh);
     putU32(out, 84, h.compatible);
     putU32(out, 92, h.autoclear);
     putU32(out, 96, h.refcountOrder);
@@ -350,11 +355,10 @@ export function encodeMutableFields(h: Qcow2Header): { offset: number; bytes: Ui
     putU64(b, 24, h.snapshotsOffset);
     putU32(b, 32, h.incompatibleHigh);
     putU32(b, 36, h.incompatible);
+    putU32(b, 40, h.compatibleHigh);
     putU32(b, 44, h.compatible);
     putU32(b, 52, h.autoclear);
-  } else {
-    // v2 stops at 64: snapshots_offset is not rewritten (we never change it)
-    return { offset: 40, bytes: b };
   }
+  // v2 headers stop at 72; snapshots_offset (64) is not rewritten for them: we never change it.
   return { offset: 40, bytes: b };
 }
