@@ -376,9 +376,24 @@ export class VdiImage implements Image {
     }
   }
 
+  /**
+   * Make the child at least `end` bytes long. Growable children (new files)
+   * extend by writing; an existing file opened for writing is extended with
+   * truncate, which only ever grows it here (checked and done synchronously).
+   */
+  private async ensureChildSize(end: number): Promise<void> {
+    const c = this.child as BlockDevice & { growable?: boolean; truncate?: (size: number) => Promise<void> };
+    if (c.size >= end || c.growable) return;
+    if (typeof c.truncate !== 'function') {
+      throw new ImageError('io', `vdi: the image file cannot grow to ${end} bytes to allocate a block`, { format: 'vdi', offset: end });
+    }
+    await c.truncate(end);
+  }
+
   /** Write a whole new data block: the piece, zeros around it, zeros in the extra area. */
   private async fillNewBlock(idx: number, inBlock: number, piece: Uint8Array): Promise<void> {
     const start = this.h.offsetData + idx * this.blockTotal;
+    await this.ensureChildSize(start + this.blockTotal);
     const extra = this.h.blockExtra;
     if (extra === 0 && inBlock === 0 && piece.length === this.blockSize) {
       await this.child.write(piece, start);
