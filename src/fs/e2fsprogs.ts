@@ -1,0 +1,562 @@
+/**
+ * e2fsck, resize2fs and mke2fs from e2fsprogs 1.47.0 (Debian 12's source,
+ * compiled to WebAssembly by wasm/build.sh), run in-process on any imgtool
+ * BlockDevice: a partition window (SliceDevice) inside a qcow2, VDI or raw
+ * disk, or a copy-on-write OverlayDevice over a read-only input.
+ *
+ * The tool sees the device as one regular file (`/dev/disk` by default) in
+ * an otherwise empty virtual file system: no host file is opened, no
+ * `?offset=` trick, and resize2fs sizes the filesystem to the window by
+ * itself without truncating anything (see src/fs/e2fsprogs-worker.ts).
+ *
+ * Why a worker thread: WASI is synchronous, BlockDevices are asynchronous
+ * (the qcow2/VDI drivers can only be). The tool runs in a worker that sleeps
+ * in Atomics.wait on a SharedArrayBuffer while this thread serves each
+ * request with the async device and Atomics.notify's it. Requests are split
+ * into chunks of at most CHUNK bytes (the shared data buffer).
+ *
+ * Safety:
+ *  - mode 'check' (-n) runs read-only: opening the device for writing fails
+ *    with EROFS inside the tool, a write reaching this side is refused, and
+ *    the device itself is never written or flushed.
+ *  - A device error (a qcow2 that fails a read) stops the tool at once and
+ *    rejects with that error: e2fsck -y would otherwise "repair" around the
+ *    failed read by rewriting blocks.
+ *  - A worker that dies or traps rejects the promise; nothing can hang
+ *    waiting for it.
+ *
+ * Exit status of e2fsck (bits, as e2fsck(8)): 0 clean, 1 errors corrected,
+ * 2 corrected and the system should be rebooted, 4 errors left uncorrected,
+ * 8 operational error, 16 usage or syntax error, 32 cancelled by the user,
+ * 128 shared-library error.
+ */
+
+import * as fs from 'node:fs';
+import { randomUUID } from 'node:crypto';
+import { fileURLToPath } from 'node:url';
+import { Worker } from 'node:worker_threads';
+import type { BlockDevice } from '../core/device.js';
+import { ImageError } from '../core/errors.js';
+import { readExtSuperblock } from './ext-superblock.js';
+import { toolWorkerMain, wasmApi, type ToolWorkerData, type ToolWorkerMessage, type WasmModule } from './e2fsprogs-worker.js';
+
+export type Tool = 'e2fsck' | 'resize2fs' | 'mke2fs';
+export type FsckMode = 'check' | 'preen' | 'repair'; // -n, -p, -y; always -f (full check)
+export type FsckStatus = 'clean' | 'corrected' | 'reboot' | 'uncorrected' | 'operational-error' | 'usage' | 'cancelled' | 'library-error';
+
+export interface FsckResult {
+  exitCode: number;
+  status: FsckStatus[];
+  output: string;
+}
+
+export interface ResizeResult {
+  exitCode: number;
+  output: string;
+  /** Filesystem size in bytes before and after. */
+  oldSize: number;
+  newSize: number;
+}
+
+export interface Mke2fsResult {
+  exitCode: number;
+  output: string;
+  /** Filesystem size in bytes. */
+  size: number;
+  uuid: string;
+}
+
+/** Options every tool run accepts. */
+export interface ToolRunOptions {
+  /** Receives stdout and stderr text as the tool writes it. */
+  onOutput?: (chunk: string) => void;
+  /**
+   * Name the tool shows for the device (`/dev/NAME`), e.g. the image file's
+   * name; characters other than letters, digits and `._+-` become `_`.
+   * Default `disk`.
+   */
+  name?: string;
+  /** Stop the tool (the worker is terminated); rejects with ImageError 'interrupted'. */
+  signal?: AbortSignal;
+}
+
+/** The size of the shared buffer requests are chunked through. */
+export const CHUNK = 8 << 20;
+/** Output kept in FsckResult.output (onOutput still sees everything). */
+const MAX_OUTPUT = 16 << 20;
+
+// Control words in the shared control buffer (layout shared with the worker).
+const CTL_STATE = 0; // 0 idle, 1 request pending, 2 reply ready
+const CTL_OP = 1; // 1 read, 2 write, 3 flush
+const CTL_LEN = 2;
+const CTL_RESULT = 3; // a WASI errno, 0 for success
+const CTL_OFFSET_F64 = 2; // Float64 index: bytes 16..23
+const OP_READ = 1;
+const OP_WRITE = 2;
+const OP_FLUSH = 3;
+const WASI_EROFS = 69;
+const WASI_EINVAL = 28;
+
+// ---------------------------------------------------------------------------
+// Locating and compiling the WebAssembly modules
+
+/** Directory of the built .wasm files: wasm/build/ at the package root (IMGTOOL_WASM_DIR overrides). */
+export function wasmDir(): string {
+  return process.env.IMGTOOL_WASM_DIR || fileURLToPath(new URL('../../wasm/build/', import.meta.url));
+}
+
+function wasmPath(tool: Tool): string {
+  return `${wasmDir().replace(/\/+$/, '')}/${tool}.wasm`;
+}
+
+/** True when e2fsck.wasm and resize2fs.wasm (and mke2fs.wasm) are built. */
+export function wasmAvailable(tool?: Tool): boolean {
+  const tools: Tool[] = tool ? [tool] : ['e2fsck', 'resize2fs'];
+  return tools.every((t) => {
+    try {
+      return fs.statSync(wasmPath(t)).size > 8;
+    } catch {
+      return false;
+    }
+  });
+}
+
+const compiled = new Map<string, Promise<WasmModule>>();
+
+/** Compile a tool once per process (per path). */
+function loadModule(tool: Tool): Promise<WasmModule> {
+  const path = wasmPath(tool);
+  let m = compiled.get(path);
+  if (!m) {
+    m = (async () => {
+      let bytes: Buffer;
+      try {
+        bytes = await fs.promises.readFile(path);
+      } catch {
+        throw new ImageError('unsupported', "e2fsprogs WebAssembly build missing: run 'npm run setup'", { path });
+      }
+      try {
+        return await wasmApi().compile(bytes);
+      } catch (e) {
+        throw new ImageError('unsupported', `${path} is not a usable WebAssembly module (${(e as Error).message}): run 'npm run setup'`, { path });
+      }
+    })();
+    compiled.set(path, m);
+    m.catch(() => compiled.delete(path));
+  }
+  return m;
+}
+
+// ---------------------------------------------------------------------------
+// Superblock checks before a tool runs
+
+/** Feature bits e2fsprogs 1.47.0 supports (EXT2_LIB_FEATURE_*_SUPP in lib/ext2fs/ext2fs.h, MMP enabled). */
+const SUPPORTED = {
+  compat: 0x0001 | 0x0002 | 0x0004 | 0x0008 | 0x0010 | 0x0020 | 0x0200 | 0x0400 | 0x0800 | 0x1000,
+  incompat: 0x0002 | 0x0004 | 0x0008 | 0x0010 | 0x0040 | 0x0080 | 0x0100 | 0x0200 | 0x0400 | 0x2000 | 0x4000 | 0x8000 | 0x10000 | 0x20000,
+  roCompat: 0x0001 | 0x0002 | 0x0008 | 0x0010 | 0x0020 | 0x0040 | 0x0100 | 0x0200 | 0x0400 | 0x1000 | 0x2000 | 0x4000 | 0x8000 | 0x10000,
+};
+/** Names of feature bits that exist but e2fsprogs 1.47 does not handle. */
+const UNSUPPORTED_NAMES: Record<string, Record<number, string>> = {
+  compat: { 0x40: 'lazy_bg', 0x100: 'exclude_bitmap' },
+  incompat: { 0x1: 'compression', 0x1000: 'dirdata' },
+  roCompat: { 0x80: 'snapshot', 0x800: 'replica' },
+};
+
+const SB_OFFSET = 1024;
+const SB_MAGIC = 0x38; // s_magic, u16
+const SB_LOG_BLOCK_SIZE = 0x18; // u32
+const SB_FEATURES = { compat: 0x5c, incompat: 0x60, roCompat: 0x64 } as const; // u32 each
+const EXT_MAGIC = 0xef53;
+
+interface RawSuperblock {
+  /** Byte offset of this superblock copy in the device. */
+  at: number;
+  view: DataView;
+}
+
+async function superblockAt(dev: BlockDevice, at: number): Promise<RawSuperblock | undefined> {
+  if (at + 1024 > dev.size) return undefined;
+  const buf = new Uint8Array(1024);
+  await dev.read(buf, at);
+  const view = new DataView(buf.buffer);
+  return view.getUint16(SB_MAGIC, true) === EXT_MAGIC ? { at, view } : undefined;
+}
+
+/**
+ * The superblock to judge the filesystem by: the primary, or (when
+ * `allowBackup`, for e2fsck which finds backups itself) the first backup
+ * e2fsck would try. Throws when the device holds no ext filesystem or one
+ * with features e2fsprogs 1.47 does not know.
+ */
+async function requireExt(dev: BlockDevice, tool: Tool, allowBackup: boolean): Promise<RawSuperblock> {
+  let sb = await superblockAt(dev, SB_OFFSET);
+  if (!sb && allowBackup) {
+    // e2fsck's backup search: group 1's superblock for each block size.
+    for (let bs = 1024; bs <= 65536 && !sb; bs *= 2) {
+      const cand = await superblockAt(dev, (bs * 8 + (bs === 1024 ? 1 : 0)) * bs);
+      if (cand && 1024 << cand.view.getUint32(SB_LOG_BLOCK_SIZE, true) === bs) sb = cand;
+    }
+  }
+  if (!sb) {
+    let found = 'nothing (device too small)';
+    if (dev.size >= SB_OFFSET + 1024) {
+      const b = new Uint8Array(2);
+      await dev.read(b, SB_OFFSET + SB_MAGIC);
+      found = `0x${(b[0]! | (b[1]! << 8)).toString(16).padStart(4, '0')}`;
+    }
+    throw new ImageError(
+      'invalid-format',
+      `not an ext2/3/4 filesystem: no superblock magic 0xef53 at byte ${SB_OFFSET + SB_MAGIC} (found ${found})${allowBackup ? ' nor in a backup superblock' : ''}; ${tool} not run`,
+      { field: 's_magic', offset: SB_OFFSET + SB_MAGIC, value: found },
+    );
+  }
+  const log = sb.view.getUint32(SB_LOG_BLOCK_SIZE, true);
+  if (log > 6) {
+    throw new ImageError('invalid-format', `ext superblock: s_log_block_size (at offset ${sb.at + SB_LOG_BLOCK_SIZE}, value ${log}) is out of range (0..6)`, {
+      field: 's_log_block_size',
+      offset: sb.at + SB_LOG_BLOCK_SIZE,
+      value: log,
+    });
+  }
+  const bad: string[] = [];
+  for (const kind of ['compat', 'incompat', 'roCompat'] as const) {
+    const bits = sb.view.getUint32(SB_FEATURES[kind], true);
+    const unknown = (bits & ~SUPPORTED[kind]) >>> 0;
+    for (let b = 0; b < 32; b++) {
+      const bit = 2 ** b;
+      if (unknown & bit) bad.push(UNSUPPORTED_NAMES[kind]![bit] ?? `${kind.replace('roCompat', 'ro_compat')} bit 0x${bit.toString(16)}`);
+    }
+  }
+  if (bad.length) {
+    const field = 's_feature_*';
+    throw new ImageError('unsupported', `the filesystem has features e2fsprogs 1.47 does not support (${bad.join(', ')}); ${tool} not run`, {
+      field,
+      offset: sb.at + SB_FEATURES.compat,
+      value: bad.join(','),
+    });
+  }
+  return sb;
+}
+
+/** Filesystem size in bytes from the primary superblock, or undefined. */
+async function fsSize(dev: BlockDevice): Promise<number | undefined> {
+  return (await readExtSuperblock(dev))?.size;
+}
+
+// ---------------------------------------------------------------------------
+// Running a tool
+
+function devicePath(name: string | undefined): string {
+  let n = (name ?? 'disk').replace(/[^A-Za-z0-9._+-]/g, '_').replace(/^[-.]+/, '_');
+  if (!n || n === 'null' || n === 'urandom' || n === 'random') n = `disk-${n}`;
+  return `/dev/${n.slice(0, 200)}`;
+}
+
+/** The eval'd worker: filters node:wasi's ExperimentalWarning, then runs toolWorkerMain. */
+const WORKER_SOURCE = `'use strict';
+const emitWarning = process.emitWarning;
+process.emitWarning = function (warning, ...rest) {
+  const type = typeof rest[0] === 'string' ? rest[0] : rest[0] && rest[0].type;
+  if (type === 'ExperimentalWarning' && /WASI/.test(String(warning && warning.message || warning))) return;
+  return emitWarning.call(this, warning, ...rest);
+};
+(${toolWorkerMain.toString()})(require('node:worker_threads'), require('node:wasi'), require('node:crypto'));
+`;
+
+interface RunResult {
+  exitCode: number;
+  output: string;
+}
+
+/**
+ * Run `tool` with `args` (argv[0] included; the device path is `dev` below)
+ * on `dev`. Writable runs flush the device at the end.
+ */
+async function runTool(
+  tool: Tool,
+  dev: BlockDevice,
+  args: (devPath: string) => string[],
+  opts: ToolRunOptions & { writable: boolean; env?: Record<string, string> },
+): Promise<RunResult> {
+  if (opts.writable && dev.readOnly) {
+    throw new ImageError('usage', `${tool}: the device is read-only (open the image writable, or run on an overlay)`, { operation: 'write' });
+  }
+  if (opts.signal?.aborted) throw new ImageError('interrupted', `${tool} cancelled before it started`);
+  const module = await loadModule(tool);
+  const devPath = devicePath(opts.name);
+  const ctlBuf = new SharedArrayBuffer(32);
+  const dataBuf = new SharedArrayBuffer(CHUNK);
+  const ctl = new Int32Array(ctlBuf);
+  const ctlF64 = new Float64Array(ctlBuf);
+  const shared = new Uint8Array(dataBuf);
+  const scratch = Buffer.allocUnsafe(CHUNK);
+  const workerData: ToolWorkerData = {
+    module,
+    args: args(devPath),
+    env: { PATH: '/', ...opts.env },
+    devicePath: devPath,
+    deviceSize: dev.size,
+    writable: opts.writable,
+    ctl: ctlBuf,
+    data: dataBuf,
+    trace: process.env.IMGTOOL_WASI_TRACE === '1',
+  };
+
+  return new Promise<RunResult>((resolve, reject) => {
+    const worker = new Worker(WORKER_SOURCE, { eval: true, workerData, stdout: false, stderr: false });
+    const decoders = { 1: new TextDecoder(), 2: new TextDecoder() };
+    let output = '';
+    let truncated = false;
+    let settled = false;
+    let exited = false; // the tool has returned its exit code
+    let wrote = false;
+
+    const append = (text: string) => {
+      if (!text) return;
+      opts.onOutput?.(text);
+      if (output.length + text.length <= MAX_OUTPUT) output += text;
+      else if (!truncated) {
+        truncated = true;
+        output += '\n[imgtool: output truncated]\n';
+      }
+    };
+    const finish = (fn: () => void) => {
+      if (settled) return;
+      settled = true;
+      opts.signal?.removeEventListener('abort', onAbort);
+      fn();
+    };
+    const fail = (err: unknown) => {
+      finish(() => {
+        void worker.terminate();
+        reject(err);
+      });
+    };
+    const onAbort = () => fail(new ImageError('interrupted', `${tool} was cancelled${wrote ? ' after it had written to the device' : ''}`));
+    opts.signal?.addEventListener('abort', onAbort, { once: true });
+
+    const reply = (errno: number) => {
+      ctl[CTL_RESULT] = errno;
+      Atomics.store(ctl, CTL_STATE, 2);
+      Atomics.notify(ctl, CTL_STATE);
+    };
+
+    const serve = async () => {
+      const op = ctl[CTL_OP]!;
+      const len = ctl[CTL_LEN]!;
+      const offset = ctlF64[CTL_OFFSET_F64]!;
+      if (len < 0 || len > CHUNK || !Number.isSafeInteger(offset) || offset < 0 || offset + len > dev.size) {
+        reply(WASI_EINVAL);
+        return;
+      }
+      try {
+        if (op === OP_READ) {
+          const buf = scratch.subarray(0, len);
+          await dev.read(buf, offset);
+          if (settled) return;
+          shared.set(buf, 0);
+          reply(0);
+        } else if (op === OP_WRITE) {
+          if (!opts.writable) {
+            reply(WASI_EROFS);
+            return;
+          }
+          const buf = scratch.subarray(0, len);
+          buf.set(shared.subarray(0, len));
+          wrote = true;
+          await dev.write(buf, offset);
+          reply(0);
+        } else if (op === OP_FLUSH) {
+          if (opts.writable) await dev.flush();
+          reply(0);
+        } else reply(WASI_EINVAL);
+      } catch (e) {
+        const what = op === OP_READ ? 'read' : op === OP_WRITE ? 'write' : 'flush';
+        const msg = `${tool} stopped: the device failed a ${what} of ${len} bytes at offset ${offset}: ${(e as Error)?.message ?? String(e)}`;
+        fail(
+          e instanceof ImageError
+            ? new ImageError(e.kind, msg, { ...e.context, operation: what }, { cause: e })
+            : new ImageError('io', msg, { offset, operation: what }, { cause: e }),
+        );
+      }
+    };
+
+    worker.on('message', (m: ToolWorkerMessage) => {
+      if (settled) return;
+      switch (m.t) {
+        case 'io':
+          void serve();
+          break;
+        case 'out':
+          append(decoders[m.fd].decode(m.bytes, { stream: true }));
+          break;
+        case 'trace':
+          process.stderr.write(`[${tool}] ${m.text}\n`);
+          break;
+        case 'exit': {
+          exited = true;
+          append(decoders[1].decode() + decoders[2].decode());
+          const code = m.code;
+          const done = async () => {
+            if (opts.writable && wrote) await dev.flush();
+          };
+          done().then(
+            () => finish(() => resolve({ exitCode: code, output })),
+            (e) => fail(e),
+          );
+          break;
+        }
+        case 'fail':
+          fail(crashError(tool, m.message, output));
+          break;
+      }
+    });
+    worker.on('error', (e) => fail(crashError(tool, e?.message ?? String(e), output)));
+    worker.on('exit', (code) => {
+      if (!settled && !exited) fail(new ImageError('io', `${tool}: its worker thread exited (code ${code}) before the tool finished`));
+    });
+  });
+}
+
+/** A trap or a dead worker: memory exhaustion gets its own clear message. */
+function crashError(tool: Tool, message: string, output: string): Error {
+  if (/memory|allocation/i.test(message)) return memoryError(tool, message, output);
+  return new ImageError('io', `${tool} (WebAssembly) crashed: ${message}${tail(output)}`);
+}
+
+function tail(output: string): string {
+  const t = output.trim().split('\n').slice(-3).join(' / ');
+  return t ? ` (last output: ${t})` : '';
+}
+
+function memoryError(tool: Tool, message: string, output: string): ImageError {
+  return new ImageError(
+    'unsupported',
+    `${tool} ran out of memory: a WebAssembly tool can use at most 4 GiB, too little for this filesystem (${message.trim()}); ` +
+      `run the native e2fsprogs on the extracted filesystem instead${tail(output)}`,
+  );
+}
+
+/** e2fsprogs reports allocation failures through com_err. */
+const OOM_OUTPUT = /Memory allocation failed|Cannot allocate memory|Can't allocate|Error allocating|while allocating|out of memory/i;
+
+/** Classify an exit: a tool that failed because malloc failed is an ImageError, not an answer. */
+export function isOutOfMemory(exitCode: number, output: string): boolean {
+  return exitCode !== 0 && (exitCode & 8) !== 0 && OOM_OUTPUT.test(output);
+}
+
+// ---------------------------------------------------------------------------
+// Public API
+
+/** Decode e2fsck's exit status bits. */
+export function fsckStatus(exitCode: number): FsckStatus[] {
+  if (exitCode === 0) return ['clean'];
+  const out: FsckStatus[] = [];
+  const bits: Array<[number, FsckStatus]> = [
+    [1, 'corrected'],
+    [2, 'reboot'],
+    [4, 'uncorrected'],
+    [8, 'operational-error'],
+    [16, 'usage'],
+    [32, 'cancelled'],
+    [128, 'library-error'],
+  ];
+  for (const [bit, name] of bits) if (exitCode & bit) out.push(name);
+  return out;
+}
+
+const MODE_FLAG: Record<FsckMode, string> = { check: '-n', preen: '-p', repair: '-y' };
+
+/**
+ * `e2fsck -f` with -n (check), -p (preen) or -y (repair) on `dev`.
+ * 'check' never writes. The result carries e2fsck's exit code and output;
+ * errors before or around the run (not an ext filesystem, unsupported
+ * features, device failures, memory exhaustion) throw ImageError.
+ */
+export async function e2fsck(dev: BlockDevice, opts: { mode: FsckMode; extraArgs?: string[] } & ToolRunOptions): Promise<FsckResult> {
+  const flag = MODE_FLAG[opts.mode];
+  if (!flag) throw new ImageError('usage', `e2fsck mode must be check, preen or repair, not '${String(opts.mode)}'`);
+  await requireExt(dev, 'e2fsck', true);
+  const r = await runTool('e2fsck', dev, (p) => ['e2fsck', '-f', flag, ...(opts.extraArgs ?? []), p], {
+    ...opts,
+    writable: opts.mode !== 'check',
+  });
+  if (isOutOfMemory(r.exitCode, r.output)) throw memoryError('e2fsck', 'malloc failed', r.output);
+  return { exitCode: r.exitCode, status: fsckStatus(r.exitCode), output: r.output };
+}
+
+/**
+ * resize2fs `dev` to `size` bytes (default: the whole device). resize2fs
+ * requires a filesystem checked since it was last mounted (run e2fsck first)
+ * unless `force`. A size above the device's is refused here; resize2fs
+ * rounds down to whole blocks and refuses sizes below its minimum. The
+ * result's exitCode is resize2fs's (0 success, 1 failure; see output).
+ */
+export async function resize2fs(dev: BlockDevice, opts: { size?: number; force?: boolean } & ToolRunOptions = {}): Promise<ResizeResult> {
+  await requireExt(dev, 'resize2fs', false);
+  const oldSize = (await fsSize(dev))!;
+  if (opts.size !== undefined) {
+    if (!Number.isSafeInteger(opts.size) || opts.size <= 0) {
+      throw new ImageError('usage', `resize2fs: size must be a positive number of bytes, not ${opts.size}`, { value: opts.size });
+    }
+    if (opts.size > dev.size) {
+      throw new ImageError('usage', `resize2fs: requested size ${opts.size} is larger than the device (${dev.size} bytes)`, { value: opts.size });
+    }
+  }
+  if (oldSize > dev.size) {
+    throw new ImageError(
+      'corrupt',
+      `the filesystem claims ${oldSize} bytes but its device holds only ${dev.size}: resize it with an explicit size no larger than the device`,
+      { field: 's_blocks_count', offset: SB_OFFSET + 4, value: oldSize },
+    );
+  }
+  const sizeArg = opts.size !== undefined ? [`${Math.floor(opts.size / 1024)}K`] : [];
+  const r = await runTool('resize2fs', dev, (p) => ['resize2fs', ...(opts.force ? ['-f'] : []), p, ...sizeArg], { ...opts, writable: true });
+  if (isOutOfMemory(r.exitCode, r.output)) throw memoryError('resize2fs', 'malloc failed', r.output);
+  const newSize = (await fsSize(dev)) ?? oldSize;
+  return { exitCode: r.exitCode, output: r.output, oldSize, newSize };
+}
+
+export interface Mke2fsOptions extends ToolRunOptions {
+  /** Default ext4. */
+  type?: 'ext2' | 'ext3' | 'ext4';
+  label?: string;
+  /** Default: a random UUID. */
+  uuid?: string;
+  /** Bytes: 1024, 2048, 4096 (default: mke2fs chooses). */
+  blockSize?: number;
+  /** mke2fs -O list, e.g. '^metadata_csum,64bit'. */
+  features?: string;
+  /** Filesystem size in bytes (default: the whole device). */
+  size?: number;
+  extraArgs?: string[];
+}
+
+/**
+ * mke2fs on `dev` (everything on it is lost). Uses mke2fs's built-in
+ * configuration (Debian's mke2fs.conf defaults). Throws on failure.
+ */
+export async function mke2fs(dev: BlockDevice, opts: Mke2fsOptions = {}): Promise<Mke2fsResult> {
+  const type = opts.type ?? 'ext4';
+  if (!['ext2', 'ext3', 'ext4'].includes(type)) throw new ImageError('usage', `mke2fs: type must be ext2, ext3 or ext4, not '${type}'`);
+  if (opts.size !== undefined && (!Number.isSafeInteger(opts.size) || opts.size <= 0 || opts.size > dev.size)) {
+    throw new ImageError('usage', `mke2fs: size ${opts.size} must be positive and at most the device's ${dev.size} bytes`, { value: opts.size });
+  }
+  const uuid = opts.uuid ?? randomUUID();
+  if (!/^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i.test(uuid)) {
+    throw new ImageError('usage', `mke2fs: '${uuid}' is not a UUID`, { value: uuid });
+  }
+  const args = ['mke2fs', '-F', '-q', '-t', type, '-U', uuid];
+  if (opts.label !== undefined) args.push('-L', opts.label);
+  if (opts.blockSize !== undefined) args.push('-b', String(opts.blockSize));
+  if (opts.features) args.push('-O', opts.features);
+  args.push(...(opts.extraArgs ?? []));
+  const sizeArg = opts.size !== undefined ? [`${Math.floor(opts.size / 1024)}k`] : [];
+  const r = await runTool('mke2fs', dev, (p) => [...args, p, ...sizeArg], { ...opts, writable: true });
+  if (isOutOfMemory(r.exitCode, r.output)) throw memoryError('mke2fs', 'malloc failed', r.output);
+  if (r.exitCode !== 0) {
+    throw new ImageError('io', `mke2fs failed (exit ${r.exitCode}): ${r.output.trim().split('\n').slice(-3).join(' / ')}`);
+  }
+  return { exitCode: r.exitCode, output: r.output, size: (await fsSize(dev)) ?? 0, uuid: uuid.toLowerCase() };
+}
