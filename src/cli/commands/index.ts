@@ -2,8 +2,10 @@
 import type { CommandSpec } from '../command.js';
 import { convertCommand } from './convert.js';
 import { infoCommand } from './info.js';
+import { PART_COMMANDS } from './part.js';
 
 export const COMMANDS: CommandSpec[] = [
   convertCommand,
   infoCommand,
+  ...PART_COMMANDS,
 ];
