@@ -37,6 +37,11 @@ export interface ExtStats {
   isSymbolicLink(): boolean;
 }
 
+export interface ExtFileHandle {
+  read(buffer: Uint8Array, offset: number, length: number, position: number): Promise<{ bytesRead: number }>;
+  close(): Promise<void>;
+}
+
 /** The part of ext2fs's `fs.promises` imgtool uses. Paths are absolute inside the filesystem. */
 export interface ExtFs {
   readFile(path: string): Promise<Buffer>;
@@ -52,6 +57,7 @@ export interface ExtFs {
   chmod(path: string, mode: number): Promise<void>;
   chown(path: string, uid: number, gid: number): Promise<void>;
   rename(from: string, to: string): Promise<void>;
+  open(path: string, flags: string): Promise<ExtFileHandle>;
 }
 
 interface Ext2fsModule {
@@ -111,6 +117,47 @@ class DiskAdapter {
   async discard(_offset: number, _length: number) {}
 }
 
+/** Largest file readFile returns (a Buffer of the inode's size is allocated). */
+const MAX_READ = 2 ** 31 - 1;
+
+/**
+ * ext2fs 4.2.5's readFile always decodes as UTF-8 (its option handling lets
+ * the defaults win), which corrupts binary files, and its writeFile ignores
+ * `mode`. readFile is re-done here over open/read; writeFile takes a mode by
+ * chmod after writing.
+ */
+function fixedFs(raw: ExtFs): ExtFs {
+  const readWhole = async (p: string): Promise<Buffer> => {
+    const fh = (await raw.open(p, 'r')) as ExtFileHandle & { stat(): Promise<ExtStats> };
+    try {
+      const st = await fh.stat();
+      if (!st.isFile()) throw Object.assign(new Error(`${p} is not a regular file`), { code: st.isDirectory() ? 'EISDIR' : 'EINVAL' });
+      if (st.size > MAX_READ) throw new ImageError('unsupported', `${p} is ${st.size} bytes, too large to read whole`, { path: p, value: st.size });
+      const buf = Buffer.alloc(st.size);
+      let pos = 0;
+      while (pos < st.size) {
+        const { bytesRead } = await fh.read(buf, pos, Math.min(st.size - pos, 1 << 20), pos);
+        if (bytesRead <= 0) break;
+        pos += bytesRead;
+      }
+      return pos === st.size ? buf : buf.subarray(0, pos);
+    } finally {
+      await fh.close();
+    }
+  };
+  const fs = Object.create(raw) as ExtFs;
+  fs.readFile = (async (p: string, enc?: BufferEncoding | { encoding: BufferEncoding }) => {
+    const b = await readWhole(p);
+    const e = typeof enc === 'string' ? enc : enc?.encoding;
+    return e ? b.toString(e) : b;
+  }) as ExtFs['readFile'];
+  fs.writeFile = async (p: string, data: string | Uint8Array, opts?: { mode?: number }) => {
+    await raw.writeFile(p, typeof data === 'string' ? Buffer.from(data) : Buffer.from(data.buffer, data.byteOffset, data.byteLength));
+    if (opts?.mode !== undefined) await raw.chmod(p, opts.mode);
+  };
+  return fs;
+}
+
 let queue: Promise<unknown> = Promise.resolve();
 
 export interface WithExtFsOptions {
@@ -145,7 +192,7 @@ export function withExtFs<T>(dev: BlockDevice, fn: (fs: ExtFs) => Promise<T>, op
     const log = opts.log ?? ((m: string) => process.stderr.write(`imgtool: ${m}\n`));
     const adapter = new DiskAdapter(target, log);
     try {
-      return await ext2fs().withMountedDisk(adapter, 0, ({ promises }) => fn(promises));
+      return await ext2fs().withMountedDisk(adapter, 0, ({ promises }) => fn(fixedFs(promises)));
     } catch (e) {
       if (adapter.lastError !== undefined && !(e instanceof ImageError)) {
         const inner = adapter.lastError;

@@ -1,0 +1,555 @@
+/**
+ * Guest fix-ups: what a Xen PV guest's root filesystem needs to boot under
+ * KVM on a virtio disk, done on the filesystem itself (a BlockDevice), never
+ * on host paths.
+ *
+ *   /etc/fstab            xvdX / sdX / hdX device names -> UUID= of the new
+ *                         root and swap (or /dev/vdX names); a swap line is
+ *                         added when there is none and a swap UUID is given
+ *   consoles              xvc0/hvc0 gettys -> ttyS0 (+ tty1) in /etc/inittab,
+ *                         upstart's /etc/event.d and /etc/init, systemd's
+ *                         getty.target.wants; /etc/securetty gains ttyS0
+ *   boot configs          menu.lst, grub.conf, grub.cfg, /etc/default/grub:
+ *                         root=/dev/xvda1 -> the new root; xencons=,
+ *                         console=hvc0, console=xvc0 removed
+ *   warnings              Xen-only kernels, initrds without virtio drivers
+ *                         (and which file to change), /boot elsewhere
+ *
+ * Every change is planned first on a read-only mount, reported as a unified
+ * diff, and applied in a second mount unless `dryRun` (then nothing at all is
+ * written to the device). A filesystem that is not a bootable guest gives
+ * isGuest false and a warning, not an error.
+ */
+
+import type { BlockDevice } from '../core/device.js';
+import { ImageError } from '../core/errors.js';
+import { type ExtFs, isFsError, withExtFs } from '../fs/ext.js';
+import { readExtSuperblock } from '../fs/ext-superblock.js';
+import { type KernelInfo, isXenConsoleArg, kernelsIn, pickBootKernel, readGuestFile } from './boot.js';
+import { unifiedDiff } from './diff.js';
+
+export interface GuestFixOptions {
+  /** The root device name for KVM, e.g. '/dev/vda1' (used when no rootUuid). */
+  rootDevice: string;
+  rootUuid?: string;
+  swapUuid?: string;
+  /** e.g. '/dev/vda2' (used for swap when no swapUuid). */
+  swapDevice?: string;
+  dryRun?: boolean;
+}
+
+export interface FileChange {
+  path: string;
+  /** Contents before (a symlink as 'symlink -> TARGET'); null: did not exist. */
+  before: string | null;
+  after: string | null;
+  /** Unified diff (diff -u). */
+  diff: string;
+}
+
+export interface GuestFixReport {
+  isGuest: boolean;
+  changes: FileChange[];
+  warnings: string[];
+  kernels: KernelInfo[];
+}
+
+/** Largest config file we edit. */
+const MAX_CONFIG = 4 << 20;
+const XEN_DISK = /^\/dev\/(?:xvd|sd|hd)([a-z]+)(\d*)$/;
+const XEN_CONSOLE = /\b(?:xvc0|hvc0)\b/;
+const SERIAL_ARGS = 'console=tty0 console=ttyS0,115200';
+
+type Change =
+  | { kind: 'file'; path: string; before: string | null; after: string | null; mode?: number }
+  | { kind: 'symlink'; path: string; before: string | null; after: string | null }
+  | { kind: 'mkdir'; path: string };
+
+/** Reads through the planned changes, so later steps see earlier ones. */
+class Plan {
+  changes: Change[] = [];
+  constructor(readonly fsys: ExtFs) {}
+
+  private pending(path: string): Change | undefined {
+    for (let i = this.changes.length - 1; i >= 0; i--) if (this.changes[i]!.path === path) return this.changes[i];
+    return undefined;
+  }
+
+  async exists(path: string): Promise<boolean> {
+    const p = this.pending(path);
+    if (p) return p.kind === 'mkdir' || p.after !== null;
+    try {
+      await this.fsys.lstat(path);
+      return true;
+    } catch (e) {
+      if (isFsError(e, 'ENOENT') || isFsError(e, 'ENOTDIR')) return false;
+      throw e;
+    }
+  }
+
+  async isDir(path: string): Promise<boolean> {
+    const p = this.pending(path);
+    if (p) return p.kind === 'mkdir';
+    try {
+      return (await this.fsys.stat(path)).isDirectory();
+    } catch (e) {
+      if (isFsError(e, 'ENOENT') || isFsError(e, 'ENOTDIR')) return false;
+      throw e;
+    }
+  }
+
+  async readdir(path: string): Promise<string[]> {
+    let names: string[] = [];
+    try {
+      names = await this.fsys.readdir(path);
+    } catch (e) {
+      if (!isFsError(e, 'ENOENT') && !isFsError(e, 'ENOTDIR')) throw e;
+    }
+    const set = new Set(names.filter((n) => n !== '.' && n !== '..'));
+    for (const c of this.changes) {
+      if (c.kind === 'mkdir' || c.path.slice(0, c.path.lastIndexOf('/')) !== path) continue;
+      const name = c.path.slice(c.path.lastIndexOf('/') + 1);
+      if (c.after === null) set.delete(name);
+      else set.add(name);
+    }
+    return [...set].sort();
+  }
+
+  /** Follow symlinks (up to 8) to the file they name; paths stay inside the guest. */
+  async resolve(path: string): Promise<string> {
+    let p = path;
+    for (let i = 0; i < 8; i++) {
+      let st;
+      try {
+        st = await this.fsys.lstat(p);
+      } catch (e) {
+        if (isFsError(e, 'ENOENT') || isFsError(e, 'ENOTDIR')) return p;
+        throw e;
+      }
+      if (!st.isSymbolicLink()) return p;
+      const target = await this.fsys.readlink(p);
+      p = normalise(target.startsWith('/') ? target : `${p.slice(0, p.lastIndexOf('/'))}/${target}`);
+    }
+    return p;
+  }
+
+  /** Text of a regular file (latin1, so every byte round-trips), or null when absent. */
+  async read(path: string): Promise<string | null> {
+    const p = this.pending(path);
+    if (p && p.kind === 'file') return p.after;
+    try {
+      return (await readGuestFile(this.fsys, path, MAX_CONFIG)).toString('latin1');
+    } catch (e) {
+      if (isFsError(e, 'ENOENT') || isFsError(e, 'ENOTDIR')) return null;
+      throw e;
+    }
+  }
+
+  async readlink(path: string): Promise<string | null> {
+    const p = this.pending(path);
+    if (p && p.kind === 'symlink') return p.after;
+    try {
+      return await this.fsys.readlink(path);
+    } catch (e) {
+      if (isFsError(e, 'ENOENT') || isFsError(e, 'EINVAL') || isFsError(e, 'ENOTDIR')) return null;
+      throw e;
+    }
+  }
+
+  async write(path: string, before: string | null, after: string | null, mode?: number): Promise<void> {
+    if (before === after) return;
+    const prev = this.pending(path);
+    if (prev && prev.kind === 'file') {
+      prev.after = after;
+      return;
+    }
+    this.changes.push({ kind: 'file', path, before, after, mode });
+  }
+
+  async symlink(path: string, target: string | null): Promise<void> {
+    const before = await this.readlink(path);
+    if (before === target) return;
+    this.changes.push({ kind: 'symlink', path, before, after: target });
+  }
+
+  async mkdir(path: string): Promise<void> {
+    if (await this.isDir(path)) return;
+    this.changes.push({ kind: 'mkdir', path });
+  }
+}
+
+function normalise(p: string): string {
+  const out: string[] = [];
+  for (const part of p.split('/')) {
+    if (!part || part === '.') continue;
+    if (part === '..') out.pop();
+    else out.push(part);
+  }
+  return '/' + out.join('/');
+}
+
+/** Show latin1-decoded text as UTF-8 again for the report. */
+const display = (s: string | null) => (s === null ? null : Buffer.from(s, 'latin1').toString('utf8'));
+
+function report(c: Change): FileChange {
+  if (c.kind === 'mkdir') {
+    return { path: c.path, before: null, after: 'directory', diff: `new directory ${c.path}\n` };
+  }
+  if (c.kind === 'symlink') {
+    const before = c.before === null ? null : `symlink -> ${c.before}`;
+    const after = c.after === null ? null : `symlink -> ${c.after}`;
+    return { path: c.path, before, after, diff: unifiedDiff(c.path, before === null ? null : before + '\n', after === null ? null : after + '\n') };
+  }
+  const before = display(c.before);
+  const after = display(c.after);
+  return { path: c.path, before, after, diff: unifiedDiff(c.path, before, after) };
+}
+
+async function apply(fsys: ExtFs, changes: Change[]): Promise<void> {
+  for (const c of changes) {
+    if (c.kind === 'mkdir') {
+      await fsys.mkdir(c.path, 0o755);
+      await fsys.chmod(c.path, 0o40755);
+    } else if (c.kind === 'symlink') {
+      if (c.before !== null) await fsys.unlink(c.path);
+      if (c.after !== null) await fsys.symlink(c.after, c.path);
+    } else if (c.after === null) {
+      await fsys.unlink(c.path);
+    } else {
+      await fsys.writeFile(c.path, Buffer.from(c.after, 'latin1'));
+      if (c.before === null) await fsys.chmod(c.path, 0o100000 | (c.mode ?? 0o644));
+    }
+  }
+}
+
+// ---------------------------------------------------------------- fstab
+
+interface Specs {
+  root: string;
+  swap?: string;
+}
+
+/** Replace the first field of an fstab line, keeping its whitespace. */
+function replaceSpec(line: string, spec: string): string {
+  const m = /^(\s*)(\S+)/.exec(line)!;
+  return m[1] + spec + line.slice(m[0].length);
+}
+
+export function fixFstabText(text: string, specs: Specs, warnings: string[]): string {
+  const lines = text.split('\n');
+  let sawRoot = false;
+  let sawSwap = false;
+  for (let i = 0; i < lines.length; i++) {
+    const line = lines[i]!;
+    if (/^\s*(#|$)/.test(line)) continue;
+    const f = line.trim().split(/\s+/);
+    if (f.length < 3) {
+      warnings.push(`/etc/fstab line ${i + 1} has fewer than 3 fields: '${line.trim()}'`);
+      continue;
+    }
+    const [spec, mnt, type] = f as [string, string, string];
+    const xen = XEN_DISK.exec(spec);
+    if (mnt === '/') {
+      sawRoot = true;
+      if (xen || spec === '/dev/root') lines[i] = replaceSpec(line, specs.root);
+      continue;
+    }
+    if (type === 'swap') {
+      sawSwap = true;
+      if (specs.swap && (xen || spec.startsWith('UUID='))) lines[i] = replaceSpec(line, specs.swap);
+      else if (xen) {
+        lines[i] = `# imgtool: no swap device on the KVM disk: ${line}`;
+        warnings.push(`/etc/fstab: swap on ${spec} has no counterpart on the new disk: commented out (use --swap to add a swap partition)`);
+      }
+      continue;
+    }
+    if (xen) {
+      const vd = `/dev/vd${xen[1]}${xen[2]}`;
+      lines[i] = replaceSpec(line, vd);
+      warnings.push(
+        `/etc/fstab: ${spec} (${mnt}) is not part of the wrapped disk; renamed to ${vd}, which assumes it is attached as virtio disk ${xen[1]}: check it (UUID= or 'nofail' is safer)`,
+      );
+    }
+  }
+  if (!sawRoot) warnings.push('/etc/fstab has no entry for /');
+  if (!sawSwap && specs.swap) {
+    let end = lines.length;
+    while (end > 0 && lines[end - 1] === '') end--;
+    lines.splice(end, 0, `${specs.swap}\tnone\tswap\tsw\t0\t0`);
+    if (end === lines.length - 1) lines.push('');
+  }
+  let out = lines.join('\n');
+  if (!out.endsWith('\n')) out += '\n';
+  return out;
+}
+
+// ---------------------------------------------------------------- consoles
+
+/** A getty invocation on a Xen console rewritten for ttyS0 (or another tty at another speed). */
+function convertGetty(cmd: string, tty: string, speed: string): string {
+  if (/\bmingetty\b/.test(cmd)) {
+    // mingetty cannot drive a serial line: agetty sits next to it (util-linux).
+    return tty === 'tty1' ? cmd.replace(XEN_CONSOLE, tty) : cmd.replace(/\S*mingetty\b.*$/, (m) => `${m.split(/\s/)[0]!.replace(/mingetty$/, 'agetty')} -L ${tty} ${speed} vt100`);
+  }
+  return cmd
+    .replace(new RegExp(XEN_CONSOLE.source, 'g'), tty)
+    .replace(/(^|\s)(\d{3,6})(?=\s|$)/g, (m, sp: string, n: string) => (/^(1200|2400|4800|9600|19200|38400|57600|115200)$/.test(n) ? `${sp}${speed}` : m));
+}
+
+export function fixInittabText(text: string, warnings: string[]): string {
+  const lines = text.split('\n');
+  const ids = new Set(lines.filter((l) => !/^\s*#/.test(l)).map((l) => l.split(':')[0]));
+  let consoleLine = -1;
+  let hasTty1 = false;
+  for (let i = 0; i < lines.length; i++) {
+    const line = lines[i]!;
+    if (/^\s*#/.test(line)) continue;
+    const parts = line.split(':');
+    if (parts.length < 4) continue;
+    const process = parts.slice(3).join(':');
+    if (/getty/.test(process) && /\btty1\b/.test(process)) hasTty1 = true;
+    if (/getty/.test(process) && XEN_CONSOLE.test(process)) {
+      lines[i] = [...parts.slice(0, 3), convertGetty(process, 'ttyS0', '115200')].join(':');
+      if (consoleLine < 0) consoleLine = i;
+    }
+  }
+  if (consoleLine >= 0 && !hasTty1) {
+    const parts = lines[consoleLine]!.split(':');
+    const prog = parts.slice(3).join(':').trim().split(/\s+/)[0]!;
+    const id = ['1', 't1', 'c1'].find((x) => !ids.has(x)) ?? 'T1';
+    const cmd = /mingetty$/.test(prog) ? `${prog} tty1` : /agetty$/.test(prog) ? `${prog} tty1 38400 linux` : `${prog} 38400 tty1`;
+    lines.splice(consoleLine, 0, `${id}:${parts[1]}:respawn:${cmd}`);
+  }
+  if (consoleLine < 0) return text;
+  return lines.join('\n');
+}
+
+async function fixUpstart(plan: Plan, dir: string, warnings: string[]): Promise<void> {
+  if (!(await plan.isDir(dir))) return;
+  const ext = dir === '/etc/init' ? '.conf' : '';
+  let template: string | undefined;
+  for (const name of await plan.readdir(dir)) {
+    const p = `${dir}/${name}`;
+    const named = new RegExp(`^(xvc0|hvc0)${ext.replace('.', '\\.')}$`).test(name);
+    const text = await plan.read(p);
+    if (text === null) continue;
+    const gettyLine = text.split('\n').find((l) => /^\s*(exec|respawn)?.*getty/.test(l) && !/^\s*#/.test(l) && XEN_CONSOLE.test(l));
+    if (!named && !gettyLine) continue;
+    const converted = text
+      .split('\n')
+      .map((l) => (!/^\s*#/.test(l) && /getty/.test(l) ? convertGetty(l, 'ttyS0', '115200') : l.replace(new RegExp(XEN_CONSOLE.source, 'g'), 'ttyS0')))
+      .join('\n');
+    template ??= text;
+    const target = named ? `${dir}/ttyS0${ext}` : p;
+    if (target !== p) {
+      await plan.write(p, text, null);
+      if (await plan.exists(target)) {
+        warnings.push(`${p} removed: ${target} already exists`);
+        continue;
+      }
+      await plan.write(target, null, converted, 0o644);
+    } else await plan.write(p, text, converted);
+  }
+  if (template !== undefined && !(await plan.exists(`${dir}/tty1${ext}`))) {
+    const tty1 = template
+      .split('\n')
+      .map((l) => (!/^\s*#/.test(l) && /getty/.test(l) ? convertGetty(l, 'tty1', '38400') : l.replace(new RegExp(XEN_CONSOLE.source, 'g'), 'tty1')))
+      .join('\n');
+    await plan.write(`${dir}/tty1${ext}`, null, tty1, 0o644);
+  }
+}
+
+async function fixSystemd(plan: Plan): Promise<void> {
+  const wants = '/etc/systemd/system/getty.target.wants';
+  const haveWants = await plan.isDir(wants);
+  const systemd = haveWants || (await plan.exists('/lib/systemd/systemd')) || (await plan.exists('/usr/lib/systemd/systemd'));
+  if (!systemd) return;
+  const names = await plan.readdir(wants);
+  const xen = names.filter((n) => /^(serial-)?getty@(hvc0|xvc0)\.service$/.test(n));
+  // Where the unit templates live: next to what the old links named, or where the guest has them.
+  let unitDir: string | undefined;
+  for (const n of xen) {
+    const t = await plan.readlink(`${wants}/${n}`);
+    if (t?.startsWith('/')) unitDir = t.slice(0, t.lastIndexOf('/'));
+  }
+  if (!unitDir) {
+    for (const d of ['/lib/systemd/system', '/usr/lib/systemd/system']) {
+      if (await plan.exists(`${d}/getty@.service`)) {
+        unitDir = d;
+        break;
+      }
+    }
+  }
+  unitDir ??= '/lib/systemd/system';
+  if (!haveWants) {
+    if (!(await plan.isDir('/etc/systemd/system'))) await plan.mkdir('/etc/systemd/system');
+    await plan.mkdir(wants);
+  }
+  for (const n of xen) await plan.symlink(`${wants}/${n}`, null);
+  if (!names.includes('serial-getty@ttyS0.service')) await plan.symlink(`${wants}/serial-getty@ttyS0.service`, `${unitDir}/serial-getty@.service`);
+  if (!names.includes('getty@tty1.service')) await plan.symlink(`${wants}/getty@tty1.service`, `${unitDir}/getty@.service`);
+}
+
+async function fixConsoles(plan: Plan, warnings: string[]): Promise<void> {
+  const inittab = await plan.resolve('/etc/inittab');
+  const it = await plan.read(inittab);
+  if (it !== null) await plan.write(inittab, it, fixInittabText(it, warnings));
+  await fixUpstart(plan, '/etc/event.d', warnings);
+  await fixUpstart(plan, '/etc/init', warnings);
+  await fixSystemd(plan);
+  const securetty = await plan.resolve('/etc/securetty');
+  const st = await plan.read(securetty);
+  if (st !== null && !st.split('\n').some((l) => l.trim() === 'ttyS0')) {
+    await plan.write(securetty, st, st + (st === '' || st.endsWith('\n') ? '' : '\n') + 'ttyS0\n');
+  }
+}
+
+// ---------------------------------------------------------------- boot configs
+
+/** Fix kernel arguments inside one line; `quoted` = they sit inside "..." (default/grub). */
+export function fixKernelArgs(line: string, rootArg: string, quoted: boolean): string {
+  let out = line.replace(/(^|[\s"'])root=\/dev\/(?:xvd|sd|hd)[a-z]+\d*(?=[\s"']|$)/g, (_m, pre: string) => `${pre}root=${rootArg}`);
+  let removed = false;
+  out = out.replace(/(\s*)(?<=^|[\s"'])(xencons=[^\s"']*|console=[^\s"']*)(?=[\s"']|$)/g, (m, _sp: string, arg: string) => {
+    if (!isXenConsoleArg(arg)) return m;
+    removed = true;
+    return '';
+  });
+  if (removed && !/(^|[\s"'])console=/.test(out)) {
+    if (quoted) out = out.replace(/(["'])(\s*)$/, (_m, q: string, tail: string) => ` ${SERIAL_ARGS}${q}${tail}`).replace(/(["'])\s+console=tty0/, '$1console=tty0');
+    else out = out.replace(/\s*$/, (tail) => ` ${SERIAL_ARGS}${tail.replace(/[ \t]/g, '')}`);
+  }
+  return out;
+}
+
+export function fixBootConfigText(path: string, text: string, rootArg: string): string {
+  const isDefault = path === '/etc/default/grub';
+  return text
+    .split('\n')
+    .map((line) => {
+      if (/^\s*#/.test(line)) return line;
+      if (isDefault) return /^\s*GRUB_CMDLINE_LINUX\w*=/.test(line) ? fixKernelArgs(line, rootArg, true) : line;
+      if (/^\s*(kernel|linux|linux16|linuxefi)\s/.test(line)) return fixKernelArgs(line, rootArg, false);
+      return line;
+    })
+    .join('\n');
+}
+
+const BOOT_CONFIGS = ['/boot/grub/menu.lst', '/boot/grub/grub.conf', '/boot/grub/grub.cfg', '/boot/grub2/grub.cfg', '/etc/default/grub'];
+
+async function fixBootConfigs(plan: Plan, rootArg: string): Promise<void> {
+  const seen = new Set<string>();
+  for (const p of BOOT_CONFIGS) {
+    const real = await plan.resolve(p);
+    if (seen.has(real)) continue;
+    seen.add(real);
+    const text = await plan.read(real);
+    if (text === null) continue;
+    await plan.write(real, text, fixBootConfigText(p, text, rootArg));
+  }
+}
+
+// ---------------------------------------------------------------- warnings
+
+async function initrdAdvice(plan: Plan, k: KernelInfo): Promise<string> {
+  const v = k.version;
+  if (await plan.exists('/etc/initramfs-tools/modules')) {
+    return `add virtio_pci and virtio_blk to /etc/initramfs-tools/modules, then run 'update-initramfs -u -k ${v}' in the guest`;
+  }
+  if ((await plan.isDir('/etc/dracut.conf.d')) || (await plan.exists('/etc/dracut.conf'))) {
+    return `add 'add_drivers+=" virtio_pci virtio_blk "' to a file in /etc/dracut.conf.d/ (e.g. virtio.conf), then run 'dracut -f ${k.initrd ?? `/boot/initramfs-${v}.img`} ${v}' in the guest`;
+  }
+  if (await plan.exists('/etc/sysconfig/kernel')) {
+    return `add virtio_pci and virtio_blk to INITRD_MODULES in /etc/sysconfig/kernel, then run 'mkinitrd' in the guest`;
+  }
+  if (await plan.exists('/etc/modprobe.conf')) {
+    return `add 'alias scsi_hostadapter virtio_blk' to /etc/modprobe.conf, then run 'mkinitrd -f --with=virtio_pci --with=virtio_blk ${k.initrd ?? `/boot/initrd-${v}.img`} ${v}' in the guest`;
+  }
+  return `rebuild the guest's initrd for ${v} with the virtio_pci and virtio_blk modules`;
+}
+
+async function kernelWarnings(plan: Plan, kernels: KernelInfo[], fstab: string | null, warnings: string[]): Promise<void> {
+  if (!kernels.length) {
+    const bootLine = fstab?.split('\n').find((l) => !/^\s*#/.test(l) && l.trim().split(/\s+/)[1] === '/boot');
+    warnings.push(
+      bootLine
+        ? `no kernel in /boot: /boot is a separate filesystem in the guest (fstab: '${bootLine.trim()}'), which is not in this image; boot with an external kernel`
+        : 'no kernel in /boot: the disk cannot boot by itself (Xen booted it with a kernel from the host?); install a kernel in the guest or boot it with an external kernel',
+    );
+    return;
+  }
+  const generic = kernels.filter((k) => !k.xenOnly);
+  if (!generic.length) {
+    warnings.push(
+      `only Xen-only kernels in /boot (${kernels.map((k) => k.kernel).join(', ')}): install a generic kernel in the guest before moving it (Debian/Ubuntu: linux-image-amd64 / linux-image-generic; RHEL/CentOS: kernel; SUSE: kernel-default)`,
+    );
+    return;
+  }
+  const k = pickBootKernel(kernels)!;
+  if (k.hasVirtio === false) {
+    warnings.push(`${k.kernel} cannot reach a virtio disk at boot: ${(k.notes ?? []).join('; ')}; ${await initrdAdvice(plan, k)}`);
+  } else if (k.hasVirtio === undefined) {
+    warnings.push(`cannot tell whether ${k.kernel} reaches a virtio disk at boot: ${(k.notes ?? []).join('; ')}`);
+  }
+}
+
+// ---------------------------------------------------------------- entry point
+
+/** Apply (or, with dryRun, only report) the fix-ups on the guest filesystem in `fsDev`. */
+export async function fixGuest(fsDev: BlockDevice, opts: GuestFixOptions): Promise<GuestFixReport> {
+  if (!opts.rootUuid && !/^\/dev\/\S+$/.test(opts.rootDevice)) {
+    throw new ImageError('usage', `root device '${opts.rootDevice}' is not a /dev path`, { value: opts.rootDevice });
+  }
+  const sb = await readExtSuperblock(fsDev);
+  if (!sb) {
+    throw new ImageError('invalid-format', 'not an ext2/3/4 filesystem (no 0xEF53 magic at byte 1080): cannot fix up the guest', {
+      format: 'ext',
+      field: 's_magic',
+      offset: 1024 + 0x38,
+    });
+  }
+  if (!opts.dryRun && fsDev.readOnly) throw new ImageError('usage', 'the guest filesystem is read-only: open it writable or use a dry run');
+  if (!opts.dryRun && sb.features.includes('needs_recovery')) {
+    throw new ImageError('unsupported', 'the filesystem journal needs recovery (the guest was not shut down cleanly): run e2fsck on it first', {
+      field: 's_feature_incompat',
+      offset: 1024 + 0x60,
+      value: 'needs_recovery',
+    });
+  }
+  const specs: Specs = {
+    root: opts.rootUuid ? `UUID=${opts.rootUuid}` : opts.rootDevice,
+    swap: opts.swapUuid ? `UUID=${opts.swapUuid}` : opts.swapDevice,
+  };
+  const warnings: string[] = [];
+
+  const planned = await withExtFs(
+    fsDev,
+    async (fsys) => {
+      const plan = new Plan(fsys);
+      const kernels = await kernelsIn(fsys);
+      const fstabPath = await plan.resolve('/etc/fstab');
+      const fstab = await plan.read(fstabPath);
+      if (fstab === null) {
+        warnings.push(
+          kernels.length
+            ? 'not a bootable guest root filesystem: there is no /etc/fstab (a separate /boot filesystem?); nothing changed'
+            : 'not a bootable guest: there is no /etc/fstab and no kernel in /boot; nothing changed',
+        );
+        return { isGuest: false, plan, kernels };
+      }
+      await plan.write(fstabPath, fstab, fixFstabText(fstab, specs, warnings));
+      await fixConsoles(plan, warnings);
+      await fixBootConfigs(plan, specs.root);
+      await kernelWarnings(plan, kernels, fstab, warnings);
+      if (await plan.exists('/etc/udev/rules.d/70-persistent-net.rules')) {
+        warnings.push('/etc/udev/rules.d/70-persistent-net.rules pins network interface names to Xen MAC addresses: the KVM NIC may come up as eth1; delete the file if so');
+      }
+      return { isGuest: true, plan, kernels };
+    },
+    { readOnly: true },
+  );
+
+  const changes = planned.plan.changes;
+  if (changes.length && !opts.dryRun) await withExtFs(fsDev, (fsys) => apply(fsys, changes));
+  return { isGuest: planned.isGuest, changes: changes.map(report), warnings, kernels: planned.kernels };
+}
