@@ -513,6 +513,7 @@ export class QcowImage implements Image {
         writes.push({ off: start, data: blob });
       }
       // Data first; only then do the tables point at it.
+      await this.ensureChildSize(this.end);
       await Promise.all(writes.map((w) => this.child.write(w.data, w.off)));
       for (const a of assigned) {
         a.t.off[a.j] = a.off;
@@ -535,6 +536,20 @@ export class QcowImage implements Image {
       this.evict();
       release();
     }
+  }
+
+  /**
+   * Make the child at least `end` bytes long: growable children (new files)
+   * extend by writing, an existing file opened for writing through truncate
+   * (only ever growing it: we hold the metadata mutex).
+   */
+  private async ensureChildSize(end: number): Promise<void> {
+    const c = this.child as BlockDevice & { growable?: boolean; truncate?: (size: number) => Promise<void> };
+    if (c.size >= end || c.growable) return;
+    if (typeof c.truncate !== 'function') {
+      throw new ImageError('io', `qcow: the image file cannot grow to ${end} bytes to allocate a cluster`, { format: 'qcow', offset: end });
+    }
+    await c.truncate(end);
   }
 
   async writeZeroes(offset: number, length: number): Promise<void> {
