@@ -2,12 +2,16 @@
 import type { CommandSpec } from '../command.js';
 import { convertCommand } from './convert.js';
 import { infoCommand } from './info.js';
+import { wrapCommand } from './wrap.js';
 import { PART_COMMANDS } from './part.js';
 import { guestFixCommand } from './guest.js';
+import { domainConvertCommand } from './domain.js';
 
 export const COMMANDS: CommandSpec[] = [
   convertCommand,
   infoCommand,
+  wrapCommand,
   ...PART_COMMANDS,
   guestFixCommand,
+  domainConvertCommand,
 ];
