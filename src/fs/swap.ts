@@ -9,7 +9,7 @@
  *   last_page        1028      4   number of pages - 1
  *   nr_badpages      1032      4   0
  *   uuid             1036     16
- *   volume_name      1052     16   label, NUL-padded
+ *   volume_name      1052     16   label, NUL-terminated (15 bytes at most)
  *   padding          1068    468   zero (libblkid reads label and UUID only if words 32..33 are zero)
  *   badpages         1536    ...   none
  *   magic          P - 10     10   "SWAPSPACE2"
@@ -33,7 +33,7 @@ export const MIN_SWAP_PAGES = 10;
 export interface SwapOptions {
   /** 8-4-4-4-12 hex; random (version 4) when omitted. */
   uuid?: string;
-  /** At most 16 bytes of UTF-8. */
+  /** At most 15 bytes of UTF-8 (as mkswap and swaplabel allow). */
   label?: string;
   /** 4096 (default), 8192, 16384, 32768 or 65536. */
   pageSize?: number;
@@ -56,7 +56,8 @@ function checkOptions(size: number, opts: SwapOptions): { page: number; pages: n
   const uuid = opts.uuid ?? randomUUID();
   if (!UUID_RE.test(uuid)) throw new ImageError('usage', `'${uuid}' is not a UUID (8-4-4-4-12 hex digits)`, { value: uuid });
   const label = Buffer.from(opts.label ?? '', 'utf8');
-  if (label.length > 16) throw new ImageError('usage', `swap label '${opts.label}' is ${label.length} bytes; at most 16 fit`, { value: opts.label });
+  // mkswap and swaplabel keep the label NUL-terminated inside its 16 bytes: 15 bytes at most.
+  if (label.length > 15) throw new ImageError('usage', `swap label '${opts.label}' is ${label.length} bytes; at most 15 fit`, { value: opts.label });
   if (label.includes(0)) throw new ImageError('usage', 'a swap label cannot contain NUL');
   return { page, pages, uuid: uuid.toLowerCase(), label };
 }

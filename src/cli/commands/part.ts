@@ -274,7 +274,7 @@ export const partMkswapCommand: CommandSpec = {
   positionals: { min: 1, max: 1 },
   options: [
     { name: 'partition', short: 'n', type: 'string', valueName: 'N', description: 'partition number (as in part list); the whole image when omitted' },
-    { name: 'label', short: 'L', type: 'string', valueName: 'LABEL', description: 'swap label (at most 16 bytes)' },
+    { name: 'label', short: 'L', type: 'string', valueName: 'LABEL', description: 'swap label (at most 15 bytes)' },
     { name: 'uuid', short: 'U', type: 'string', valueName: 'UUID', description: 'swap UUID; random when omitted' },
     { name: 'page-size', type: 'string', valueName: 'BYTES', description: 'page size of the target system', default: '4096' },
     FORMAT_OPTION,
