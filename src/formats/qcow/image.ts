@@ -302,38 +302,43 @@ export class QcowImage implements Image {
     let runStart = 0;
     let runLen = 0;
     const flushRun = () => {
-      if (runLen > 0) jobs.push(this.child.read(buf.subarray(runStart, runStart + runLen), runFile));
+      if (runLen > 0) track(jobs, this.child.read(buf.subarray(runStart, runStart + runLen), runFile));
       runLen = 0;
     };
     let pos = 0;
-    while (pos < buf.length) {
-      const abs = offset + pos;
-      const cluster = Math.floor(abs / this.cs);
-      const inCluster = abs - cluster * this.cs;
-      const n = Math.min(this.cs - inCluster, buf.length - pos);
-      const t = await this.table(Math.floor(cluster / this.l2Entries));
-      const e = this.clusterEntry(t, cluster);
-      const view = buf.subarray(pos, pos + n);
-      if (e.off === 0) {
-        flushRun();
-        jobs.push(this.readBacking(view, abs));
-      } else if (e.csize > 0) {
-        flushRun();
-        const at = pos;
-        jobs.push(this.readCompressed(e.off, e.csize, cluster).then((d) => buf.set(d.subarray(inCluster, inCluster + n), at)));
-      } else {
-        const fileOff = e.off + inCluster;
-        if (runLen > 0 && runFile + runLen === fileOff) runLen += n;
-        else {
+    try {
+      while (pos < buf.length) {
+        const abs = offset + pos;
+        const cluster = Math.floor(abs / this.cs);
+        const inCluster = abs - cluster * this.cs;
+        const n = Math.min(this.cs - inCluster, buf.length - pos);
+        const t = await this.table(Math.floor(cluster / this.l2Entries));
+        const e = this.clusterEntry(t, cluster);
+        const view = buf.subarray(pos, pos + n);
+        if (e.off === 0) {
           flushRun();
-          runFile = fileOff;
-          runStart = pos;
-          runLen = n;
+          track(jobs, this.readBacking(view, abs));
+        } else if (e.csize > 0) {
+          flushRun();
+          const at = pos;
+          track(jobs, this.readCompressed(e.off, e.csize, cluster).then((d) => buf.set(d.subarray(inCluster, inCluster + n), at)));
+        } else {
+          const fileOff = e.off + inCluster;
+          if (runLen > 0 && runFile + runLen === fileOff) runLen += n;
+          else {
+            flushRun();
+            runFile = fileOff;
+            runStart = pos;
+            runLen = n;
+          }
         }
+        pos += n;
       }
-      pos += n;
+      flushRun();
+    } catch (e) {
+      await Promise.allSettled(jobs); // no request left running (or rejecting unobserved)
+      throw e;
     }
-    flushRun();
     await Promise.all(jobs);
   }
 
@@ -393,12 +398,17 @@ export class QcowImage implements Image {
     if (buf.length === 0) return;
     const direct: Promise<void>[] = [];
     const needAlloc: Piece[] = [];
-    for (const p of this.split(buf, offset)) {
-      const t = await this.table(Math.floor(p.cluster / this.l2Entries));
-      const e = this.clusterEntry(t, p.cluster);
-      if (e.off !== 0 && e.csize === 0) direct.push(this.child.write(p.data, e.off + p.inCluster));
-      else if (e.off === 0 && !this.opts.backing && isZero(p.data)) continue; // already reads as zero
-      else needAlloc.push(p);
+    try {
+      for (const p of this.split(buf, offset)) {
+        const t = await this.table(Math.floor(p.cluster / this.l2Entries));
+        const e = this.clusterEntry(t, p.cluster);
+        if (e.off !== 0 && e.csize === 0) track(direct, this.child.write(p.data, e.off + p.inCluster));
+        else if (e.off === 0 && !this.opts.backing && isZero(p.data)) continue; // already reads as zero
+        else needAlloc.push(p);
+      }
+    } catch (e) {
+      await Promise.allSettled(direct);
+      throw e;
     }
     if (needAlloc.length) {
       if (this.opts.compress) {
@@ -635,6 +645,16 @@ export class QcowImage implements Image {
     if (this.backingName !== undefined) info['backing-filename'] = this.backingName;
     return info;
   }
+}
+
+/**
+ * Keep a request for a later Promise.all, observing its rejection now: the
+ * caller may still be awaiting other things when it fails, and an unobserved
+ * rejection must not escape as an unhandled one.
+ */
+function track(jobs: Promise<void>[], p: Promise<void>): void {
+  p.catch(() => {});
+  jobs.push(p);
 }
 
 function alignUp(x: number, a: number): number {

@@ -157,6 +157,9 @@ export async function readHeader(child: BlockDevice): Promise<VdiGeometry> {
   if (h.offsetBmap < PRE_HEADER_SIZE + h.headerSize) {
     throw err('invalid-format', 'offset_bmap', h.offsetBmap, `overlaps the header, which ends at ${PRE_HEADER_SIZE + h.headerSize}`);
   }
+  if (h.offsetBmap > fileSize) {
+    throw err('corrupt', 'offset_bmap', h.offsetBmap, `is past the end of the file (${fileSize} bytes)`);
+  }
   const mapEnd = h.offsetBmap + 4 * h.blocksInImage;
   if (mapEnd > fileSize) {
     throw err(

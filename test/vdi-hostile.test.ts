@@ -1,0 +1,202 @@
+/**
+ * Hostile VDI files: small valid images (one made by qemu-img, one by us)
+ * with one field mutated at a time must end in an ImageError naming that
+ * field, quickly and without large allocations; random mutations must end in
+ * success or an ImageError, never another exception or a hang.
+ */
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import fc from 'fast-check';
+import { readFileSync } from 'node:fs';
+import { extents } from '../src/core/device.js';
+import { ImageError } from '../src/core/errors.js';
+import { MemoryDevice } from '../src/core/memory.js';
+import { vdi } from '../src/formats/vdi/index.js';
+import { must, tempDir } from './helpers/peers.js';
+
+const t = tempDir('imgtool-vdi-hostile-');
+afterAll(() => t.cleanup());
+const MiB = 1 << 20;
+
+let qemuBase: Uint8Array; // 4 MiB disk: header 512, map at 512 (4 entries), data at 1024; blocks 0 and 2 allocated
+let oursBase: Uint8Array; // 4 MiB disk, VirtualBox layout: map at 1 MiB, data at 2 MiB; block 1 allocated
+
+beforeAll(async () => {
+  const q = t.path('q.vdi');
+  must('qemu-img', ['create', '-q', '-f', 'vdi', q, '4M']);
+  must('qemu-io', ['-f', 'vdi', '-c', 'write -P 0xab 0 8k', '-c', 'write -P 0xcd 2M 4k', q]);
+  qemuBase = new Uint8Array(readFileSync(q));
+  const child = new MemoryDevice(0, { growable: true });
+  const img = await vdi.create!(child, { size: 4 * MiB, options: {} });
+  await img.write(new Uint8Array(4096).fill(0x77), MiB + 4096);
+  await img.flush();
+  oursBase = child.toBytes();
+});
+
+function put32(b: Uint8Array, off: number, v: number): Uint8Array {
+  const c = b.slice();
+  new DataView(c.buffer).setUint32(off, v >>> 0, true);
+  return c;
+}
+function put64(b: Uint8Array, off: number, v: bigint): Uint8Array {
+  const c = b.slice();
+  new DataView(c.buffer).setBigUint64(off, v, true);
+  return c;
+}
+
+/** Open and read everything (data and status): the whole surface a caller can reach. */
+async function exercise(bytes: Uint8Array): Promise<void> {
+  const img = await vdi.open(MemoryDevice.from(bytes, { readOnly: true }), {});
+  try {
+    const buf = new Uint8Array(Math.min(img.size, 4 * MiB));
+    for (let pos = 0; pos < img.size; pos += buf.length) {
+      const n = Math.min(buf.length, img.size - pos);
+      await img.read(buf.subarray(0, n), pos);
+    }
+    for await (const _ of extents(img)) {
+      /* walk */
+    }
+    await img.info();
+  } finally {
+    await img.close();
+  }
+}
+
+/** Expect an ImageError naming `field`, within 5 s and without allocating hundreds of MiB. */
+async function expectFieldError(bytes: Uint8Array, field: string, kind?: string): Promise<ImageError> {
+  const before = process.memoryUsage().arrayBuffers;
+  const t0 = Date.now();
+  const err = await exercise(bytes).then(
+    () => undefined,
+    (e: unknown) => e,
+  );
+  expect(Date.now() - t0).toBeLessThan(5000);
+  expect(process.memoryUsage().arrayBuffers - before).toBeLessThan(256 * MiB);
+  expect(err, `expected an error naming ${field}`).toBeInstanceOf(ImageError);
+  const e = err as ImageError;
+  expect(e.context.field, e.message).toBe(field);
+  expect(e.context.format).toBe('vdi');
+  expect(e.message).toContain(field);
+  if (kind) expect(e.kind, e.message).toBe(kind);
+  return e;
+}
+
+describe('hostile VDI headers', () => {
+  it('opens and reads both unmutated bases (the mutations below are what breaks them)', async () => {
+    await exercise(qemuBase);
+    await exercise(oursBase);
+  });
+
+  const cases: Array<[string, (b: Uint8Array) => Uint8Array, string, string]> = [
+    ['a wrong signature', (b) => put32(b, 64, 0x12345678), 'signature', 'invalid-format'],
+    ['version 1.2', (b) => put32(b, 68, 0x00010002), 'version', 'unsupported'],
+    ['version 0 (pre-1.1 VirtualBox)', (b) => put32(b, 68, 0x00000002), 'version', 'unsupported'],
+    ['a header size below 384', (b) => put32(b, 72, 100), 'header_size', 'invalid-format'],
+    ['a differencing image', (b) => put32(b, 76, 4), 'image_type', 'unsupported'],
+    ['an undo image', (b) => put32(b, 76, 3), 'image_type', 'unsupported'],
+    ['an unknown image type', (b) => put32(b, 76, 9), 'image_type', 'invalid-format'],
+    ['an unaligned block map offset', (b) => put32(b, 340, 513), 'offset_bmap', 'unsupported'],
+    ['a block map over the header', (b) => put32(b, 340, 0), 'offset_bmap', 'invalid-format'],
+    ['a block map past the end of the file', (b) => put32(b, 340, 0x7ffffe00), 'offset_bmap', 'corrupt'],
+    ['an unaligned data offset', (b) => put32(b, 344, 1025), 'offset_data', 'unsupported'],
+    ['data over the block map', (b) => put32(b, 344, 0), 'offset_data', 'invalid-format'],
+    ['data past the end of the file', (b) => put32(b, 344, 0x7ffffe00), 'offset_data', 'corrupt'],
+    ['4096-byte sectors', (b) => put32(b, 360, 4096), 'sector_size', 'unsupported'],
+    ['a disk size near 2^64', (b) => put64(b, 368, 0xfffffffffffffe00n), 'disk_size', 'invalid-format'],
+    ['a disk larger than its blocks', (b) => put64(b, 368, 5n * BigInt(MiB)), 'disk_size', 'invalid-format'],
+    ['a block size that is not a power of two', (b) => put32(b, 376, 1000), 'block_size', 'invalid-format'],
+    ['a zero block size', (b) => put32(b, 376, 0), 'block_size', 'invalid-format'],
+    ['a 1 GiB block size', (b) => put32(b, 376, 1 << 30), 'block_size', 'unsupported'],
+    ['a 512-byte block size', (b) => put32(b, 376, 512), 'block_size', 'unsupported'],
+    ['block_extra that is not a power of two', (b) => put32(b, 380, 3), 'block_extra', 'invalid-format'],
+    ['block_extra larger than a block', (b) => put32(b, 380, 2 * MiB), 'block_extra', 'invalid-format'],
+    ['2^32-1 blocks', (b) => put32(b, 384, 0xffffffff), 'blocks_in_image', 'unsupported'],
+    ['a block map that runs past the end of the file', (b) => put32(b, 384, 0x1000000), 'blocks_in_image', 'corrupt'],
+    ['too few blocks for the disk size', (b) => put32(b, 384, 1), 'disk_size', 'invalid-format'],
+    ['more blocks allocated than exist', (b) => put32(b, 388, 5), 'blocks_allocated', 'corrupt'],
+    ['a link UUID (a child image)', (b) => put32(b, 424, 0xdeadbeef), 'uuid_link', 'unsupported'],
+    ['a parent UUID', (b) => put32(b, 440, 0xdeadbeef), 'uuid_parent', 'unsupported'],
+  ];
+
+  for (const [what, mutate, field, kind] of cases) {
+    it(`rejects ${what} (${field}) in a qemu-made image`, async () => {
+      await expectFieldError(mutate(qemuBase), field, kind);
+    });
+  }
+
+  it('rejects a VirtualBox 400-byte header whose LCHS sector size is not 512', async () => {
+    await expectFieldError(put32(oursBase, 468, 0), 'lchs_sector_size', 'invalid-format');
+  });
+
+  it('rejects a file too short for any header', async () => {
+    await expectFieldError(qemuBase.slice(0, 200), 'header', 'invalid-format');
+  });
+});
+
+describe('hostile VDI block maps', () => {
+  it('rejects two guest blocks sharing one data block, naming both entries', async () => {
+    const e = await expectFieldError(put32(qemuBase, 512 + 4 * 1, 0), 'block_map[1]', 'corrupt');
+    expect(e.message).toContain('block_map[0]');
+  });
+
+  it('rejects an entry at or beyond blocks_allocated', async () => {
+    await expectFieldError(put32(qemuBase, 512 + 4 * 3, 7), 'block_map[3]', 'corrupt');
+    await expectFieldError(put32(qemuBase, 388, 1), 'block_map[2]', 'corrupt');
+  });
+
+  it('rejects an entry whose data lies past the end of the file', async () => {
+    await expectFieldError(put32(put32(qemuBase, 388, 4), 512 + 4 * 3, 3), 'block_map[3]', 'corrupt');
+    await expectFieldError(qemuBase.slice(0, 1024 + MiB), 'block_map[2]', 'corrupt');
+  });
+
+  it('rejects duplicate entries in an image laid out as VirtualBox does', async () => {
+    const dup = put32(put32(put32(oursBase, 388, 2), MiB + 4 * 3, 0), MiB + 4 * 1, 0);
+    await expectFieldError(dup, 'block_map[3]', 'corrupt');
+  });
+
+  it('reads zero blocks (0xFFFFFFFE) as zeros and reports them as zero', async () => {
+    const img = await vdi.open(MemoryDevice.from(put32(qemuBase, 512, 0xfffffffe), { readOnly: true }), {});
+    const st = await img.status(0, MiB);
+    expect(st.kind).toBe('zero');
+    const buf = new Uint8Array(8192).fill(1);
+    await img.read(buf, 0);
+    expect(buf.every((x) => x === 0)).toBe(true);
+    await img.close();
+  });
+});
+
+describe('random mutations of VDI files', () => {
+  it('end in success or an ImageError, quickly (seeded)', async () => {
+    const bases = [qemuBase, oursBase];
+    await fc.assert(
+      fc.asyncProperty(
+        fc.nat(1),
+        fc.array(
+          fc.record({
+            // Bias towards the header and the block map, where the structure is.
+            where: fc.oneof(fc.integer({ min: 0, max: 511 }), fc.integer({ min: 512, max: 1100 }), fc.integer({ min: MiB, max: MiB + 64 })),
+            value: fc.oneof(fc.integer({ min: 0, max: 255 }), fc.constantFrom(0, 0xff, 0x7f, 0x80)),
+            wide: fc.boolean(),
+            v32: fc.oneof(fc.nat(), fc.constantFrom(0, 1, 0xffffffff, 0xfffffffe, 0x80000000, 512, MiB)),
+          }),
+          { minLength: 1, maxLength: 6 },
+        ),
+        async (which, muts) => {
+          let b = bases[which]!.slice();
+          for (const m of muts) {
+            if (m.where >= b.length - 4) continue;
+            if (m.wide) b = put32(b, m.where - (m.where % 4), m.v32);
+            else b[m.where] = m.value;
+          }
+          const t0 = Date.now();
+          try {
+            await exercise(b);
+          } catch (e) {
+            if (!(e instanceof ImageError)) throw e;
+          }
+          expect(Date.now() - t0).toBeLessThan(5000);
+        },
+      ),
+      { seed: 20260322, numRuns: 400 },
+    );
+  });
+});
