@@ -893,7 +893,16 @@ export class Qcow2Image implements Image {
         this.l2cache.markDirty(l2off, table);
         placed.push({ at, z: j.z });
       }
-      for (const p of placed) writes.push(this.writeChild(this.child, p.z, p.at));
+      // Compressed clusters were packed back to back: write contiguous ones at once.
+      placed.sort((a, b) => a.at - b.at);
+      for (let i = 0; i < placed.length; ) {
+        let j = i + 1;
+        let endAt = placed[i]!.at + placed[i]!.z.length;
+        while (j < placed.length && placed[j]!.at === endAt) endAt += placed[j++]!.z.length;
+        const data = j === i + 1 ? placed[i]!.z : Buffer.concat(placed.slice(i, j).map((p) => p.z));
+        writes.push(this.writeChild(this.child, data, placed[i]!.at));
+        i = j;
+      }
       const all = this.track(Promise.all(writes));
       release();
       released = true;
@@ -901,7 +910,15 @@ export class Qcow2Image implements Image {
     } finally {
       if (!released) release();
     }
-    for (const j of fallback) await this.writeNormal(j.src, j.g);
+    // Clusters that did not compress: contiguous ones in one normal write.
+    for (let i = 0; i < fallback.length; ) {
+      let j = i + 1;
+      while (j < fallback.length && fallback[j]!.g === fallback[j - 1]!.g + cs) j++;
+      const g = fallback[i]!.g;
+      const last = fallback[j - 1]!;
+      await this.writeNormal(buf.subarray(g - offset, last.g - offset + last.src.length), g);
+      i = j;
+    }
     if (lastFull < end) await this.writeNormal(buf.subarray(lastFull - offset), lastFull);
   }
 
