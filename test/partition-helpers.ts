@@ -79,7 +79,8 @@ export function blkid(file: string, range?: { offset: number; size: number }): R
   const out: Record<string, string> = {};
   for (const line of r.stdout.split('\n')) {
     const eq = line.indexOf('=');
-    if (eq > 0) out[line.slice(0, eq)] = line.slice(eq + 1);
+    // `-o export` escapes shell metacharacters (a space is written `\ `).
+    if (eq > 0) out[line.slice(0, eq)] = line.slice(eq + 1).replace(/\\(.)/g, '$1');
   }
   return out;
 }

@@ -24,7 +24,7 @@
  */
 
 import type { BlockDevice } from '../core/device.js';
-import { crc32Update, crc32cUpdate } from '../partition/crc32.js';
+import { crc32Update } from '../partition/crc32.js';
 
 export type ContentType =
   | 'ext2'
@@ -212,7 +212,6 @@ const EXT_RO_COMPAT: [number, string][] = [
 ];
 const HAS_JOURNAL = 0x4;
 const JOURNAL_DEV = 0x8;
-const RO_COMPAT_METADATA_CSUM = 0x400;
 const INCOMPAT_64BIT = 0x80;
 /** Feature masks libblkid uses to tell ext2, ext3 and ext4 apart. */
 const EXT2_RO_SUPP = 0x1 | 0x2 | 0x4;
@@ -227,10 +226,8 @@ async function probeExt(read: Reader): Promise<ContentInfo | undefined> {
   const compat = v.getUint32(92, true);
   const incompat = v.getUint32(96, true);
   const ro = v.getUint32(100, true);
-  if (ro & RO_COMPAT_METADATA_CSUM) {
-    // libblkid refuses a superblock whose metadata_csum checksum does not match.
-    if (crc32cUpdate(0xffffffff, sb.subarray(0, 1020)) !== v.getUint32(1020, true)) return undefined;
-  }
+  // The superblock checksum (metadata_csum) is not checked: blkid 2.38 (Debian 12) does not
+  // either, and a filesystem with a damaged checksum is still worth naming (e2fsck repairs it).
   if (incompat & JOURNAL_DEV) return undefined; // an external journal ("jbd"), not a filesystem
   let type: ContentType;
   if (!(compat & HAS_JOURNAL) && !(ro & ~EXT2_RO_SUPP) && !(incompat & ~EXT2_INCOMPAT_SUPP)) type = 'ext2';
@@ -349,7 +346,7 @@ async function probeNtfs(read: Reader): Promise<ContentInfo | undefined> {
  *   fats 16 | root_entries 17 (2) | sectors16 19 (2) | media 21 | fat_length16 22 (2) | total_sect 32 (4)
  *   FAT12/16: serial 39 (4) | label 43 (11) | fs type 54 (8)
  *   FAT32:    fat_length32 36 (4) | root_cluster 44 (4) | fsinfo 48 (2) | serial 67 (4) | label 71 (11) | fs type 82 (8)
- * The label blkid reports is the root directory's volume-label entry, else the boot sector's.
+ * The label blkid reports is the root directory's volume-label entry (not the boot sector's copy).
  */
 const FAT12_MAX = 0xff4;
 const FAT16_MAX = 0xfff4;
@@ -396,12 +393,10 @@ async function probeFat(read: Reader, devSize: number): Promise<ContentInfo | un
   const info: ContentInfo = { type: 'vfat', blockSize: sectorSize, size: sectors * sectorSize };
   let volLabel: string | undefined;
   let serialOff: number;
-  let bootLabelOff: number;
   if (fat16Length) {
     const rootStart = (reserved + fatSize) * sectorSize;
     volLabel = await findFatLabel(read, rootStart, Math.min(dirEntries, 4096));
     serialOff = 39;
-    bootLabelOff = 43;
     if (clusters < FAT12_MAX) info.version = 'FAT12';
     else if (clusters < FAT16_MAX) info.version = 'FAT16';
   } else if (fat32Length) {
@@ -420,7 +415,6 @@ async function probeFat(read: Reader, devSize: number): Promise<ContentInfo | un
       next = dv(fatEntry).getUint32(0, true) & 0x0fffffff;
     }
     serialOff = 67;
-    bootLabelOff = 71;
     info.version = 'FAT32';
     const fsinfo = v.getUint16(48, true);
     if (fsinfo) {
@@ -433,10 +427,10 @@ async function probeFat(read: Reader, devSize: number): Promise<ContentInfo | un
   } else {
     return undefined;
   }
-  const bootLabel = ascii(b, bootLabelOff, 11);
-  const chosen = volLabel !== undefined && volLabel !== NO_NAME ? volLabel : bootLabel;
-  if (chosen !== NO_NAME) {
-    const l = label(Buffer.from(chosen, 'latin1'), 0, 11);
+  // blkid (util-linux 2.38) reports the root directory's volume label as LABEL; the boot
+  // sector's copy is only LABEL_FATBOOT. The kernel and Windows also show the directory label.
+  if (volLabel !== undefined && volLabel !== NO_NAME) {
+    const l = label(Buffer.from(volLabel, 'latin1'), 0, 11);
     if (l) info.label = l;
   }
   const s = b.subarray(serialOff, serialOff + 4);
