@@ -37,9 +37,14 @@ import { GRUB_UNREADABLE, readExtSuperblock } from '../fs/ext-superblock.js';
 import { extUsedRanges } from '../fs/used-blocks.js';
 import { e2fsck, resize2fs, type FsckResult } from '../fs/e2fsprogs.js';
 import { encodeSwapHeader } from '../fs/swap.js';
-import { layoutMbr, type PlacedPart } from '../partition/layout.js';
+import { layoutMbr } from '../partition/layout.js';
 import { encodeMbr } from '../partition/mbr.js';
 import { randomBytes, randomUUID } from 'node:crypto';
+import { OutputFile } from '../core/output.js';
+import type { BootMode } from '../guest/boot.js';
+import { directBootInstructions } from '../guest/boot.js';
+import { prepareGuest, type PreparedGuest } from '../guest/prepare.js';
+import { convertDomain } from '../guest/domain/convert.js';
 
 export const MIB = 1024 * 1024;
 
@@ -61,22 +66,13 @@ export interface WrapOptions {
   progress?: Progress;
   /** Called with each step's name and details, for -v style logs. */
   log?: (line: string) => void;
+  /** Guest conversion (fix-ups and boot method); false: plain data (--no-guest). */
+  guest?: { boot: BootMode } | false;
   /**
-   * Hook run on the composed disk after the filesystem work and before the
-   * copy (guest fix-ups and boot loader installation plug in here).
+   * A Xen guest definition (xl/xm config or libvirt XML) to convert into
+   * `DST.xml`, a KVM libvirt domain pointing at the output.
    */
-  beforeCopy?: (ctx: WrapContext) => Promise<void>;
-}
-
-export interface WrapContext {
-  disk: BlockDevice;
-  /** Partition 1 as a device (the overlay over the input filesystem). */
-  root: BlockDevice;
-  rootPartition: PlacedPart;
-  swapPartition?: PlacedPart;
-  rootUuid: string;
-  swapUuid?: string;
-  warnings: string[];
+  domain?: { path: string; text: string };
 }
 
 export interface WrapReport {
@@ -96,6 +92,14 @@ export interface WrapReport {
     resized: boolean;
   };
   swap?: { uuid: string; size: number };
+  guest?: {
+    'is-guest': boolean;
+    changes: Array<{ path: string; diff: string }>;
+    boot: { mode: string; kernel?: string; initrd?: string; cmdline?: string; 'core-size'?: number };
+    /** Direct boot: the files written beside the disk and how to boot them. */
+    direct?: { kernel: string; initrd?: string; 'qemu-args': string[]; 'libvirt-os': string };
+  };
+  domain?: { path: string; warnings: string[] };
   'bytes-copied': number;
   'allocated-size': number;
   warnings: string[];
@@ -226,8 +230,21 @@ export async function wrapImage(src: OpenedImage, opts: WrapOptions): Promise<Wr
     log(`resize2fs: ${formatSize(r.oldSize)} -> ${formatSize(r.newSize)}`);
   }
 
-  const ctx: WrapContext = { disk, root, rootPartition: rootPart, swapPartition: swapPart, rootUuid: sb.uuid, swapUuid, warnings };
-  if (opts.beforeCopy) await opts.beforeCopy(ctx);
+  // 5. The guest: fstab, consoles, boot configs; GRUB into the header or a kernel for direct boot.
+  let guest: PreparedGuest | undefined;
+  if (opts.guest) {
+    guest = await prepareGuest(disk, {
+      fsDev: root,
+      rootStart: rootPart.start,
+      rootNumber: rootPart.number,
+      rootUuid: sb.uuid,
+      swapUuid,
+      swapNumber: swapPart?.number,
+      boot: opts.guest.boot,
+    });
+    warnings.push(...guest.warnings);
+    log(`guest: ${guest.fixes.changes.length} file(s) changed, boot ${guest.mode}`);
+  }
 
   const final = await e2fsck(root, { mode: 'check' });
   log(`e2fsck -fn: exit ${final.exitCode}`);
@@ -237,7 +254,7 @@ export async function wrapImage(src: OpenedImage, opts: WrapOptions): Promise<Wr
     });
   }
 
-  // 5. Write the disk.
+  // 6. Write the disk, then the files beside it; all appear together at the end.
   const created = await createImage(
     opts.output,
     opts.format,
@@ -245,6 +262,9 @@ export async function wrapImage(src: OpenedImage, opts: WrapOptions): Promise<Wr
     { force: opts.force, inputs: [src.path] },
   );
   let copied = 0;
+  const sides: OutputFile[] = [];
+  let direct: { kernel: string; initrd?: string } | undefined;
+  let domain: WrapReport['domain'];
   try {
     const info = await created.image.info();
     const stats = await copyDevice(disk, created.image, {
@@ -255,10 +275,30 @@ export async function wrapImage(src: OpenedImage, opts: WrapOptions): Promise<Wr
     });
     copied = stats.writtenBytes;
     await created.image.close();
+    if (guest?.files) {
+      direct = {
+        kernel: `${path.resolve(opts.output)}.vmlinuz`,
+        initrd: guest.files.initrd ? `${path.resolve(opts.output)}.initrd` : undefined,
+      };
+      sides.push(await sideFile(direct.kernel, guest.files.kernel, opts.force));
+      if (direct.initrd) sides.push(await sideFile(direct.initrd, guest.files.initrd!, opts.force));
+    }
+    if (opts.domain) {
+      const converted = convertDomain(opts.domain.text, opts.domain.path, {
+        disks: [{ path: path.resolve(opts.output), format: opts.format, partition: rootPart.number }],
+        boot: guest?.mode === 'direct' ? 'direct' : 'grub',
+        kernel: direct?.kernel,
+        initrd: direct?.initrd,
+      });
+      domain = { path: `${opts.output}.xml`, warnings: converted.warnings };
+      sides.push(await sideFile(domain.path, new TextEncoder().encode(converted.xml), opts.force));
+    }
     await created.output.commit();
+    for (const s of sides) await s.commit();
   } catch (e) {
     await created.image.close().catch(() => {});
     await created.output.abort();
+    for (const s of sides) await s.abort();
     throw e;
   } finally {
     await root.close();
@@ -293,6 +333,22 @@ export async function wrapImage(src: OpenedImage, opts: WrapOptions): Promise<Wr
       resized,
     },
     ...(swapPart && swapUuid ? { swap: { uuid: swapUuid, size: swapPart.size } } : {}),
+    ...(guest
+      ? {
+          guest: {
+            'is-guest': guest.fixes.isGuest,
+            changes: guest.fixes.changes.map((c) => ({ path: c.path, diff: c.diff })),
+            boot: { mode: guest.mode, kernel: guest.kernel?.kernel, initrd: guest.kernel?.initrd, cmdline: guest.cmdline, 'core-size': guest.coreSize },
+            ...(direct && guest.cmdline
+              ? (() => {
+                  const i = directBootInstructions({ disk: path.resolve(opts.output), format: opts.format, kernelPath: direct.kernel, initrdPath: direct.initrd, cmdline: guest.cmdline });
+                  return { direct: { kernel: direct.kernel, initrd: direct.initrd, 'qemu-args': i.qemuArgs, 'libvirt-os': i.libvirtOs } };
+                })()
+              : {}),
+          },
+        }
+      : {}),
+    ...(domain ? { domain } : {}),
     'bytes-copied': copied,
     'allocated-size': allocated,
     warnings,
@@ -318,6 +374,18 @@ async function scratchStore(output: string): Promise<BlockDevice> {
   // Unlink at once: the open descriptor keeps the data; nothing is left behind on a crash.
   fs.unlinkSync(file);
   return dev;
+}
+
+/** A small file written beside the output, atomically, committed with it. */
+async function sideFile(file: string, data: Uint8Array, force?: boolean): Promise<OutputFile> {
+  const out = await OutputFile.create(file, { force });
+  try {
+    await out.device.write(data, 0);
+  } catch (e) {
+    await out.abort();
+    throw e;
+  }
+  return out;
 }
 
 async function notExtError(input: BlockDevice, file: string): Promise<ImageError> {

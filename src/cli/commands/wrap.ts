@@ -2,8 +2,26 @@ import { type CommandSpec, OUTPUT_OPTION, flag, list, printJson, str, wantsJson 
 import { BACKING_OPTIONS, FORCE_OPTION, FORMAT_OPTION, PROGRESS_OPTIONS, openFromArgs, progressFromArgs } from '../common.js';
 import { parseKeyValues, parseSize, formatSize } from '../../core/size.js';
 import { formatFromExtension } from '../../formats/index.js';
-import { ImageError } from '../../core/errors.js';
+import * as fs from 'node:fs';
+import { ImageError, ioError } from '../../core/errors.js';
+import type { BootMode } from '../../guest/boot.js';
 import { wrapImage } from '../../wrap/wrap.js';
+
+function bootMode(v: string): BootMode {
+  if (!['auto', 'grub', 'direct', 'none'].includes(v)) throw new ImageError('usage', `--boot must be auto, grub, direct or none, not '${v}'`);
+  return v as BootMode;
+}
+
+function domainFile(p: string | undefined): { path: string; text: string } | undefined {
+  if (p === undefined) return undefined;
+  try {
+    return { path: p, text: fs.readFileSync(p, 'utf8') };
+  } catch (e) {
+    throw ioError(e, 'read the domain definition', p);
+  }
+}
+
+const shellQuote = (s: string) => (/^[\w@%+=:,./-]+$/.test(s) ? s : `'${s.replace(/'/g, `'\\''`)}'`);
 
 export const wrapCommand: CommandSpec = {
   name: 'wrap',
@@ -20,6 +38,9 @@ export const wrapCommand: CommandSpec = {
     { name: 'root-size', type: 'string', valueName: 'SIZE', description: 'size of partition 1 (at least the filesystem)' },
     { name: 'no-grow', type: 'boolean', description: 'do not grow the filesystem to fill partition 1' },
     { name: 'compress', short: 'c', type: 'boolean', description: 'compress the output (qcow, qcow2)' },
+    { name: 'boot', type: 'string', valueName: 'MODE', description: 'auto, grub, direct or none (see below)', default: 'auto' },
+    { name: 'no-guest', type: 'boolean', description: 'copy the filesystem as plain data: no fix-ups, no boot loader' },
+    { name: 'domain', type: 'string', valueName: 'XEN.cfg|XEN.xml', description: "convert the Xen guest's definition too: writes DST.xml, a KVM libvirt domain for the disk" },
     ...PROGRESS_OPTIONS,
     FORCE_OPTION,
     ...BACKING_OPTIONS,
@@ -30,8 +51,22 @@ with --swap, partition 2 (Linux swap) with a fresh swap signature; both aligned 
 Only the blocks the filesystem uses are copied. The filesystem is checked and repaired
 (as e2fsck -p) and grown (resize2fs) in the output; the input is never written.
 
+Guest conversion (unless --no-guest): /etc/fstab names the new filesystem and swap by UUID,
+xvc0/hvc0 consoles become tty1 and ttyS0, boot configs lose Xen-only arguments; warnings
+for a Xen-only kernel or an initrd without virtio drivers. A filesystem that is not a
+bootable guest is wrapped as plain data with a warning.
+
+Boot (--boot):
+  auto    grub when the guest has a kernel and GRUB (grub-pc-bin) is installed here;
+          direct when there is a kernel but no GRUB; none (with a warning) otherwise
+  grub    GRUB 2 in the MBR and the gap before partition 1, loading the guest's kernel
+  direct  writes DST.vmlinuz and DST.initrd beside the disk and prints the
+          qemu-system-x86_64 arguments and the libvirt <os> element that boot them
+  none    no boot loader
+
 Examples:
   imgtool wrap xen.img --swap 1G -o kvm.qcow2
+  imgtool wrap xen.img --swap 1G -o kvm.qcow2 --domain /etc/xen/guest.cfg   # also kvm.qcow2.xml
   imgtool wrap /dev/vg0/guest --size 20G --swap 2G -o guest.vdi -p
   imgtool wrap xen.img -o /dev/vg1/kvm-guest -O raw --force
 
@@ -62,6 +97,8 @@ the partial output is removed); 130 interrupted.`,
         grow: !flag(args, 'no-grow'),
         force: flag(args, 'force'),
         progress: progressFromArgs(args, ctx),
+        guest: flag(args, 'no-guest') ? false : { boot: bootMode(str(args, 'boot') ?? 'auto') },
+        domain: domainFile(str(args, 'domain')),
       });
       if (json) {
         printJson(ctx, report);
@@ -77,7 +114,16 @@ the partial output is removed); 130 interrupted.`,
           `  e2fsck: ${f.fsck.preen.status.join(', ')}; final check clean`,
           `  copied ${formatSize(report['bytes-copied'])} in ${report.seconds.toFixed(1)} s`,
         );
+        const g = report.guest;
+        if (g) {
+          lines.push(`  guest: ${g['is-guest'] ? `${g.changes.length} file(s) fixed${g.changes.length ? ` (${g.changes.map((c) => c.path).join(', ')})` : ''}` : 'not a bootable guest (copied as data)'}; boot: ${g.boot.mode}`);
+          if (g.direct) {
+            lines.push(`  kernel: ${g.direct.kernel}${g.direct.initrd ? `\n  initrd: ${g.direct.initrd}` : ''}`, '  boot it with:', `    qemu-system-x86_64 -m 1024 ${g.direct['qemu-args'].map(shellQuote).join(' ')}`, '  libvirt:', ...g.direct['libvirt-os'].split('\n').map((l) => `    ${l}`));
+          }
+        }
+        if (report.domain) lines.push(`  domain: ${report.domain.path}`);
         ctx.stdout.write(lines.join('\n') + '\n');
+        for (const w of report.domain?.warnings ?? []) ctx.stderr.write(`imgtool: domain: ${w}\n`);
         for (const w of report.warnings) ctx.stderr.write(`imgtool: warning: ${w}\n`);
       }
     } finally {

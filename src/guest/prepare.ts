@@ -1,0 +1,83 @@
+/**
+ * Make a guest's disk boot under KVM: the fix-ups inside its root filesystem,
+ * then the boot method (GRUB in the MBR and the gap, or a kernel and initrd
+ * for direct boot). One flow for `wrap` (on the composed disk before it is
+ * written) and `guest fix` (on an existing disk).
+ */
+
+import type { BlockDevice } from '../core/device.js';
+import { fixGuest, type GuestFixReport } from './fixups.js';
+import {
+  type BootMode,
+  type KernelInfo,
+  extractKernel,
+  findGrub,
+  installGrub,
+  kernelCmdline,
+  pickBootKernel,
+  resolveBootMode,
+} from './boot.js';
+
+export interface PrepareGuestOptions {
+  /** The root filesystem (a window of `disk`). */
+  fsDev: BlockDevice;
+  /** Byte offset and MBR number of the root partition. */
+  rootStart: number;
+  rootNumber: number;
+  rootUuid?: string;
+  swapUuid?: string;
+  swapNumber?: number;
+  boot: BootMode;
+  dryRun?: boolean;
+}
+
+export interface PreparedGuest {
+  fixes: GuestFixReport;
+  mode: 'grub' | 'direct' | 'none';
+  kernel?: KernelInfo;
+  cmdline?: string;
+  coreSize?: number;
+  /** For direct boot: the kernel and initrd bytes, to be written beside the disk. */
+  files?: { kernel: Uint8Array; initrd?: Uint8Array };
+  warnings: string[];
+}
+
+export async function prepareGuest(disk: BlockDevice, opts: PrepareGuestOptions): Promise<PreparedGuest> {
+  const fixes = await fixGuest(opts.fsDev, {
+    rootDevice: `/dev/vda${opts.rootNumber}`,
+    rootUuid: opts.rootUuid,
+    swapUuid: opts.swapUuid,
+    swapDevice: opts.swapNumber ? `/dev/vda${opts.swapNumber}` : undefined,
+    dryRun: opts.dryRun,
+  });
+  const warnings = [...fixes.warnings];
+  if (!fixes.isGuest) {
+    if (opts.boot === 'grub' || opts.boot === 'direct') {
+      // An explicit request is an error when it cannot be done (resolveBootMode names what was found).
+      resolveBootMode(opts.boot, fixes.kernels, !!findGrub());
+    }
+    return { fixes, mode: 'none', warnings };
+  }
+  const resolved = resolveBootMode(opts.boot, fixes.kernels, !!findGrub());
+  warnings.push(...resolved.warnings);
+  const kernel = pickBootKernel(fixes.kernels);
+  if (resolved.mode === 'none' || !kernel) return { fixes, mode: 'none', warnings };
+  const cmdline = kernelCmdline({ root: opts.rootUuid ? `UUID=${opts.rootUuid}` : `/dev/vda${opts.rootNumber}` });
+  const out: PreparedGuest = { fixes, mode: resolved.mode, kernel, cmdline, warnings };
+  if (opts.dryRun) return out;
+  if (resolved.mode === 'grub') {
+    const g = await installGrub(disk, {
+      partitionStart: opts.rootStart,
+      partitionNumber: opts.rootNumber,
+      fsDev: opts.fsDev,
+      rootUuid: opts.rootUuid!,
+      kernel,
+      cmdline,
+    });
+    warnings.push(...g.warnings);
+    out.coreSize = g.coreSize;
+  } else {
+    out.files = await extractKernel(opts.fsDev, kernel);
+  }
+  return out;
+}
