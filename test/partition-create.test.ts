@@ -5,7 +5,7 @@
  */
 import { afterAll, describe, expect, it } from 'vitest';
 import { existsSync, readdirSync } from 'node:fs';
-import { must, qemuCheck, sha256File, tempDir } from './helpers/peers.js';
+import { imgtool, must, qemuCheck, sha256File, tempDir } from './helpers/peers.js';
 import { blkid, pokeFile, readRange, runCli, sfdiskJson, sfdiskWrite, sparseFile } from './partition-helpers.js';
 import type { DiskInfo } from '../src/partition/inspect.js';
 
@@ -181,5 +181,23 @@ describe('part create on an existing image', () => {
     const f = sparseFile(t.path('opts.img'), 8 * MiB);
     expect((await runCli(['part', 'create', f, '-O', 'qcow2', '--part', 'rest:linux'])).stderr).toMatch(/-O applies only when creating/);
     expect((await runCli(['part', 'create', f, '--size', '16M', '--part', 'rest:linux'])).stderr).toMatch(/--size applies only when creating/);
+  });
+});
+
+describe('the built imgtool binary', () => {
+  it('creates a partitioned qcow2 image and lists it, with sfdisk agreeing', () => {
+    const f = t.path('bin.qcow2');
+    const c = imgtool(['part', 'create', f, '--size', '24M', '--part', '8M:linux:boot', '--part', 'rest:swap']);
+    expect(c.stderr).toBe('');
+    expect(c.status).toBe(0);
+    const l = imgtool(['part', 'list', '--output', 'json', f]);
+    expect(l.status).toBe(0);
+    const info = JSON.parse(l.stdout) as DiskInfo;
+    const sf = sfdiskJson(toRaw(f, 'qcow2'))!;
+    expect(info.diskId).toBe(sf.id);
+    expect(info.partitions.map((p) => [p.startSector, p.sectors, p.type, p.bootable])).toEqual(sf.partitions!.map((p) => [p.start, p.size, p.type, !!p.bootable]));
+    const bad = imgtool(['part', 'list', t.path('missing.img')]);
+    expect(bad.status).toBe(5);
+    expect(bad.stderr).toMatch(/^imgtool: .*ENOENT/);
   });
 });

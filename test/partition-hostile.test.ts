@@ -12,7 +12,7 @@ import { inspectDisk } from '../src/partition/inspect.js';
 import { encodeGptEntries, encodeGptHeader, parseGptHeader } from '../src/partition/gpt.js';
 import { readWithPartitioninfo } from '../src/partition/pinfo.js';
 import { tempDir } from './helpers/peers.js';
-import { pokeFile, readRange, runCli, sfdiskJson, sfdiskWrite, sparseFile } from './partition-helpers.js';
+import { blkid, pokeFile, readRange, runCli, sfdiskJson, sfdiskWrite, sparseFile } from './partition-helpers.js';
 import type { DiskInfo } from '../src/partition/inspect.js';
 
 const t = tempDir('imgtool-hostile-');
@@ -150,6 +150,24 @@ describe('hostile MBR extended chains', () => {
 });
 
 describe('hostile MBR primaries', () => {
+  it('does not take a coincidental 0x55AA inside a LUKS header for a table, as blkid does not', async () => {
+    const f = sparseFile(t.path('luks-55aa.img'), 4 * MiB);
+    const h = new Uint8Array(1024);
+    h.set(Buffer.from('LUKS\xba\xbe', 'latin1'), 0);
+    h[7] = 1; // version 1
+    h.set(Buffer.from('4c5d6e7f-0000-4000-8000-123456789abc'), 168);
+    for (let i = 400; i < 510; i++) h[i] = (i * 37) & 0xff; // key-slot bytes, including impossible status bytes
+    h[446] = 0x37;
+    h[510] = 0x55;
+    h[511] = 0xaa;
+    pokeFile(f, 0, h);
+    const info = await listJson(f);
+    const b = blkid(f);
+    expect(b.PTTYPE).toBeUndefined();
+    expect(info.scheme).toBe('none');
+    expect(info.content).toMatchObject({ type: b.TYPE, uuid: b.UUID });
+  });
+
   it('warns about partitions past the end of the disk and does not read them', async () => {
     const d = disk(4 * MiB, [[0, tableSector([[0, 0x83, 2048, 100000], [0, 0x83, 0xfffffff0, 16]])]]);
     const info = await timed(d);

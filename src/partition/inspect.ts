@@ -116,9 +116,12 @@ export async function inspectDisk(dev: BlockDevice, opts: InspectOptions = {}): 
   const mbr = s0 ? parseMbr(s0) : undefined;
   let bootSectorFs: ContentInfo | undefined;
   if (mbr) {
-    // A FAT or NTFS boot sector also ends with 0x55AA; libblkid checks for one before calling it a table.
+    // A FAT or NTFS boot sector also ends with 0x55AA; libblkid checks for one before calling it a
+    // table. Any other signature wins too when the "entries" have impossible status bytes (the
+    // 0x55AA was then a coincidence inside, say, a LUKS header).
     const c = await detectContent(dev);
-    if (c.type === 'vfat' || c.type === 'ntfs') bootSectorFs = c;
+    const badStatus = [0, 1, 2, 3].some((i) => mbr.entries[i] && ![0, 0x80].includes(entryStatus(s0!, i)));
+    if (c.type === 'vfat' || c.type === 'ntfs' || (badStatus && c.type !== 'unknown')) bootSectorFs = c;
   }
 
   if (mbr && !bootSectorFs && mbr.entries.some((e) => e?.type === GPT_PROTECTIVE)) {
