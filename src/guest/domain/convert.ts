@@ -393,20 +393,17 @@ function mapNic(b: Builder, n: GuestNic, used: Set<string>): XNode {
   const { opts, g } = b;
   const label = n.mac ?? `interface ${g.nics.indexOf(n)}`;
   const key = n.bridge ?? n.network;
-  const lookup = (m: Record<string, string> | undefined): string | undefined => {
-    if (!m) return undefined;
-    if (key !== undefined && m[key] !== undefined) {
-      used.add(key);
-      return m[key];
-    }
-    if (m['*'] !== undefined) {
-      used.add('*');
-      return m['*'];
-    }
-    return undefined;
-  };
-  const net = lookup(opts.networks);
-  const br = net === undefined ? lookup(opts.bridges) : undefined;
+  // A mapping naming the bridge beats a '*' mapping; --network beats --bridge at the same level.
+  const exact = (m: Record<string, string> | undefined) => (key !== undefined && m && m[key] !== undefined ? m[key] : undefined);
+  const wild = (m: Record<string, string> | undefined) => (m && m['*'] !== undefined ? m['*'] : undefined);
+  let net = exact(opts.networks);
+  let br = net === undefined ? exact(opts.bridges) : undefined;
+  if (net !== undefined || br !== undefined) used.add(key!);
+  else {
+    net = wild(opts.networks);
+    br = net === undefined ? wild(opts.bridges) : undefined;
+    if (net !== undefined || br !== undefined) used.add('*');
+  }
   let type: string;
   let source: XNode | undefined;
   if (net !== undefined) {
