@@ -123,7 +123,8 @@ describe('booting a wrapped Xen guest under KVM (qemu, TCG)', () => {
       const kernel = pickBootKernel(report.kernels)!;
       expect(kernel).toMatchObject({ xenOnly: false, hasVirtio: true });
       expect(kernel.initrd).toBeDefined();
-      const g = await installGrub(dev, { partitionStart: MIB, partitionNumber: 1, fsDev, rootUuid: fsUuid, kernel, cmdline: kernelCmdline({ root: `UUID=${fsUuid}` }) });
+      expect(kernel.args).toBe('root=/dev/xvda1 ro console=hvc0 xencons=tty'); // from the guest's menu.lst
+      const g = await installGrub(dev, { partitionStart: MIB, partitionNumber: 1, fsDev, rootUuid: fsUuid, kernel, cmdline: kernelCmdline({ root: `UUID=${fsUuid}`, extra: kernel.args }) });
       expect(g.warnings).toEqual([]);
     } finally {
       await dev.close();

@@ -134,6 +134,29 @@ describe('kernels and boot mode', () => {
   });
 });
 
+describe('kernel arguments from the guest', () => {
+  it("takes each kernel's arguments from its grub.cfg entry, else from /etc/default/grub", async () => {
+    const k = fakeBzImage();
+    const img = makeFs({
+      'boot/vmlinuz-6.1.0-9-amd64': k,
+      'boot/vmlinuz-5.10.0-8-amd64': k,
+      'boot/grub/grub.cfg': "menuentry 'Debian' {\n\tlinux\t/boot/vmlinuz-6.1.0-9-amd64 root=UUID=abc ro quiet elevator=noop\n}\n",
+      'etc/default/grub': 'GRUB_CMDLINE_LINUX_DEFAULT="quiet"\nGRUB_CMDLINE_LINUX="console=hvc0 nomodeset"\n',
+    });
+    const dev = await FileDevice.open(img);
+    try {
+      const ks = await findKernels(dev);
+      expect(ks.map((x) => [x.version, x.args])).toEqual([
+        ['6.1.0-9-amd64', 'root=UUID=abc ro quiet elevator=noop'],
+        ['5.10.0-8-amd64', 'console=hvc0 nomodeset quiet'],
+      ]);
+      expect(kernelCmdline({ root: 'UUID=new', extra: ks[1]!.args })).toBe('root=UUID=new ro nomodeset quiet console=tty0 console=ttyS0,115200');
+    } finally {
+      await dev.close();
+    }
+  });
+});
+
 describe('direct boot instructions', () => {
   it('gives qemu arguments and a libvirt <os> element that virt-xml-validate accepts', () => {
     const r = directBootInstructions({ disk: '/srv/vm,1/disk.qcow2', format: 'qcow2', kernelPath: '/srv/vm/disk.qcow2.vmlinuz', initrdPath: '/srv/vm/disk.qcow2.initrd', cmdline: 'root=UUID=x ro console=ttyS0,115200 a<b' });

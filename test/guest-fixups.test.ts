@@ -239,7 +239,9 @@ describe('fixGuest on a filesystem', () => {
     const r = await fix(img, { rootUuid: ROOT_UUID, swapUuid: SWAP_UUID });
     expect(r.isGuest).toBe(true);
     expect(r.warnings).toEqual([]);
-    expect(r.kernels).toMatchObject([{ version: '5.10.0-1-amd64', initrd: '/boot/initrd.img-5.10.0-1-amd64', xenOnly: false, hasVirtio: true }]);
+    expect(r.kernels).toMatchObject([
+      { version: '5.10.0-1-amd64', initrd: '/boot/initrd.img-5.10.0-1-amd64', xenOnly: false, hasVirtio: true, args: 'root=/dev/xvda1 ro console=hvc0 xencons=tty' },
+    ]);
     fsckClean(img);
 
     expect(debugfsCat(img, '/etc/fstab')).toBe(`UUID=${ROOT_UUID} / ext4 defaults,errors=remount-ro 0 1\nUUID=${SWAP_UUID} none swap sw 0 0\nproc /proc proc defaults 0 0\n`);

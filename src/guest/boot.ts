@@ -42,6 +42,13 @@ export interface KernelInfo {
   hasVirtio?: boolean;
   /** Why the kernel is Xen-only, or why hasVirtio is false/unknown. */
   notes?: string[];
+  /**
+   * The arguments the guest's own boot config passes to this kernel (from
+   * menu.lst/grub.conf/grub.cfg, else /etc/default/grub), without the kernel
+   * path. Feed them to kernelCmdline as `extra`: it drops root= and the Xen
+   * consoles.
+   */
+  args?: string;
 }
 
 /** Largest kernel and initrd we read (the file's inode size is checked first). */
@@ -240,7 +247,51 @@ export async function kernelsIn(fsys: ExtFs): Promise<KernelInfo[]> {
     if (out.some((k) => k.version === version)) continue;
     out.push(await inspectKernel(fsys, version, p));
   }
+  if (out.length) {
+    const entries = await bootConfigArgs(fsys);
+    for (const k of out) {
+      const base = k.kernel.slice(k.kernel.lastIndexOf('/') + 1);
+      const args = entries.byKernel.get(base) ?? entries.defaults;
+      if (args !== undefined) k.args = args;
+    }
+  }
   return out;
+}
+
+/** Boot configs read for kernel arguments, first match wins. */
+const ARG_CONFIGS = ['/boot/grub/menu.lst', '/boot/grub/grub.conf', '/boot/grub/grub.cfg', '/boot/grub2/grub.cfg'];
+
+/** Kernel arguments by kernel file name from the guest's boot configs, and /etc/default/grub's. */
+export async function bootConfigArgs(fsys: ExtFs): Promise<{ byKernel: Map<string, string>; defaults?: string }> {
+  const byKernel = new Map<string, string>();
+  const read = async (p: string): Promise<string | undefined> => {
+    try {
+      return (await readGuestFile(fsys, p, 4 << 20)).toString('latin1');
+    } catch (e) {
+      if (e instanceof ImageError || isFsError(e, 'ENOENT') || isFsError(e, 'ENOTDIR') || isFsError(e, 'ELOOP')) return undefined;
+      throw e;
+    }
+  };
+  for (const p of ARG_CONFIGS) {
+    const text = await read(p);
+    if (text === undefined) continue;
+    for (const line of text.split('\n')) {
+      const m = /^\s*(?:kernel|linux|linux16)\s+(\S+)\s*(.*)$/.exec(line);
+      if (!m) continue;
+      const base = m[1]!.replace(/^\([^)]*\)/, '').replace(/^.*\//, '');
+      if (!byKernel.has(base)) byKernel.set(base, m[2]!.trim());
+    }
+  }
+  let defaults: string | undefined;
+  const def = await read('/etc/default/grub');
+  if (def !== undefined) {
+    const val = (name: string) => {
+      const m = new RegExp(`^\\s*${name}=(?:"([^"]*)"|'([^']*)'|(\\S*))`, 'm').exec(def);
+      return m ? (m[1] ?? m[2] ?? m[3] ?? '') : '';
+    };
+    defaults = `${val('GRUB_CMDLINE_LINUX')} ${val('GRUB_CMDLINE_LINUX_DEFAULT')}`.trim();
+  }
+  return { byKernel, defaults };
 }
 
 /** The kernels in the guest's /boot (the filesystem is opened read-only). */
@@ -338,7 +389,7 @@ export function kernelCmdline(opts: { root: string; extra?: string }): string {
   const root = opts.root.startsWith('root=') ? opts.root.slice(5) : opts.root;
   const extra = (opts.extra ?? '')
     .split(/\s+/)
-    .filter((a) => a && !isXenConsoleArg(a) && !a.startsWith('root=') && !/^console=(tty0|ttyS0)(,.*)?$/.test(a));
+    .filter((a) => a && !isXenConsoleArg(a) && !/^(root|BOOT_IMAGE)=/.test(a) && !/^console=(tty0|ttyS0)(,.*)?$/.test(a));
   const args = [`root=${root}`];
   if (!extra.includes('ro') && !extra.includes('rw')) args.push('ro');
   args.push(...extra, 'console=tty0', 'console=ttyS0,115200');

@@ -4,6 +4,7 @@ import { FORCE_OPTION, FORMAT_OPTION, openFromArgs } from '../common.js';
 import { ImageError } from '../../core/errors.js';
 import { SliceDevice } from '../../core/slice.js';
 import { inspectDisk, type PartitionInfo } from '../../partition/inspect.js';
+import { GRUB_UNREADABLE } from '../../fs/ext-superblock.js';
 import { fixGuest } from '../../guest/fixups.js';
 import {
   type BootMode,
@@ -123,10 +124,15 @@ Exit codes: 0 done; 1 not a guest (no /etc/fstab or kernel: nothing changed); 2 
           warnings.push("the MBR already holds boot code: left alone (pass --boot grub to replace it with GRUB)");
           requested = 'none';
         }
-        const resolved = resolveBootMode(requested, report.kernels, !!grubHost);
+        // GRUB 2.06 cannot read every ext feature: auto falls back to direct boot then.
+        const unreadable = (root.content.features ?? []).filter((f) => GRUB_UNREADABLE.includes(f));
+        if (requested === 'auto' && grubHost && unreadable.length) {
+          warnings.push(`GRUB cannot read a filesystem with ${unreadable.join(', ')}: using direct kernel boot`);
+        }
+        const resolved = resolveBootMode(requested, report.kernels, !!grubHost && (requested !== 'auto' || !unreadable.length));
         warnings.push(...resolved.warnings);
         const kernel = pickBootKernel(report.kernels);
-        const cmdline = kernelCmdline({ root: rootUuid ? `UUID=${rootUuid}` : `/dev/vda${partNo}` });
+        const cmdline = kernelCmdline({ root: rootUuid ? `UUID=${rootUuid}` : `/dev/vda${partNo}`, extra: kernel?.args });
         bootResult = { mode: resolved.mode };
         if (resolved.mode !== 'none' && kernel) bootResult = { ...bootResult, kernel: kernel.kernel, initrd: kernel.initrd, cmdline };
         if (resolved.mode === 'grub' && kernel) {
