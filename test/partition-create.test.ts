@@ -162,7 +162,7 @@ describe('part create on an existing image', () => {
     must('mke2fs', ['-q', '-F', '-t', 'ext4', f]);
     const r = await runCli(['part', 'create', f, '--part', 'rest:linux']);
     expect(r.status).toBe(2);
-    expect(r.stderr).toMatch(/holds a ext4 filesystem\/volume with no partition table/);
+    expect(r.stderr).toMatch(/holds a bare ext4 signature and no partition table: use --force/);
   });
 
   it('writes a table into an existing qcow2 image through its driver', async () => {

@@ -319,6 +319,16 @@ describe('damaged and hostile GPTs', () => {
     ]);
   });
 
+  it('warns about a stale GPT header behind a DOS table and lists the DOS table, as sfdisk does', async () => {
+    const f = sfdiskGpt('stale-gpt.img');
+    pokeFile(f, 0, tableSector([[0x80, 0x83, 2048, 4096]]));
+    const info = await listJson(f);
+    expect(info.scheme).toBe('mbr');
+    expect(sfdiskJson(f)!.label).toBe('dos');
+    expect(info.partitions.map((p) => [p.startSector, p.sectors, p.bootable])).toEqual([[2048, 4096, true]]);
+    expect(info.warnings.join('\n')).toMatch(/GPT header at LBA 1 is ignored/);
+  });
+
   it('warns about a GPT header without a protective MBR and ignores it, as sfdisk does', async () => {
     const f = sfdiskGpt('no-pmbr.img');
     pokeFile(f, 0, new Uint8Array(512));

@@ -201,6 +201,9 @@ async function inspectMbr(
   opts: InspectOptions,
 ): Promise<void> {
   info.diskId = formatSignature(mbr.signature);
+  if (dev.size >= 2 * SECTOR && String.fromCharCode(...(await readSector(SECTOR)).subarray(0, 8)) === 'EFI PART') {
+    warn('a GPT header at LBA 1 is ignored: the MBR has no protective (0xEE) partition (a stale GPT?)');
+  }
   let extended: PartitionInfo | undefined;
   mbr.entries.forEach((e, i) => {
     if (!e) return;

@@ -161,7 +161,7 @@ async function refuseExisting(dev: BlockDevice, path: string): Promise<void> {
     throw new ImageError('usage', `${path} already has ${d.scheme === 'gpt' ? 'a GPT' : 'an MBR'} partition table: use --force to replace it`, { path });
   }
   if (d.content && d.content.type !== 'unknown') {
-    throw new ImageError('usage', `${path} holds a ${d.content.type} filesystem/volume with no partition table: use --force to write a table over its start`, {
+    throw new ImageError('usage', `${path} holds a bare ${d.content.type} signature and no partition table: use --force to write a table over its start`, {
       path,
     });
   }
