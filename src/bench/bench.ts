@@ -221,7 +221,14 @@ async function main(): Promise<void> {
     add(convertRow('convert raw → qcow2 -c (compressed)', inp, Math.max(1, runs - 1), inp.sparse, 'qcow2', ['-c'], '≤ 0.6'));
     add(convertRow('convert dirty raw → qcow2 (2 GiB fully allocated)', inp, runs, inp.dirty, 'qcow2', [], '≤ 1.0'));
     add(convertRow('convert 64 GiB sparse raw (1 MiB data) → qcow2', inp, runs, inp.hole, 'qcow2', [], 'holes cost'));
-    for (const extra of BENCH_ROWS) for (const r of await extra(inp, runs)) add(r);
+    add(convertRow('convert raw → vdi', inp, runs, inp.sparse, 'vdi', [], '≤ 1.0'));
+    const sparseVdi = path.join(inp.dir, 'sparse.vdi');
+    execFileSync('qemu-img', ['convert', '-O', 'vdi', inp.sparse, sparseVdi]);
+    add(convertRow('convert vdi → qcow2', inp, runs, sparseVdi, 'qcow2', [], '≤ 1.0'));
+    add(convertRow('convert qcow2 → vdi', inp, runs, inp.sparseQcow2, 'vdi', [], '≤ 1.0'));
+    fs.rmSync(sparseVdi, { force: true });
+    const { wrapRows } = await import('./wrap.js');
+    for (const extra of [wrapRows, ...BENCH_ROWS]) for (const r of await extra(inp, runs)) add(r);
     process.stdout.write(`\n${table(rows)}\n\nMachine: ${os.cpus().length} cores, ${(os.totalmem() / 2 ** 30).toFixed(0)} GiB, inputs on ${w.tmpfs ? 'tmpfs' : 'disk'}, ${runs} pairs per row (medians; ratio = median of per-pair ratios).\n`);
   } finally {
     w.cleanup();
