@@ -67,6 +67,8 @@ const K_COMP = 3;
 /** Metadata cache budgets (bytes). Memory stays bounded whatever the image size. */
 const L2_CACHE_BYTES = 16 << 20;
 const RB_CACHE_BYTES = 8 << 20;
+/** Growable containers are extended ahead by up to this much (trimmed at close). */
+const GROW_STEP = 1 << 30;
 
 type Visit = (kind: number, guest: number, length: number, host: number, hi: number, lo: number) => boolean;
 
@@ -126,6 +128,7 @@ export class Qcow2Image implements Image {
   private readonly inflight = new Set<Promise<unknown>>();
   private readonly compCache = new Map<number, Uint8Array>();
   private closed = false;
+  private grownAhead = false;
   private readonly compress: boolean;
 
   constructor(
@@ -555,12 +558,21 @@ export class Qcow2Image implements Image {
     return at;
   }
 
-  /** Make sure the container (or data file) can take writes up to `size`. */
+  /**
+   * Make sure the container (or data file) can take writes up to `size`.
+   * Files are extended ahead in steps (a hole, trimmed at close): writes
+   * inside the file's size avoid the filesystem's serialised size updates
+   * that appending writes pay.
+   */
   private async growChild(size: number, dev: BlockDevice = this.child): Promise<void> {
     if (dev.size >= size) return;
     const t = dev as unknown as Partial<Truncatable>;
+    if (typeof t.truncate === 'function') {
+      const ahead = dev === this.child && t.growable ? Math.min(GROW_STEP, Math.max(64 << 20, dev.size)) : 0;
+      this.grownAhead = this.grownAhead || ahead > 0;
+      return t.truncate(size + ahead);
+    }
     if (t.growable) return; // writes past the end extend it
-    if (typeof t.truncate === 'function') return t.truncate(size);
     throw new ImageError('unsupported', `qcow2: the container cannot grow to ${size} bytes`, { format: FORMAT, path: this.path });
   }
 
@@ -990,12 +1002,19 @@ export class Qcow2Image implements Image {
     if (this.closed) return;
     try {
       if (!this.readOnly) {
-        await this.flush();
-        // End the file on a cluster boundary, as qemu does.
-        const t = this.child as unknown as Partial<Truncatable>;
-        if (this.child.size < this.end && typeof t.truncate === 'function') await t.truncate(this.end);
-        else if (this.child.size < this.end) await this.child.writeZeroes(this.child.size, this.end - this.child.size);
-        await this.child.flush();
+        const release = await this.lock.acquire();
+        try {
+          await this.writeMetadata();
+          // End the file on a cluster boundary, as qemu does.
+          const t = this.child as unknown as Partial<Truncatable>;
+          if (this.grownAhead && this.child.size > this.end && typeof t.truncate === 'function') await t.truncate(this.end);
+          else if (this.child.size < this.end && typeof t.truncate === 'function') await t.truncate(this.end);
+          else if (this.child.size < this.end) await this.child.writeZeroes(this.child.size, this.end - this.child.size);
+          await this.child.flush();
+          if (this.data !== this.child) await this.data.flush();
+        } finally {
+          release();
+        }
       }
     } finally {
       this.closed = true;
