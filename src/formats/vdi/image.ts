@@ -52,8 +52,8 @@ export const VDI_BLOCKS_IN_IMAGE_MAX = Math.floor((2 ** 31 - SECTOR) / 4);
 /** VirtualBox opens block sizes from 1 MiB / 8 to 1 MiB * 128 (VDI.cpp vdiOpenImage). */
 export const MIN_BLOCK_SIZE = MiB / 8;
 export const MAX_BLOCK_SIZE = MiB * 128;
-/** Entries read per chunk when loading the map. */
-const MAP_CHUNK_ENTRIES = 256 * 1024;
+/** Entries read or written per chunk of the block map. */
+export const MAP_CHUNK_ENTRIES = 256 * 1024;
 
 export interface VdiGeometry {
   header: VdiHeader;
@@ -358,10 +358,14 @@ export class VdiImage implements Image {
       // Free and zero blocks both read as zero: writing zeros there changes nothing.
       if (isZero(piece)) return;
       if (this.blocksAllocatedNow >= this.h.blocksInImage) {
-        throw new ImageError(
+        // Only an image that leaks blocks gets here (blocks_allocated above the blocks the map uses).
+        throw fieldError(
           'corrupt',
-          `vdi: no data block left to allocate (blocks_allocated ${this.blocksAllocatedNow} = blocks_in_image)`,
-          { format: 'vdi', field: 'blocks_allocated', offset: OFF.blocks_allocated, value: this.blocksAllocatedNow },
+          'vdi',
+          'blocks_allocated',
+          OFF.blocks_allocated,
+          this.blocksAllocatedNow,
+          'leaves no data block to allocate: it already equals blocks_in_image',
         );
       }
       const idx = this.blocksAllocatedNow++;
@@ -488,13 +492,53 @@ export interface VdiCreateParams {
   fixed: boolean;
 }
 
+/** qemu's boolean option spellings. */
+function parseBool(key: string, value: string): boolean {
+  const v = value.toLowerCase();
+  if (['on', 'yes', 'true'].includes(v)) return true;
+  if (['off', 'no', 'false'].includes(v)) return false;
+  throw new ImageError('usage', `vdi: option ${key} takes on or off, not '${value}'`, { format: 'vdi', value });
+}
+
+export const VDI_CREATE_OPTIONS = {
+  static: "on|off: a fixed-size image with every block allocated up front (VirtualBox 'Fixed size'); default off (dynamically allocated)",
+} as const;
+
+/** Check `-o` options, `-c` and the size of a new image. */
+export function createParams(opts: { size: number; options: Record<string, string>; compress?: boolean }): VdiCreateParams {
+  let fixed = false;
+  for (const [key, value] of Object.entries(opts.options)) {
+    if (key === 'static') fixed = parseBool(key, value);
+    else {
+      throw new ImageError('usage', `vdi: unknown option '${key}' (known: ${Object.keys(VDI_CREATE_OPTIONS).join(', ')})`, {
+        format: 'vdi',
+        value: key,
+      });
+    }
+  }
+  if (opts.compress) {
+    throw new ImageError('usage', 'vdi images cannot be compressed (-c): VDI has no compressed blocks; use qcow2 or qcow', { format: 'vdi' });
+  }
+  if (!Number.isSafeInteger(opts.size) || opts.size < 0) {
+    throw new ImageError('usage', `vdi: invalid size ${opts.size}`, { format: 'vdi', value: opts.size });
+  }
+  return { size: opts.size, fixed };
+}
+
+export interface VdiLayout {
+  header: VdiHeader;
+  virtualSize: number;
+  blocks: number;
+  blockSize: number;
+}
+
 /**
- * Lay out a new image the way VirtualBox does (VDI.cpp vdiInitHeader):
- * a VDIHEADER1PLUS header, the block map at the next 1 MiB boundary
+ * Plan a new image the way VirtualBox does (VDI.cpp vdiInitHeader): a
+ * VDIHEADER1PLUS header, the block map at the next 1 MiB boundary
  * (VDI_DATA_ALIGN), data at the 1 MiB boundary after the map, 1 MiB blocks.
- * Fixed images have an identity map and a file sized for every block (sparse).
+ * `blocksAllocated` is 0 (dynamic) or every block (fixed).
  */
-export async function createVdi(child: BlockDevice, p: VdiCreateParams): Promise<VdiImage> {
+export function planLayout(p: VdiCreateParams): VdiLayout {
   const blockSize = MiB;
   const align = MiB;
   const virtualSize = Math.ceil(p.size / SECTOR) * SECTOR;
@@ -534,6 +578,15 @@ export async function createVdi(child: BlockDevice, p: VdiCreateParams): Promise
     uuidParent: new Uint8Array(16),
     lchs: { cylinders: 0, heads: 0, sectors: 0, sectorSize: SECTOR },
   };
+  return { header, virtualSize, blocks, blockSize };
+}
+
+/**
+ * Lay out a new image on an empty child (see planLayout). Fixed images have
+ * an identity map and a file sized for every block (sparse).
+ */
+export async function createVdi(child: BlockDevice, p: VdiCreateParams): Promise<VdiImage> {
+  const { header, virtualSize, blocks, blockSize } = planLayout(p);
   const headerBytes = encodeHeader(header);
   await child.write(headerBytes, 0);
 
@@ -542,9 +595,9 @@ export async function createVdi(child: BlockDevice, p: VdiCreateParams): Promise
   else map.fill(BLOCK_FREE);
   for (let first = 0; first < blocks; first += MAP_CHUNK_ENTRIES) {
     const n = Math.min(MAP_CHUNK_ENTRIES, blocks - first);
-    await child.write(encodeEntries(map, first, n), offsetBmap + first * 4);
+    await child.write(encodeEntries(map, first, n), header.offsetBmap + first * 4);
   }
-  const fileSize = offsetData + (p.fixed ? blocks * blockSize : 0);
+  const fileSize = header.offsetData + (p.fixed ? blocks * blockSize : 0);
   if (child.size < fileSize) await child.writeZeroes(child.size, fileSize - child.size);
   return new VdiImage(child, { header, headerBytes, virtualSize, fileSize }, map, { writable: true, fresh: true });
 }

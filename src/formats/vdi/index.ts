@@ -12,28 +12,19 @@
  * Reads normal (dynamic) and fixed images, header version 1.1 with the
  * 384-byte (VDIHEADER1) or 400-byte (VDIHEADER1PLUS) header, block sizes
  * VirtualBox opens (128 KiB .. 128 MiB, power of two). Refuses differencing and
- * undo images. Writes images laid out as VirtualBox lays them out.
+ * undo images. Writes images laid out as VirtualBox lays them out, to a
+ * file (create) or front to back to a pipe (stream).
  */
 
 import type { BlockDevice } from '../../core/device.js';
 import { ImageError } from '../../core/errors.js';
 import type { CreateOptions, FormatDriver, Image, OpenOptions } from '../types.js';
 import { VDI_SIGNATURE } from './header.js';
-import { VdiImage, createVdi, readBlockMap, readHeader } from './image.js';
+import { VDI_CREATE_OPTIONS, VdiImage, createParams, createVdi, readBlockMap, readHeader } from './image.js';
+import { streamVdi } from './stream.js';
 
 export { VdiImage } from './image.js';
-
-const CREATE_OPTIONS = {
-  static: "on|off: a fixed-size image with every block allocated up front (VirtualBox 'Fixed size'); default off (dynamically allocated)",
-} as const;
-
-/** qemu's boolean option spellings. */
-function parseBool(key: string, value: string): boolean {
-  const v = value.toLowerCase();
-  if (['on', 'yes', 'true'].includes(v)) return true;
-  if (['off', 'no', 'false'].includes(v)) return false;
-  throw new ImageError('usage', `vdi: option ${key} takes on or off, not '${value}'`, { format: 'vdi', value });
-}
+export { streamVdi } from './stream.js';
 
 export const vdi: FormatDriver = {
   name: 'vdi',
@@ -54,25 +45,10 @@ export const vdi: FormatDriver = {
     }
   },
   async create(child: BlockDevice, opts: CreateOptions): Promise<Image> {
-    let fixed = false;
-    for (const [key, value] of Object.entries(opts.options)) {
-      if (key === 'static') fixed = parseBool(key, value);
-      else {
-        throw new ImageError('usage', `vdi: unknown option '${key}' (known: ${Object.keys(CREATE_OPTIONS).join(', ')})`, {
-          format: 'vdi',
-          value: key,
-        });
-      }
-    }
-    if (opts.compress) {
-      throw new ImageError('usage', 'vdi images cannot be compressed (-c): VDI has no compressed blocks; use qcow2 or qcow', {
-        format: 'vdi',
-      });
-    }
-    if (!Number.isSafeInteger(opts.size) || opts.size < 0) {
-      throw new ImageError('usage', `vdi: invalid size ${opts.size}`, { format: 'vdi', value: opts.size });
-    }
-    return createVdi(child, { size: opts.size, fixed });
+    return createVdi(child, createParams(opts));
   },
-  createOptions: CREATE_OPTIONS,
+  stream(source: BlockDevice, opts: CreateOptions): AsyncIterable<Uint8Array> {
+    return streamVdi(source, opts);
+  },
+  createOptions: VDI_CREATE_OPTIONS,
 };
