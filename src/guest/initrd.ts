@@ -27,8 +27,9 @@
  *   (110 bytes), then the name, padded so header+name is a multiple of 4,
  *   then the data, padded to a multiple of 4. "TRAILER!!!" ends an archive.
  *
- * gzip and zstd are decoded in-process (node:zlib, fzstd); xz, lzma, bzip2,
- * lzo and lz4 through the host's decompressor when it is installed. Every
+ * gzip and zstd are decoded in-process (node:zlib, fzstd); xz and lzma by
+ * the host's xz when it is installed (ten times faster), else in-process
+ * (xz.ts); bzip2, lzo and lz4 only through the host's decompressor. Every
  * decompressed stream is capped (MAX_OUTPUT) so a hostile initrd cannot
  * exhaust memory.
  */
@@ -37,6 +38,7 @@ import { spawnSync } from 'node:child_process';
 import * as zlib from 'node:zlib';
 import { Decompress as ZstdDecompress } from 'fzstd';
 import { ImageError } from '../core/errors.js';
+import { decodeLzmaAlone, decodeXz } from './xz.js';
 
 /** Largest decompressed size we accept for one compressed member. */
 export const MAX_OUTPUT = 1 << 30;
@@ -55,6 +57,8 @@ export interface InitrdContents {
 interface Codec {
   name: string;
   magic: number[];
+  /** In-process decoder (used when the host tool is missing or fails). */
+  decode?: (data: Uint8Array) => Uint8Array;
   /** Host tool and arguments that decompress standard input to standard output. */
   tool?: [string, string[]];
 }
@@ -62,8 +66,8 @@ interface Codec {
 const CODECS: Codec[] = [
   { name: 'gzip', magic: [0x1f, 0x8b] },
   { name: 'zstd', magic: [0x28, 0xb5, 0x2f, 0xfd] },
-  { name: 'xz', magic: [0xfd, 0x37, 0x7a, 0x58, 0x5a, 0x00], tool: ['xz', ['-dc']] },
-  { name: 'lzma', magic: [0x5d, 0x00, 0x00], tool: ['xz', ['-dc', '--format=lzma']] },
+  { name: 'xz', magic: [0xfd, 0x37, 0x7a, 0x58, 0x5a, 0x00], decode: (d) => decodeXz(d, MAX_OUTPUT), tool: ['xz', ['-dc']] },
+  { name: 'lzma', magic: [0x5d, 0x00, 0x00], decode: (d) => decodeLzmaAlone(d, MAX_OUTPUT), tool: ['xz', ['-dc', '--format=lzma']] },
   { name: 'bzip2', magic: [0x42, 0x5a, 0x68], tool: ['bzip2', ['-dc']] },
   { name: 'lzo', magic: [0x89, 0x4c, 0x5a, 0x4f, 0x00], tool: ['lzop', ['-dc']] },
   { name: 'lz4', magic: [0x02, 0x21, 0x4c, 0x18], tool: ['lz4', ['-dc']] },
@@ -144,14 +148,28 @@ function decompress(codec: Codec, data: Uint8Array): Uint8Array {
     d.push(data, true);
     return Buffer.concat(chunks);
   }
+  if (codec.decode) {
+    // The host's decompressor, when installed, is an order of magnitude faster than ours.
+    const viaTool = codec.tool ? runTool(codec, data, false) : undefined;
+    return viaTool ?? codec.decode(data);
+  }
+  return runTool(codec, data, true)!;
+}
+
+/** Decompress with the host tool; undefined (or an error when `required`) when it is missing or fails. */
+function runTool(codec: Codec, data: Uint8Array, required: boolean): Uint8Array | undefined {
   const [tool, args] = codec.tool!;
   const r = spawnSync(tool, args, { input: data, maxBuffer: MAX_OUTPUT, timeout: 120_000 });
   if (r.error) {
+    if (!required) return undefined;
     const code = (r.error as NodeJS.ErrnoException).code;
     throw new Error(code === 'ENOENT' ? `${codec.name}-compressed, and '${tool}' is not installed` : `${tool}: ${r.error.message}`);
   }
   // A non-zero exit with output is usually trailing padding after the stream: keep what was decoded.
-  if (r.status !== 0 && !r.stdout?.length) throw new Error(`${tool} -dc failed: ${r.stderr.toString().trim()}`);
+  if (r.status !== 0 && !r.stdout?.length) {
+    if (!required) return undefined;
+    throw new Error(`${tool} -dc failed: ${r.stderr.toString().trim()}`);
+  }
   return r.stdout;
 }
 
