@@ -246,6 +246,43 @@ describe('writing into existing qcow2 images', () => {
     expect(r).toContain('identical');
   });
 
+  it('writes into an image whose data lives in an external data file', async () => {
+    const img = tmp.path(`xd${n++}.qcow2`);
+    const data = tmp.path(`xd${n++}.data`);
+    const expected = tmp.path(`xd${n++}.raw`);
+    patternedRaw(expected, 2 * 1024 * 1024, [[0, 100 * 1024]]);
+    qemuImg(['create', '-q', '-f', 'qcow2', '-o', `data_file=${data}`, img, '2M']);
+    qemuImg(['convert', '-n', '-f', 'raw', '-O', 'qcow2', expected, img]);
+    const opened = await openImage(img, { writable: true, dataFile: true });
+    const fd = openSync(expected, 'r+');
+    for (const [off, len] of [[50, 1000], [3 * 65536 + 5, 1000], [1024 * 1024, 65536]]) {
+      const d = pattern(len!, off!);
+      await opened.image.write(d, off!);
+      writeSync(fd, d, 0, len!, off!);
+    }
+    await opened.image.writeZeroes(65536, 65536);
+    writeSync(fd, new Uint8Array(65536), 0, 65536, 65536);
+    closeSync(fd);
+    await opened.image.close();
+    expectCheckClean(img);
+    expectIdentical(img, expected);
+  });
+
+  it('creates an image on a container larger than the image (a block device) and keeps it valid', async () => {
+    const child = MemoryDevice.from(new Uint8Array(4 << 20).fill(0xee));
+    const img = await qcow2.create!(child, { size: 1 << 20, options: {} });
+    await img.write(pattern(70000, 9), 1000);
+    await img.close();
+    const reopened = await qcow2.open(child, {});
+    const back = new Uint8Array(70000);
+    await reopened.read(back, 1000);
+    expect(Buffer.compare(back, pattern(70000, 9))).toBe(0);
+    const zeros = new Uint8Array(1000);
+    await reopened.read(zeros, 0);
+    expect(zeros.every((b) => b === 0)).toBe(true);
+    expect(child.size).toBe(4 << 20);
+  });
+
   it('grows the refcount table when the image outgrows it', async () => {
     const raw = tmp.path(`g${n++}.raw`);
     const size = 24 * 1024 * 1024;
@@ -278,6 +315,16 @@ describe('writing into existing qcow2 images', () => {
     expect((e as ImageError).kind).toBe('unsupported');
     const ro = await openImage(img);
     await ro.image.close();
+  });
+
+  it('refuses to write into an image with persistent bitmaps rather than invalidate them', async () => {
+    const img = tmp.path(`bm${n++}.qcow2`);
+    qemuImg(['create', '-q', '-f', 'qcow2', img, '4M']);
+    qemuImg(['bitmap', '--add', img, 'b0']);
+    const e = await openImage(img, { writable: true }).catch((x: unknown) => x);
+    expect((e as ImageError).kind).toBe('unsupported');
+    expect((e as ImageError).message).toContain('bitmaps');
+    expectCheckClean(img);
   });
 
   it('handles concurrent writes to disjoint ranges, including inside one cluster', async () => {

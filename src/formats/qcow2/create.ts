@@ -169,6 +169,7 @@ export async function createQcow2(child: BlockDevice, opts: CreateOptions): Prom
     compatible: p.lazyRefcounts ? COMPAT_LAZY_REFCOUNTS : 0,
     compatibleHigh: 0,
     autoclear: 0,
+    autoclearHigh: 0,
     refcountOrder: p.refcountOrder,
     headerLength: p.version === 3 ? 112 : 72,
     compressionType: 0,
@@ -184,5 +185,5 @@ export async function createQcow2(child: BlockDevice, opts: CreateOptions): Prom
   }
   await child.write(head, 0);
   if (l1Clusters) await child.writeZeroes(l1Offset, l1Clusters * cs);
-  return openQcow2(child, { writable: true, path: opts.path }, { compress: opts.compress });
+  return openQcow2(child, { writable: true, path: opts.path }, { compress: opts.compress, allocEnd: metaClusters * cs });
 }

@@ -93,6 +93,8 @@ export interface Qcow2Header {
   /** Bits 32..63 of compatible_features (unknown; preserved on rewrite). */
   compatibleHigh: number;
   autoclear: number;
+  /** Bits 32..63 of autoclear_features (unknown: cleared before our first write). */
+  autoclearHigh: number;
   refcountOrder: number;
   headerLength: number;
   compressionType: number;
@@ -171,6 +173,7 @@ export async function readHeader(child: BlockDevice): Promise<Qcow2Header> {
     compatible: 0,
     compatibleHigh: 0,
     autoclear: 0,
+    autoclearHigh: 0,
     refcountOrder: 4,
     headerLength: 72,
     compressionType: 0,
@@ -189,6 +192,7 @@ export async function readHeader(child: BlockDevice): Promise<Qcow2Header> {
     h.incompatible = u32(hdr, 76);
     h.compatibleHigh = u32(hdr, 80);
     h.compatible = u32(hdr, 84);
+    h.autoclearHigh = u32(hdr, 88);
     h.autoclear = u32(hdr, 92);
     h.refcountOrder = u32(hdr, 96);
     h.headerLength = u32(hdr, 100);
@@ -312,6 +316,7 @@ export function encodeHeader(h: Qcow2Header): Uint8Array {
     putU32(out, 76, h.incompatible);
     putU32(out, 80, h.compatibleHigh);
     putU32(out, 84, h.compatible);
+    putU32(out, 88, h.autoclearHigh);
     putU32(out, 92, h.autoclear);
     putU32(out, 96, h.refcountOrder);
     putU32(out, 100, 112);
@@ -357,6 +362,7 @@ export function encodeMutableFields(h: Qcow2Header): { offset: number; bytes: Ui
     putU32(b, 36, h.incompatible);
     putU32(b, 40, h.compatibleHigh);
     putU32(b, 44, h.compatible);
+    putU32(b, 48, h.autoclearHigh);
     putU32(b, 52, h.autoclear);
   }
   // v2 headers stop at 72; snapshots_offset (64) is not rewritten for them: we never change it.

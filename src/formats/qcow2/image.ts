@@ -94,6 +94,8 @@ const hex = (hi: number, lo: number) => '0x' + hi.toString(16).padStart(8, '0') 
 export interface Qcow2OpenExtras {
   /** Compress full-cluster writes (images created with -c). */
   compress?: boolean;
+  /** Allocation end of a freshly laid-out image (the container may be larger: a host block device). */
+  allocEnd?: number;
 }
 
 export class Qcow2Image implements Image {
@@ -160,7 +162,7 @@ export class Qcow2Image implements Image {
     this.compress = !!extras.compress;
     this.l2cache = new TableCache(Math.max(16, Math.floor(L2_CACHE_BYTES / this.cs)), (off) => this.loadTable(off));
     this.rbcache = new TableCache(Math.max(16, Math.floor(RB_CACHE_BYTES / this.cs)), (off) => this.loadTable(off));
-    this.end = Math.ceil(child.size / this.cs) * this.cs;
+    this.end = extras.allocEnd ?? Math.ceil(child.size / this.cs) * this.cs;
   }
 
   private async loadTable(off: number): Promise<Uint8Array> {
@@ -661,12 +663,13 @@ export class Qcow2Image implements Image {
     if (!this.autoclearPending) return;
     this.autoclearPending = false;
     this.h.autoclear &= AUTOCLEAR_DATA_FILE_RAW;
+    this.h.autoclearHigh = 0;
     await this.writeHeaderFields();
     await this.child.flush();
   }
 
   setWritableState(): void {
-    if (this.h.version === 3 && this.h.autoclear & ~AUTOCLEAR_DATA_FILE_RAW) this.autoclearPending = true;
+    if (this.h.version === 3 && (this.h.autoclear & ~AUTOCLEAR_DATA_FILE_RAW || this.h.autoclearHigh)) this.autoclearPending = true;
   }
 
   // ---------------------------------------------------------------- writing
@@ -1072,6 +1075,10 @@ export async function openQcow2(child: BlockDevice, opts: OpenOptions, extras: Q
   if (writable && h.incompatible & INCOMPAT_DIRTY) {
     throw new ImageError('unsupported', `${where}qcow2 image has the dirty bit set (lazy refcounts not written back): repair it with 'qemu-img check -r all' before writing`, { path: opts.path, format: FORMAT, field: 'incompatible_features' });
   }
+  if (writable && h.hasBitmaps && h.autoclear & AUTOCLEAR_BITMAPS) {
+    // Writing would make every bitmap inconsistent (and its clusters leak): refuse rather than damage them.
+    throw new ImageError('unsupported', `${where}qcow2 image has persistent dirty bitmaps, which imgtool cannot keep up to date: remove them first ('qemu-img bitmap --remove')`, { path: opts.path, format: FORMAT, field: 'bitmaps extension' });
+  }
   if (writable && h.incompatible & INCOMPAT_CORRUPT) {
     throw new ImageError('unsupported', `${where}qcow2 image is marked corrupt: it may only be opened read-only`, { path: opts.path, format: FORMAT, field: 'incompatible_features' });
   }
@@ -1175,4 +1182,3 @@ export async function openQcow2(child: BlockDevice, opts: OpenOptions, extras: Q
   return img;
 }
 
-export const _testing = { AUTOCLEAR_BITMAPS, deflateCluster };
