@@ -47,7 +47,11 @@ export type FsckStatus = 'clean' | 'corrected' | 'reboot' | 'uncorrected' | 'ope
 export interface FsckResult {
   exitCode: number;
   status: FsckStatus[];
+  /** stdout and stderr, interleaved as written. */
   output: string;
+  /** The two streams apart (e2fsck's banner and aborts go to stderr). */
+  stdout: string;
+  stderr: string;
 }
 
 export interface ResizeResult {
@@ -78,6 +82,8 @@ export interface ToolRunOptions {
   name?: string;
   /** Stop the tool (the worker is terminated); rejects with ImageError 'interrupted'. */
   signal?: AbortSignal;
+  /** Size of the shared buffer device requests are split through (default CHUNK; tests use small ones). */
+  chunkSize?: number;
 }
 
 /** The size of the shared buffer requests are chunked through. */
@@ -94,6 +100,9 @@ const CTL_OFFSET_F64 = 2; // Float64 index: bytes 16..23
 const OP_READ = 1;
 const OP_WRITE = 2;
 const OP_FLUSH = 3;
+/** A read the tool did not ask for (read-ahead): a failure is answered with EIO, not fatal. */
+const OP_READAHEAD = 4;
+const WASI_EIO = 29;
 const WASI_EROFS = 69;
 const WASI_EINVAL = 28;
 
@@ -267,6 +276,8 @@ process.emitWarning = function (warning, ...rest) {
 interface RunResult {
   exitCode: number;
   output: string;
+  stdout: string;
+  stderr: string;
 }
 
 /**
@@ -286,11 +297,15 @@ async function runTool(
   const module = await loadModule(tool);
   const devPath = devicePath(opts.name);
   const ctlBuf = new SharedArrayBuffer(32);
-  const dataBuf = new SharedArrayBuffer(CHUNK);
+  const chunk = opts.chunkSize ?? CHUNK;
+  if (!Number.isSafeInteger(chunk) || chunk < 512 || chunk > 256 << 20) {
+    throw new ImageError('usage', `${tool}: chunk size ${chunk} must be between 512 bytes and 256 MiB`, { value: chunk });
+  }
+  const dataBuf = new SharedArrayBuffer(chunk);
   const ctl = new Int32Array(ctlBuf);
   const ctlF64 = new Float64Array(ctlBuf);
   const shared = new Uint8Array(dataBuf);
-  const scratch = Buffer.allocUnsafe(CHUNK);
+  const scratch = Buffer.allocUnsafe(chunk);
   const workerData: ToolWorkerData = {
     module,
     args: args(devPath),
@@ -307,16 +322,19 @@ async function runTool(
     const worker = new Worker(WORKER_SOURCE, { eval: true, workerData, stdout: false, stderr: false });
     const decoders = { 1: new TextDecoder(), 2: new TextDecoder() };
     let output = '';
+    const streams = { 1: '', 2: '' };
     let truncated = false;
     let settled = false;
     let exited = false; // the tool has returned its exit code
     let wrote = false;
 
-    const append = (text: string) => {
+    const append = (fd: 1 | 2, text: string) => {
       if (!text) return;
       opts.onOutput?.(text);
-      if (output.length + text.length <= MAX_OUTPUT) output += text;
-      else if (!truncated) {
+      if (output.length + text.length <= MAX_OUTPUT) {
+        output += text;
+        streams[fd] += text;
+      } else if (!truncated) {
         truncated = true;
         output += '\n[imgtool: output truncated]\n';
       }
@@ -346,14 +364,20 @@ async function runTool(
       const op = ctl[CTL_OP]!;
       const len = ctl[CTL_LEN]!;
       const offset = ctlF64[CTL_OFFSET_F64]!;
-      if (len < 0 || len > CHUNK || !Number.isSafeInteger(offset) || offset < 0 || offset + len > dev.size) {
+      if (len < 0 || len > chunk || !Number.isSafeInteger(offset) || offset < 0 || offset + len > dev.size) {
         reply(WASI_EINVAL);
         return;
       }
       try {
-        if (op === OP_READ) {
+        if (op === OP_READ || op === OP_READAHEAD) {
           const buf = scratch.subarray(0, len);
-          await dev.read(buf, offset);
+          try {
+            await dev.read(buf, offset);
+          } catch (e) {
+            if (op === OP_READ) throw e;
+            if (!settled) reply(WASI_EIO);
+            return;
+          }
           if (settled) return;
           shared.set(buf, 0);
           reply(0);
@@ -372,7 +396,7 @@ async function runTool(
           reply(0);
         } else reply(WASI_EINVAL);
       } catch (e) {
-        const what = op === OP_READ ? 'read' : op === OP_WRITE ? 'write' : 'flush';
+        const what = op === OP_READ || op === OP_READAHEAD ? 'read' : op === OP_WRITE ? 'write' : 'flush';
         const msg = `${tool} stopped: the device failed a ${what} of ${len} bytes at offset ${offset}: ${(e as Error)?.message ?? String(e)}`;
         fail(
           e instanceof ImageError
@@ -389,20 +413,21 @@ async function runTool(
           void serve();
           break;
         case 'out':
-          append(decoders[m.fd].decode(m.bytes, { stream: true }));
+          append(m.fd, decoders[m.fd].decode(m.bytes, { stream: true }));
           break;
         case 'trace':
           process.stderr.write(`[${tool}] ${m.text}\n`);
           break;
         case 'exit': {
           exited = true;
-          append(decoders[1].decode() + decoders[2].decode());
+          append(1, decoders[1].decode());
+          append(2, decoders[2].decode());
           const code = m.code;
           const done = async () => {
             if (opts.writable && wrote) await dev.flush();
           };
           done().then(
-            () => finish(() => resolve({ exitCode: code, output })),
+            () => finish(() => resolve({ exitCode: code, output, stdout: streams[1], stderr: streams[2] })),
             (e) => fail(e),
           );
           break;
@@ -483,7 +508,7 @@ export async function e2fsck(dev: BlockDevice, opts: { mode: FsckMode; extraArgs
     writable: opts.mode !== 'check',
   });
   if (isOutOfMemory(r.exitCode, r.output)) throw memoryError('e2fsck', 'malloc failed', r.output);
-  return { exitCode: r.exitCode, status: fsckStatus(r.exitCode), output: r.output };
+  return { exitCode: r.exitCode, status: fsckStatus(r.exitCode), output: r.output, stdout: r.stdout, stderr: r.stderr };
 }
 
 /**
