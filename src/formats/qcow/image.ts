@@ -306,13 +306,19 @@ export class QcowImage implements Image {
       runLen = 0;
     };
     let pos = 0;
+    let t: L2Table | undefined;
+    let tIndex = -1;
     try {
       while (pos < buf.length) {
         const abs = offset + pos;
         const cluster = Math.floor(abs / this.cs);
         const inCluster = abs - cluster * this.cs;
         const n = Math.min(this.cs - inCluster, buf.length - pos);
-        const t = await this.table(Math.floor(cluster / this.l2Entries));
+        const index = Math.floor(cluster / this.l2Entries);
+        if (index !== tIndex) {
+          t = await this.table(index);
+          tIndex = index;
+        }
         const e = this.clusterEntry(t, cluster);
         const view = buf.subarray(pos, pos + n);
         if (e.off === 0) {
@@ -346,24 +352,22 @@ export class QcowImage implements Image {
     checkRange(this, offset, length, 'status');
     if (length === 0) return { offset, length: 0, kind: 'unallocated' };
     const end = offset + length;
-    const kindAt = async (cluster: number): Promise<'data' | 'unallocated'> => {
-      const t = await this.table(Math.floor(cluster / this.l2Entries));
-      return this.clusterEntry(t, cluster).off === 0 ? 'unallocated' : 'data';
-    };
+    const n = this.l2Entries;
     let cluster = Math.floor(offset / this.cs);
-    const kind = await kindAt(cluster);
-    let stop = Math.min(end, (cluster + 1) * this.cs);
-    while (stop < end) {
-      cluster++;
-      // A missing L2 table covers a whole table's worth of unallocated clusters.
-      const index = Math.floor(cluster / this.l2Entries);
-      if (this.l1[index] === 0 && kind === 'unallocated') {
-        cluster = (index + 1) * this.l2Entries - 1;
+    let kind: 'data' | 'unallocated' | undefined;
+    let stop = offset;
+    // One table lookup per L2 table; the entries inside it are scanned synchronously.
+    scan: while (stop < end) {
+      const index = Math.floor(cluster / n);
+      const t = this.l1[index] === 0 ? undefined : await this.table(index);
+      const tableEnd = (index + 1) * n;
+      for (; cluster < tableEnd; cluster++) {
+        const k = t && t.off[cluster - index * n] !== 0 ? 'data' : 'unallocated';
+        if (kind === undefined) kind = k;
+        else if (k !== kind) break scan;
         stop = Math.min(end, (cluster + 1) * this.cs);
-        continue;
+        if (stop >= end) break scan;
       }
-      if ((await kindAt(cluster)) !== kind) break;
-      stop = Math.min(end, (cluster + 1) * this.cs);
     }
     if (kind === 'unallocated' && this.opts.backing) {
       // This layer has nothing here: what the guest sees is the backing file's.
@@ -372,7 +376,7 @@ export class QcowImage implements Image {
       const e = await b.status(offset, Math.min(stop, b.size) - offset);
       return { offset, length: e.length, kind: e.kind };
     }
-    return { offset, length: stop - offset, kind };
+    return { offset, length: stop - offset, kind: kind! };
   }
 
   // ---- writes ----------------------------------------------------------
@@ -398,9 +402,15 @@ export class QcowImage implements Image {
     if (buf.length === 0) return;
     const direct: Promise<void>[] = [];
     const needAlloc: Piece[] = [];
+    let t: L2Table | undefined;
+    let tIndex = -1;
     try {
       for (const p of this.split(buf, offset)) {
-        const t = await this.table(Math.floor(p.cluster / this.l2Entries));
+        const index = Math.floor(p.cluster / this.l2Entries);
+        if (index !== tIndex) {
+          t = await this.table(index);
+          tIndex = index;
+        }
         const e = this.clusterEntry(t, p.cluster);
         if (e.off !== 0 && e.csize === 0) track(direct, this.child.write(p.data, e.off + p.inCluster));
         else if (e.off === 0 && !this.opts.backing && isZero(p.data)) continue; // already reads as zero
