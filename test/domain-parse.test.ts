@@ -4,11 +4,14 @@
  * Python define it), and how they refuse malformed input (FILE:LINE:COLUMN).
  */
 import { describe, expect, it } from 'vitest';
+import { readFileSync, writeFileSync } from 'node:fs';
+import { join, resolve } from 'node:path';
 import fc from 'fast-check';
 import { ImageError } from '../src/core/errors.js';
 import { parseCfgSyntax, parseXenConfig, parseXenXml, convertDomain } from '../src/guest/domain/index.js';
 import { plain } from '../src/guest/domain/cfgsyntax.js';
 import { parseDiskSpec, parseVifRate, parseVifSpec, parseCharSpec } from '../src/guest/domain/xenspec.js';
+import { peer, run, tempDir } from './helpers/peers.js';
 
 function settings(text: string): Record<string, unknown> {
   const f = parseCfgSyntax(text, 't.cfg');
@@ -262,5 +265,47 @@ describe('Xen libvirt XML', () => {
       expect.stringMatching(/^w\.xml:3:10: <hostdev> dropped/),
       expect.stringMatching(/^w\.xml:2:1: <cputune> dropped/),
     ]);
+  });
+});
+
+describe('hostile input', () => {
+  const DATA = resolve(new URL('.', import.meta.url).pathname, '../../shared/testdata/xen-config');
+  const samples = ['xl/test-spice.cfg', 'xm/test-escape-paths.cfg', 'xl/test-rbd-multihost-noauth.cfg', 'xl/test-vif-rate.xml', 'suse/sles11sp3-xen.xml', 'xm/test-no-source-cdrom.xml'];
+
+  it.each(samples)('mutations of %s either convert to valid XML or fail with an ImageError naming the file', (name) => {
+    const text = readFileSync(join(DATA, name), 'utf8');
+    const converted = new Set<string>();
+    const alphabet = ['"', "'", '[', ']', ',', '=', '<', '>', '/', ':', '\\', '\n', ' ', '0', '-', 'x', '&', '#', '\u0000'];
+    fc.assert(
+      fc.property(
+        fc.array(fc.tuple(fc.nat(text.length), fc.nat(8), fc.constantFrom(...alphabet)), { minLength: 1, maxLength: 4 }),
+        (edits) => {
+          let s = text;
+          for (const [at, del, ins] of edits) s = s.slice(0, at) + ins + s.slice(at + del);
+          try {
+            const r = convertDomain(s, name, {});
+            expect(r.xml).toMatch(/^<domain type="kvm">/);
+            converted.add(r.xml);
+          } catch (e) {
+            if (!(e instanceof ImageError)) throw e;
+            expect(e.message.startsWith(name)).toBe(true);
+          }
+        },
+      ),
+      { numRuns: 300 },
+    );
+    // What still converts is judged by libvirt's schema (a sample, to keep the test fast).
+    peer('virt-xml-validate');
+    const t = tempDir('imgtool-domain-fuzz-');
+    try {
+      for (const [i, xml] of [...converted].slice(0, 12).entries()) {
+        const f = t.path(`${i}.xml`);
+        writeFileSync(f, xml);
+        const v = run('virt-xml-validate', [f, 'domain']);
+        expect(v.status, `${v.stderr}\n${xml}`).toBe(0);
+      }
+    } finally {
+      t.cleanup();
+    }
   });
 });

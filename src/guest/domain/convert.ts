@@ -20,7 +20,24 @@
  * Everything dropped is reported as a warning line.
  */
 
+import * as path from 'node:path';
 import { ImageError } from '../../core/errors.js';
+import {
+  ABS_FILE_PATH,
+  BRIDGE_NAME,
+  CHAR_PROTOCOLS,
+  CPUSET,
+  DEVICE_NAME,
+  DIRECT_MODES,
+  INPUT_TYPES,
+  NETWORK_DISK_PROTOCOLS,
+  OBJECT_NAME,
+  SPICE_MOUSE_MODES,
+  TICK_POLICIES,
+  UNICAST_MAC,
+  isHostName,
+  isIpAddress,
+} from './schema.js';
 import { parseXenConfig, looksLikeXml } from './xenconfig.js';
 import { parseXenXml } from './xenxml.js';
 import { type XNode, el, serialize, tel } from './xmlutil.js';
@@ -69,8 +86,16 @@ export const KVM_DISK_FORMATS = ['raw', 'qcow2', 'qcow', 'qed', 'vdi', 'vmdk', '
 
 const KVM_CONSOLE_ARGS = ['console=tty0', 'console=ttyS0,115200'];
 
+/** Guest definitions are a few KiB; anything above this is not one (and is not parsed). */
+export const MAX_SOURCE_CHARS = 4 << 20;
+
 /** Parse a Xen guest definition, XML or xl/xm configuration, chosen by its first character. */
 export function parseXenGuest(source: string, sourceName: string): GuestDefinition {
+  if (source.length > MAX_SOURCE_CHARS) {
+    throw new ImageError('invalid-format', `${sourceName}: ${source.length} characters is too large for a Xen guest definition (at most ${MAX_SOURCE_CHARS})`, {
+      path: sourceName,
+    });
+  }
   if (source.includes('\0')) {
     throw new ImageError('invalid-format', `${sourceName}: binary data (a NUL byte at offset ${source.indexOf('\0')}): not a Xen guest definition`, {
       path: sourceName,
@@ -156,6 +181,28 @@ class Builder {
   warn(message: string): void {
     this.warnings.push(`${this.g.source.fileName}: ${message}`);
   }
+
+  /** The source holds a value the KVM domain cannot carry and the guest cannot do without. */
+  fail(message: string, field?: string): never {
+    throw new ImageError('invalid-format', `${this.g.source.fileName}: ${message}`, { path: this.g.source.fileName, field });
+  }
+
+  /**
+   * A path from the Xen source for a place where libvirt wants an absolute
+   * path: a relative one is taken relative to the source file's directory.
+   */
+  hostPath(p: string, what: string): string {
+    if (ABS_FILE_PATH.test(p)) return p;
+    const abs = path.resolve(path.dirname(path.resolve(this.g.source.fileName)), p);
+    this.warn(`${what} '${p}' is relative: written as ${abs} (relative to ${this.g.source.fileName})`);
+    return abs;
+  }
+}
+
+/** An absolute path given by the caller (libvirt refuses relative ones). */
+function callerPath(p: string, option: string): string {
+  if (!ABS_FILE_PATH.test(p)) throw new ImageError('usage', `${option} '${p}' must be an absolute path`);
+  return p;
 }
 
 function planDisks(b: Builder): PlannedDisk[] {
@@ -223,22 +270,32 @@ function diskXml(b: Builder, p: PlannedDisk): XNode {
   let source: XNode | undefined;
   let type: string;
   if (mapping) {
-    type = mapping.path.startsWith('/dev/') ? 'block' : 'file';
-    source = el('source', type === 'block' ? { dev: mapping.path } : { file: mapping.path });
+    const mp = callerPath(mapping.path, '--disk');
+    type = mp.startsWith('/dev/') ? 'block' : 'file';
+    source = el('source', type === 'block' ? { dev: mp } : { file: mp });
   } else if (src.sourceType === 'network' && src.network) {
     type = 'network';
     const n = src.network;
+    const bad = !NETWORK_DISK_PROTOCOLS.includes(n.protocol)
+      ? `protocol '${n.protocol}'`
+      : !n.name
+        ? 'no name'
+        : n.hosts.find((h) => !isHostName(h.name) || (h.port !== undefined && !/^\d{1,5}$/.test(h.port)))
+          ? 'a malformed host'
+          : undefined;
+    if (bad) b.fail(`${what} ${src.target}: its network source (${bad}) cannot be written for KVM; convert it and pass --disk`, 'disk');
     source = el('source', { protocol: n.protocol, name: n.name }, n.hosts.map((h) => el('host', { name: h.name, port: h.port })));
     b.warn(`${what} ${src.target} keeps its network source ${n.protocol}:${n.name}: check that the KVM host reaches it`);
   } else if (src.sourceType === 'none' || !src.path) {
     type = 'file';
   } else {
-    type = src.path.startsWith('/dev/') ? 'block' : 'file';
-    source = el('source', type === 'block' ? { dev: src.path } : { file: src.path });
+    const sp = b.hostPath(src.path, `${what} ${src.target} path`);
+    type = sp.startsWith('/dev/') ? 'block' : 'file';
+    source = el('source', type === 'block' ? { dev: sp } : { file: sp });
     b.warn(
       src.device === 'disk'
-        ? `disk ${src.target} keeps its Xen path ${src.path}: convert the image and name it with --disk, or make that path exist on the KVM host`
-        : `${what} ${src.target} keeps its Xen path ${src.path}: make that path exist on the KVM host`,
+        ? `disk ${src.target} keeps its Xen path ${sp}: convert the image and name it with --disk, or make that path exist on the KVM host`
+        : `${what} ${src.target} keeps its Xen path ${sp}: make that path exist on the KVM host`,
     );
   }
   return el(
@@ -323,8 +380,8 @@ function osXml(b: Builder, plan: PlannedDisk[]): XNode {
   if (boot.bootloaderArgs) b.warn(`bootloader arguments '${boot.bootloaderArgs}' dropped (they were for ${boot.bootloader ?? 'the Xen bootloader'})`);
 
   if (mode === 'direct') {
-    let kernel = opts.kernel;
-    let initrd = opts.initrd;
+    let kernel = opts.kernel !== undefined ? callerPath(opts.kernel, '--kernel') : undefined;
+    let initrd = opts.initrd !== undefined ? callerPath(opts.initrd, '--initrd') : undefined;
     if (kernel === undefined) {
       if (!boot.kernel || (boot.kind === 'pygrub' && boot.kernel === undefined)) {
         throw new ImageError(
@@ -335,8 +392,8 @@ function osXml(b: Builder, plan: PlannedDisk[]): XNode {
       if (boot.kind === 'pygrub') {
         throw new ImageError('usage', `--boot direct needs --kernel: the kernel '${boot.kernel}' of ${g.source.fileName} is a path inside the guest, read by ${boot.bootloader}`);
       }
-      kernel = boot.kernel;
-      initrd = boot.ramdisk;
+      kernel = b.hostPath(boot.kernel, 'kernel');
+      initrd = boot.ramdisk !== undefined ? b.hostPath(boot.ramdisk, 'ramdisk') : undefined;
       b.warn(`kernel ${kernel}${initrd ? ` and initrd ${initrd}` : ''} are paths on the Xen host: copy them to the KVM host or pass --kernel/--initrd`);
     }
     let cmdline = boot.cmdline ? convertCmdline(boot.cmdline, (d) => renameDevice(plan, d), pv) : pv ? KVM_CONSOLE_ARGS.join(' ') : '';
@@ -404,6 +461,12 @@ function mapNic(b: Builder, n: GuestNic, used: Set<string>): XNode {
     br = net === undefined ? wild(opts.bridges) : undefined;
     if (net !== undefined || br !== undefined) used.add('*');
   }
+  if (n.mac !== undefined && !UNICAST_MAC.test(n.mac)) b.fail(`interface MAC ${n.mac} is not a unicast MAC address`, 'mac');
+  for (const [m, opt] of [[br, '--bridge'], [net, '--network']] as const) {
+    if (m !== undefined && (opt === '--bridge' ? !BRIDGE_NAME.test(m) || !m : !OBJECT_NAME.test(m))) {
+      throw new ImageError('usage', `${opt} target '${m}' is not a valid ${opt === '--bridge' ? 'bridge' : 'network'} name`);
+    }
+  }
   let type: string;
   let source: XNode | undefined;
   if (net !== undefined) {
@@ -413,14 +476,16 @@ function mapNic(b: Builder, n: GuestNic, used: Set<string>): XNode {
     type = 'bridge';
     source = el('source', { bridge: br });
   } else if (n.type === 'bridge' && n.bridge) {
+    if (!BRIDGE_NAME.test(n.bridge)) b.fail(`interface ${label}: bridge name '${n.bridge}' is not valid for libvirt; map it with --bridge '${n.bridge}=BRIDGE'`, 'bridge');
     type = 'bridge';
     source = el('source', { bridge: n.bridge });
-  } else if (n.type === 'network' && n.network) {
+  } else if (n.type === 'network' && n.network && OBJECT_NAME.test(n.network)) {
     type = 'network';
     source = el('source', { network: n.network });
-  } else if (n.type === 'direct' && n.direct?.dev) {
+  } else if (n.type === 'direct' && n.direct?.dev && DEVICE_NAME.test(n.direct.dev)) {
     type = 'direct';
-    source = el('source', { dev: n.direct.dev, mode: n.direct.mode });
+    const mode = n.direct.mode !== undefined && DIRECT_MODES.includes(n.direct.mode) ? n.direct.mode : undefined;
+    source = el('source', { dev: n.direct.dev, mode });
     b.warn(`interface ${label}: direct (macvtap) device ${n.direct.dev} is a network card of the Xen host`);
   } else if (n.type === 'user') {
     type = 'user';
@@ -440,7 +505,10 @@ function mapNic(b: Builder, n: GuestNic, used: Set<string>): XNode {
     b.warn(`interface ${label}: model ${n.model} becomes virtio: the guest needs a virtio-net driver`);
   }
   let target: XNode | undefined;
-  if (n.ifname && !/^(vif|vnet|macvtap|macvlan)/.test(n.ifname)) target = el('target', { dev: n.ifname });
+  if (n.ifname && !/^(vif|vnet|macvtap|macvlan)/.test(n.ifname)) {
+    if (DEVICE_NAME.test(n.ifname)) target = el('target', { dev: n.ifname });
+    else b.warn(`interface ${label}: device name '${n.ifname}' dropped (not a valid interface name)`);
+  }
   const rate = (tag: string, r: GuestNic['inbound']) =>
     r && (r.average !== undefined || r.peak !== undefined || r.burst !== undefined)
       ? el(tag, { average: r.average ?? r.peak, peak: r.peak, burst: r.burst })
@@ -452,7 +520,13 @@ function mapNic(b: Builder, n: GuestNic, used: Set<string>): XNode {
     if (type === 'direct' || type === 'user') b.warn(`interface ${label}: bandwidth limits dropped (not supported for ${type} interfaces)`);
     else bandwidth = el('bandwidth', {}, inbound, outbound);
   }
-  const ips = type === 'ethernet' ? n.ips.map((a) => el('ip', { address: a, family: a.includes(':') ? 'ipv6' : 'ipv4' })) : [];
+  const ips: XNode[] = [];
+  if (type === 'ethernet') {
+    for (const a of n.ips) {
+      if (isIpAddress(a)) ips.push(el('ip', { address: a, family: a.includes(':') ? 'ipv6' : 'ipv4' }));
+      else b.warn(`interface ${label}: IP address '${a}' dropped (not an address)`);
+    }
+  }
   return el(
     'interface',
     { type },
@@ -475,10 +549,17 @@ function graphicsXml(b: Builder, gr: GuestGraphics): XNode | undefined {
     return el('graphics', { type: 'sdl', display: gr.display, xauth: gr.xauth });
   }
   const auto = gr.autoport || gr.port === undefined || gr.port === -1;
-  const listenAttr = gr.listen ?? gr.listens.find((l) => l.type === 'address' && l.address)?.address;
+  const okAddr = (a: string | undefined) => {
+    if (a === undefined || isHostName(a)) return true;
+    b.warn(`graphics listen address '${a}' dropped (not an address or host name)`);
+    return false;
+  };
+  let listenAttr = gr.listen ?? gr.listens.find((l) => l.type === 'address' && l.address)?.address;
+  if (!okAddr(listenAttr)) listenAttr = undefined;
   const listens: XNode[] = [];
   for (const l of gr.listens) {
     if (l.type === 'address') {
+      if (l.address !== listenAttr && !okAddr(l.address)) continue;
       if (l.address || !listenAttr) listens.push(el('listen', { type: 'address', address: l.address }));
     } else if (l.type === 'network' && l.network) {
       listens.push(el('listen', { type: 'network', network: l.network }));
@@ -500,7 +581,7 @@ function graphicsXml(b: Builder, gr: GuestGraphics): XNode | undefined {
     'graphics',
     attrs,
     listens,
-    gr.type === 'spice' && gr.mouseMode && el('mouse', { mode: gr.mouseMode }),
+    gr.type === 'spice' && gr.mouseMode && SPICE_MOUSE_MODES.includes(gr.mouseMode) && el('mouse', { mode: gr.mouseMode }),
     gr.type === 'spice' && gr.clipboard !== undefined && el('clipboard', { copypaste: gr.clipboard ? 'yes' : 'no' }),
   );
 }
@@ -526,7 +607,7 @@ function charSource(b: Builder, c: GuestChar, what: string): { type: string; chi
       break;
     case 'tcp':
       children.push(el('source', { mode: c.listen ? 'bind' : 'connect', host: c.host ?? (c.listen ? '0.0.0.0' : 'localhost'), service: c.service }));
-      children.push(el('protocol', { type: c.protocol ?? 'raw' }));
+      children.push(el('protocol', { type: c.protocol !== undefined && CHAR_PROTOCOLS.includes(c.protocol) ? c.protocol : 'raw' }));
       break;
     case 'udp':
       if (c.bindService !== undefined) children.push(el('source', { mode: 'bind', host: c.bindHost, service: c.bindService }));
@@ -539,7 +620,7 @@ function charSource(b: Builder, c: GuestChar, what: string): { type: string; chi
 function devicesXml(b: Builder, plan: PlannedDisk[]): XNode {
   const { g, opts } = b;
   const devs: XNode[] = [];
-  if (opts.emulator) devs.push(tel('emulator', opts.emulator));
+  if (opts.emulator) devs.push(tel('emulator', callerPath(opts.emulator, '--emulator')));
   for (const p of plan) devs.push(diskXml(b, p));
 
   const usedMaps = new Set<string>();
@@ -598,6 +679,10 @@ function devicesXml(b: Builder, plan: PlannedDisk[]): XNode {
   // Input devices: Xen's PV mouse/keyboard become PS/2, tablets stay on USB.
   const inputs: string[] = [];
   for (const i of g.inputs) {
+    if (!INPUT_TYPES.includes(i.type)) {
+      b.warn(`input device type '${i.type}' dropped`);
+      continue;
+    }
     let bus = i.bus;
     if (i.type === 'tablet') bus = bus === 'virtio' ? 'virtio' : 'usb';
     else if (!bus || bus === 'xen') bus = 'ps2';
@@ -643,7 +728,7 @@ export function buildKvmDomain(g: GuestDefinition, opts: DomainConvertOptions = 
   const b = new Builder(g, opts);
   const mode = opts.boot ?? 'grub';
   if (mode !== 'grub' && mode !== 'direct') throw new ImageError('usage', `--boot must be grub or direct, not '${String(mode)}'`);
-  if (opts.name !== undefined && !/^[^\s/][^/]*$/.test(opts.name)) {
+  if (opts.name !== undefined && (!/^[^\s/][^/]*$/.test(opts.name) || !OBJECT_NAME.test(opts.name))) {
     throw new ImageError('usage', `domain name '${opts.name}' is not valid (no '/', not empty, no leading blank)`);
   }
   const plan = planDisks(b);
@@ -672,7 +757,8 @@ export function buildKvmDomain(g: GuestDefinition, opts: DomainConvertOptions = 
   const timers: XNode[] = [];
   for (const t of g.clock.timers) {
     if (['hpet', 'pit', 'rtc', 'kvmclock', 'hypervclock'].includes(t.name)) {
-      timers.push(el('timer', { name: t.name, tickpolicy: t.tickpolicy, present: t.present === undefined ? undefined : t.present ? 'yes' : 'no' }));
+      const tickpolicy = t.tickpolicy !== undefined && TICK_POLICIES.includes(t.tickpolicy) ? t.tickpolicy : undefined;
+      timers.push(el('timer', { name: t.name, tickpolicy, present: t.present === undefined ? undefined : t.present ? 'yes' : 'no' }));
     } else if (t.name === 'tsc' && g.source.syntax === 'xml') {
       b.warn('timer tsc (Xen TSC mode) dropped');
     } else if (t.name !== 'tsc') {
@@ -680,19 +766,31 @@ export function buildKvmDomain(g: GuestDefinition, opts: DomainConvertOptions = 
     }
   }
 
-  if (g.cpuset) b.warn(`vCPUs stay pinned to host CPUs ${g.cpuset} (cpuset from the Xen host): check them on the KVM host`);
+  let cpuset = g.cpuset;
+  if (cpuset !== undefined && !CPUSET.test(cpuset)) {
+    b.warn(`cpuset '${cpuset}' dropped (not a CPU list)`);
+    cpuset = undefined;
+  }
+  if (cpuset) b.warn(`vCPUs stay pinned to host CPUs ${cpuset} (cpuset from the Xen host): check them on the KVM host`);
+  const name = opts.name ?? g.name ?? 'guest';
+  if (!OBJECT_NAME.test(name)) b.fail(`domain name ${JSON.stringify(name)} is not valid for libvirt (empty or multi-line); give one with --name`, 'name');
+  let title = g.title;
+  if (title !== undefined && !OBJECT_NAME.test(title)) {
+    b.warn('title dropped (libvirt titles are one line)');
+    title = undefined;
+  }
   const lc = lifecycle(b);
   const kib = (bytes: number) => Math.ceil(bytes / 1024);
   const domain = el(
     'domain',
     { type: 'kvm' },
-    tel('name', opts.name ?? g.name ?? 'guest'),
+    tel('name', name),
     g.uuid && tel('uuid', g.uuid),
-    g.title && tel('title', g.title),
+    title && tel('title', title),
     g.description && tel('description', g.description),
     tel('memory', kib(g.maxMemory), { unit: 'KiB' }),
     tel('currentMemory', kib(g.memory), { unit: 'KiB' }),
-    tel('vcpu', g.maxVcpus, { cpuset: g.cpuset, current: g.vcpus !== g.maxVcpus ? g.vcpus : undefined }),
+    tel('vcpu', g.maxVcpus, { cpuset, current: g.vcpus !== g.maxVcpus ? g.vcpus : undefined }),
     os,
     feats.length > 0 && el('features', {}, feats),
     el('clock', clockAttrs, timers),
@@ -701,5 +799,10 @@ export function buildKvmDomain(g: GuestDefinition, opts: DomainConvertOptions = 
     tel('on_crash', lc.crash),
     devicesXml(b, plan),
   );
-  return { xml: serialize(domain), warnings: b.warnings };
+  try {
+    return { xml: serialize(domain), warnings: b.warnings };
+  } catch (e) {
+    if (e instanceof ImageError) throw new ImageError(e.kind, `${g.source.fileName}: ${e.message}`, { ...e.context, path: g.source.fileName });
+    throw e;
+  }
 }

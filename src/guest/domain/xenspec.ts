@@ -309,10 +309,12 @@ const MAC_RE = /^[0-9a-fA-F]{1,2}(?::[0-9a-fA-F]{1,2}){5}$/;
 export function normalizeMac(mac: string): string {
   const m = mac.trim();
   if (!MAC_RE.test(m)) throw new SpecError(`malformed MAC address '${mac}'`);
-  return m
+  const out = m
     .split(':')
     .map((b) => b.padStart(2, '0').toLowerCase())
     .join(':');
+  if (parseInt(out.slice(0, 2), 16) & 1) throw new SpecError(`MAC address '${mac}' is a multicast address (a network card needs a unicast one)`);
+  return out;
 }
 
 export interface ParsedNic {

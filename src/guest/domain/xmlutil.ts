@@ -124,12 +124,37 @@ export function tel(name: string, value: string | number, attrs: Record<string, 
   return n;
 }
 
-/** Serialise with two-space indentation and a final newline. */
+/** Control characters XML 1.0 cannot carry, or libvirt's patterns refuse, in attributes and in text. */
+const BAD_IN_ATTR = /[\x00-\x1f\x7f]/;
+const BAD_IN_TEXT = /[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]/;
+
+function refuseControl(value: string, where: string, bad: RegExp): void {
+  const m = bad.exec(value);
+  if (m) {
+    const code = m[0].charCodeAt(0).toString(16).padStart(4, '0');
+    throw new ImageError('invalid-format', `${where} ${JSON.stringify(value)} holds control character U+${code}, which libvirt XML cannot carry`, {
+      field: where,
+      value,
+    });
+  }
+}
+
+/**
+ * Serialise with two-space indentation and a final newline. Values with
+ * control characters are refused (ImageError 'invalid-format' naming the
+ * element), never written as XML libvirt would reject.
+ */
 export function serialize(root: XNode): string {
   const doc = new DOMImplementation().createDocument(null, root.name, null);
   const build = (node: XNode, target: Element, depth: number) => {
-    for (const [k, v] of node.attrs) target.setAttribute(k, v);
-    if (node.text !== undefined) target.appendChild(doc.createTextNode(node.text));
+    for (const [k, v] of node.attrs) {
+      refuseControl(v, `<${node.name} ${k}>`, BAD_IN_ATTR);
+      target.setAttribute(k, v);
+    }
+    if (node.text !== undefined) {
+      refuseControl(node.text, `<${node.name}>`, node.name === 'description' ? BAD_IN_TEXT : BAD_IN_ATTR);
+      target.appendChild(doc.createTextNode(node.text));
+    }
     if (node.children.length) {
       for (const child of node.children) {
         target.appendChild(doc.createTextNode('\n' + '  '.repeat(depth + 1)));
