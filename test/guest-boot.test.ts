@@ -223,7 +223,7 @@ describe('installGrub', () => {
     const dev = await FileDevice.open(disk, { writable: true });
     try {
       const fsDev = new SliceDevice(dev, start, fsSize);
-      const e = await installGrub(dev, { partitionStart: start, partitionNumber: 1, fsDev, rootUuid: 'x', kernel, cmdline: 'ro' }).catch((x) => x);
+      const e = await installGrub(dev, { partitionStart: start, partitionNumber: 1, fsDev, rootUuid: 'aaaa-0001', kernel, cmdline: 'ro' }).catch((x) => x);
       expect(e).toBeInstanceOf(ImageError);
       expect((e as ImageError).message).toMatch(/core image needs \d+ sectors after the MBR but partition 1 starts at sector 63/);
     } finally {
@@ -238,7 +238,7 @@ describe('installGrub', () => {
     const attempt = async (d: ReturnType<typeof makeDisk>, start = d.start) => {
       const dev = await FileDevice.open(d.disk, { writable: true });
       try {
-        return await installGrub(dev, { partitionStart: start, partitionNumber: 1, fsDev: new SliceDevice(dev, d.start, d.fsSize), rootUuid: 'x', kernel, cmdline: 'ro' }).catch((x) => x as ImageError);
+        return await installGrub(dev, { partitionStart: start, partitionNumber: 1, fsDev: new SliceDevice(dev, d.start, d.fsSize), rootUuid: 'aaaa-0001', kernel, cmdline: 'ro' }).catch((x) => x as ImageError);
       } finally {
         await dev.close();
       }
@@ -246,6 +246,16 @@ describe('installGrub', () => {
     expect(String(await attempt(gpt))).toMatch(/GPT/);
     expect(String(await attempt(dos, dos.start + 512 * 8))).toMatch(/partition 1 starts at sector 2048 .*, not at 2056/);
     expect(String(await attempt(csumSeed))).toMatch(/GRUB cannot read a filesystem with metadata_csum_seed: use --boot direct/);
+    // Names that would have to be quoted in GRUB's script are refused, as is a UUID that is not one.
+    const dev = await FileDevice.open(dos.disk, { writable: true });
+    try {
+      const fsDev = new SliceDevice(dev, dos.start, dos.fsSize);
+      const odd = { ...kernel, kernel: "/boot/vmlinuz-6.1'; reboot; '" };
+      await expect(installGrub(dev, { partitionStart: dos.start, partitionNumber: 1, fsDev, rootUuid: 'aaaa-0001', kernel: odd, cmdline: 'ro' })).rejects.toThrow(/characters imgtool does not put into a GRUB config/);
+      await expect(installGrub(dev, { partitionStart: dos.start, partitionNumber: 1, fsDev, rootUuid: 'x y', kernel, cmdline: 'ro' })).rejects.toThrow(/is not a filesystem UUID/);
+    } finally {
+      await dev.close();
+    }
   });
 
   it("embeds a config that finds the root by UUID and boots the kernel, or hands over to the guest's grub.cfg", () => {

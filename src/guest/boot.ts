@@ -524,6 +524,13 @@ export async function installGrub(disk: BlockDevice, opts: InstallGrubOptions): 
     throw new ImageError('unsupported', `GRUB cannot read a filesystem with ${unreadable.join(', ')}: use --boot direct`, { value: unreadable.join(',') });
   }
   if (opts.kernel.xenOnly) throw new ImageError('unsupported', `${opts.kernel.kernel} is Xen-only: GRUB cannot boot it under KVM`, { value: opts.kernel.kernel });
+  // These go into GRUB's script unquoted: only plain names.
+  if (!/^[0-9a-fA-F-]{4,64}$/.test(opts.rootUuid)) throw new ImageError('usage', `root UUID '${opts.rootUuid}' is not a filesystem UUID`, { value: opts.rootUuid });
+  for (const p of [opts.kernel.kernel, opts.kernel.initrd]) {
+    if (p !== undefined && !/^\/[A-Za-z0-9._+~\/-]+$/.test(p)) {
+      throw new ImageError('unsupported', `the guest path '${p}' has characters imgtool does not put into a GRUB config: use --boot direct`, { value: p });
+    }
+  }
 
   let guestConfig: string | undefined;
   if (opts.useGuestConfig !== false) {
