@@ -1150,7 +1150,7 @@ export async function openQcow2(child: BlockDevice, opts: OpenOptions, extras: Q
   try {
     if (h.incompatible & INCOMPAT_DATA_FILE) {
       if (!opts.openDataFile) {
-        throw new ImageError('unsupported', `${where}qcow2 image stores its data in an external data file${h.dataFile ? ` '${h.dataFile}'` : ''}; allow data files to read it`, { path: opts.path, format: FORMAT, value: h.dataFile });
+        throw new ImageError('unsupported', `${where}qcow2 image stores its data in an external data file${h.dataFile ? ` '${h.dataFile}'` : ''}; pass --data-file to read it`, { path: opts.path, format: FORMAT });
       }
       if (h.dataFile === undefined) {
         throw new ImageError('unsupported', `${where}qcow2 image uses an external data file but does not name it`, { path: opts.path, format: FORMAT });
@@ -1160,7 +1160,7 @@ export async function openQcow2(child: BlockDevice, opts: OpenOptions, extras: Q
     }
     if (h.backingFile !== undefined) {
       if (!opts.openBacking) {
-        throw new ImageError('unsupported', `${where}qcow2 image has a backing file ${h.backingFile}; pass --backing to read through it`, { path: opts.path, format: FORMAT, value: h.backingFile });
+        throw new ImageError('unsupported', `${where}qcow2 image has a backing file ${h.backingFile}; pass --backing to read through it`, { path: opts.path, format: FORMAT });
       }
       backing = await opts.openBacking({ name: h.backingFile, format: h.backingFormat });
     }
