@@ -144,13 +144,36 @@ describe('hostile VDI block maps', () => {
   });
 
   it('rejects an entry whose data lies past the end of the file', async () => {
-    await expectFieldError(put32(put32(qemuBase, 388, 4), 512 + 4 * 3, 3), 'block_map[3]', 'corrupt');
-    await expectFieldError(qemuBase.slice(0, 1024 + MiB), 'block_map[2]', 'corrupt');
+    await expectFieldError(qemuBase.slice(0, 1024 + MiB + 4096), 'block_map[2]', 'corrupt');
+  });
+
+  it('rejects blocks_allocated claiming more blocks than the file holds', async () => {
+    await expectFieldError(put32(qemuBase, 388, 3), 'blocks_allocated', 'corrupt');
+    await expectFieldError(qemuBase.slice(0, 1024 + MiB), 'blocks_allocated', 'corrupt');
+  });
+
+  it('fails at the first chunk of a 2 GiB block map over a sparse file, without allocating the map', async () => {
+    // 536,870,784 blocks of 1 MiB (qemu's maximum), map of zeros: block_map[1] repeats block_map[0].
+    const dev = new MemoryDevice(2 * 1024 * MiB + 4 * MiB); // sparse: only written chunks cost memory
+    let h = put32(qemuBase.slice(0, 512), 384, 0x1fffff80);
+    h = put64(h, 368, 0x1fffff80n * BigInt(MiB));
+    h = put32(put32(h, 388, 1), 344, 2 * 1024 * MiB + 2 * MiB);
+    dev.writeSync(h, 0);
+    dev.writeSync(new Uint8Array(4096).fill(1), 2 * 1024 * MiB + 2 * MiB); // block 0 data, in the file
+    const before = process.memoryUsage().arrayBuffers;
+    const t0 = Date.now();
+    const err = await vdi.open(dev, {}).catch((e: unknown) => e);
+    expect(Date.now() - t0).toBeLessThan(5000);
+    expect(process.memoryUsage().arrayBuffers - before).toBeLessThan(64 * MiB);
+    expect(err).toBeInstanceOf(ImageError);
+    expect((err as ImageError).context.field).toBe('block_map[1]');
+    expect((err as ImageError).message).toContain('block_map[0]');
   });
 
   it('rejects duplicate entries in an image laid out as VirtualBox does', async () => {
-    const dup = put32(put32(put32(oursBase, 388, 2), MiB + 4 * 3, 0), MiB + 4 * 1, 0);
-    await expectFieldError(dup, 'block_map[3]', 'corrupt');
+    // Guest block 1 owns data block 0; make guest block 3 point there too.
+    const e = await expectFieldError(put32(oursBase, MiB + 4 * 3, 0), 'block_map[3]', 'corrupt');
+    expect(e.message).toContain('block_map[1]');
   });
 
   it('reads zero blocks (0xFFFFFFFE) as zeros and reports them as zero', async () => {

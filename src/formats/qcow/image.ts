@@ -40,6 +40,13 @@ class Mutex {
   }
 }
 
+/**
+ * L1 entries we hold in memory at most (256 MiB): 64 TiB of disk with the
+ * default 2 MiB per L2 table, far more with larger clusters. qemu allows up to
+ * 2 GiB of L1; an image needing more than this is refused, not loaded.
+ */
+export const MAX_L1_ENTRIES = 32 * 1024 * 1024;
+
 export interface QcowGeometry {
   header: QcowHeader;
   virtualSize: number;
@@ -88,6 +95,9 @@ export async function readHeader(child: BlockDevice): Promise<QcowGeometry> {
     );
   }
   if (h.size > BigInt(Number.MAX_SAFE_INTEGER)) throw err('unsupported', 'size', h.size, 'is above 2^53 bytes');
+  if (l1SizeBig > BigInt(MAX_L1_ENTRIES)) {
+    throw err('unsupported', 'size', h.size, `needs an L1 table of ${l1SizeBig} entries; at most ${MAX_L1_ENTRIES} are supported`);
+  }
   const l1Size = Number(l1SizeBig);
   if (h.l1TableOffset + BigInt(l1Size * 8) > BigInt(fileSize)) {
     throw err(
@@ -122,10 +132,19 @@ export async function readHeader(child: BlockDevice): Promise<QcowGeometry> {
   return { header: h, virtualSize, fileSize, l1Offset, l1Size, backingName, reserved };
 }
 
+/** Read and validate the L1 table in chunks of 128 Ki entries. */
 export async function readL1(child: BlockDevice, g: QcowGeometry): Promise<Float64Array> {
-  const bytes = new Uint8Array(8 * g.l1Size);
-  await child.read(bytes, g.l1Offset);
-  return decodeL1(bytes, tableGeometry(g), g.l1Offset);
+  const l1 = new Float64Array(g.l1Size);
+  const tg = tableGeometry(g);
+  const CHUNK = 128 * 1024;
+  const bytes = new Uint8Array(8 * Math.min(CHUNK, g.l1Size));
+  for (let first = 0; first < g.l1Size; first += CHUNK) {
+    const n = Math.min(CHUNK, g.l1Size - first);
+    const view = bytes.subarray(0, 8 * n);
+    await child.read(view, g.l1Offset + 8 * first);
+    decodeL1(view, tg, g.l1Offset, l1, first);
+  }
+  return l1;
 }
 
 function tableGeometry(g: QcowGeometry): TableGeometry {

@@ -41,15 +41,18 @@ export function overlapsReserved(g: TableGeometry, start: number, end: number): 
   return g.reserved.find(([a, b]) => start < b && a < end);
 }
 
-/** Decode and validate the L1 table. */
-export function decodeL1(bytes: Uint8Array, g: TableGeometry, l1Offset: number): Float64Array {
+/**
+ * Decode and validate L1 entries read from the table at `l1Offset` into
+ * l1[first ...]: the table may be read in chunks, failing at the first bad one.
+ */
+export function decodeL1(bytes: Uint8Array, g: TableGeometry, l1Offset: number, l1: Float64Array, first = 0): void {
   const n = bytes.byteLength / 8;
   const v = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
-  const l1 = new Float64Array(n);
   const l2Bytes = 8 * 2 ** g.l2Bits;
-  for (let i = 0; i < n; i++) {
-    const hi = v.getUint32(8 * i);
-    const lo = v.getUint32(8 * i + 4);
+  for (let k = 0; k < n; k++) {
+    const i = first + k;
+    const hi = v.getUint32(8 * k);
+    const lo = v.getUint32(8 * k + 4);
     if (hi === 0 && lo === 0) continue;
     const field = `l1_table[${i}]`;
     const at = l1Offset + 8 * i;
@@ -64,7 +67,6 @@ export function decodeL1(bytes: Uint8Array, g: TableGeometry, l1Offset: number):
     }
     l1[i] = off;
   }
-  return l1;
 }
 
 /** Decode and validate one L2 table read from `offset` for L1 index `index`. */

@@ -38,25 +38,25 @@ export interface MapGeometry {
 }
 
 /**
- * Tracks which data blocks are already claimed while the map is read in
- * chunks, so hostile maps fail at the first bad entry.
+ * Validates the map chunk by chunk, so hostile maps fail at the first bad
+ * entry. Remembers which guest block owns each data block (4 bytes per
+ * allocated block, which the header checks bound by the file size) to name
+ * both entries of a duplicate.
  */
 export class BlockMapChecker {
-  private readonly claimed: Uint8Array;
-  constructor(
-    private readonly g: MapGeometry,
-    private readonly map: Uint32Array,
-  ) {
-    this.claimed = new Uint8Array(Math.ceil(g.blocksAllocated / 8));
+  private readonly owner: Uint32Array;
+  constructor(private readonly g: MapGeometry) {
+    this.owner = new Uint32Array(g.blocksAllocated).fill(BLOCK_FREE);
   }
 
-  /** Validate entries [from, to) of the map (already decoded into `map`). */
-  check(from: number, to: number): void {
+  /** Validate `entries`, which are map entries [first, first + entries.length). */
+  check(entries: Uint32Array, first: number): void {
     const g = this.g;
     const total = g.blockSize + g.blockExtra;
-    for (let i = from; i < to; i++) {
-      const e = this.map[i]!;
+    for (let k = 0; k < entries.length; k++) {
+      const e = entries[k]!;
       if (!isAllocated(e)) continue;
+      const i = first + k;
       const field = `block_map[${i}]`;
       const at = g.offsetBmap + 4 * i;
       if (e >= g.blocksAllocated) {
@@ -83,10 +83,8 @@ export class BlockMapChecker {
           `points at data [${dataStart}, ${dataStart + needed}) past the end of the file (${g.fileSize} bytes)`,
         );
       }
-      const bit = 1 << (e & 7);
-      const byte = e >>> 3;
-      if (this.claimed[byte]! & bit) {
-        const other = this.map.subarray(0, i).indexOf(e);
+      const other = this.owner[e]!;
+      if (other !== BLOCK_FREE) {
         throw fieldError(
           'corrupt',
           'vdi',
@@ -96,13 +94,13 @@ export class BlockMapChecker {
           `points at data block ${e}, which block_map[${other}] also uses: the two guest blocks would share storage`,
         );
       }
-      this.claimed[byte]! |= bit;
+      this.owner[e] = i;
     }
   }
 }
 
 /** Decode little-endian entries from `bytes` into map[first ..]. */
-export function decodeEntries(bytes: Uint8Array, map: Uint32Array, first: number): void {
+export function decodeEntries(bytes: Uint8Array, map: Uint32Array, first = 0): void {
   const v = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
   const n = Math.floor(bytes.byteLength / 4);
   for (let k = 0; k < n; k++) map[first + k] = v.getUint32(4 * k, true);

@@ -181,34 +181,53 @@ export async function readHeader(child: BlockDevice): Promise<VdiGeometry> {
   if (h.blocksAllocated > h.blocksInImage) {
     throw err('corrupt', 'blocks_allocated', h.blocksAllocated, `is more than blocks_in_image (${h.blocksInImage})`);
   }
+  // Every allocated block was written when it was allocated (by VirtualBox and
+  // qemu alike): at least the last one must start inside the file.
+  const lastBlockStart = h.offsetData + (h.blocksAllocated - 1) * (h.blockSize + h.blockExtra);
+  if (h.blocksAllocated > 0 && lastBlockStart >= fileSize) {
+    throw err(
+      'corrupt',
+      'blocks_allocated',
+      h.blocksAllocated,
+      `says ${h.blocksAllocated} data blocks are allocated, but block ${h.blocksAllocated - 1} would start at ${lastBlockStart}, past the end of the file (${fileSize} bytes)`,
+    );
+  }
   const headerBytes = new Uint8Array(PRE_HEADER_SIZE + Math.min(h.headerSize, HEADER1PLUS_SIZE));
   headerBytes.set(head.subarray(0, headerBytes.length));
   return { header: h, headerBytes, virtualSize: Number(rounded), fileSize };
 }
 
-/** Load and validate the block map (in chunks, failing at the first bad entry). */
+/**
+ * Load and validate the block map. It is validated in chunks first, failing
+ * at the first bad entry, and only then read into its final array, so a
+ * hostile header over a large sparse file costs one chunk, not the map.
+ */
 export async function readBlockMap(child: BlockDevice, g: VdiGeometry): Promise<Uint32Array> {
   const h = g.header;
-  const map = new Uint32Array(h.blocksInImage);
-  const checker = new BlockMapChecker(
-    {
-      offsetBmap: h.offsetBmap,
-      offsetData: h.offsetData,
-      blockSize: h.blockSize,
-      blockExtra: h.blockExtra,
-      blocksAllocated: h.blocksAllocated,
-      diskSize: g.virtualSize,
-      fileSize: g.fileSize,
-    },
-    map,
-  );
-  const buf = new Uint8Array(Math.min(MAP_CHUNK_ENTRIES, h.blocksInImage) * 4);
+  const checker = new BlockMapChecker({
+    offsetBmap: h.offsetBmap,
+    offsetData: h.offsetData,
+    blockSize: h.blockSize,
+    blockExtra: h.blockExtra,
+    blocksAllocated: h.blocksAllocated,
+    diskSize: g.virtualSize,
+    fileSize: g.fileSize,
+  });
+  const chunkEntries = Math.min(MAP_CHUNK_ENTRIES, h.blocksInImage);
+  const buf = new Uint8Array(chunkEntries * 4);
+  const entries = new Uint32Array(chunkEntries);
   for (let first = 0; first < h.blocksInImage; first += MAP_CHUNK_ENTRIES) {
     const n = Math.min(MAP_CHUNK_ENTRIES, h.blocksInImage - first);
-    const view = buf.subarray(0, n * 4);
-    await child.read(view, h.offsetBmap + first * 4);
-    decodeEntries(view, map, first);
-    checker.check(first, first + n);
+    await child.read(buf.subarray(0, n * 4), h.offsetBmap + first * 4);
+    decodeEntries(buf.subarray(0, n * 4), entries);
+    checker.check(entries.subarray(0, n), first);
+  }
+  if (h.blocksInImage <= MAP_CHUNK_ENTRIES) return entries;
+  const map = new Uint32Array(h.blocksInImage);
+  for (let first = 0; first < h.blocksInImage; first += MAP_CHUNK_ENTRIES) {
+    const n = Math.min(MAP_CHUNK_ENTRIES, h.blocksInImage - first);
+    await child.read(buf.subarray(0, n * 4), h.offsetBmap + first * 4);
+    decodeEntries(buf.subarray(0, n * 4), map, first);
   }
   return map;
 }
