@@ -113,6 +113,14 @@ describe('fstab', () => {
     expect(w.join()).toMatch(/\/dev\/xvdb1 \(\/data\) is not part of the wrapped disk; renamed to \/dev\/vdb1/);
   });
 
+  it('points an old swap UUID= or LABEL= at the new swap area', () => {
+    const w: string[] = [];
+    const text = 'LABEL=root / ext4 defaults 0 1\nUUID=0000-old none swap sw 0 0\nLABEL=SWAP-xvda2 none swap sw 0 0\n';
+    expect(fixFstabText(text, { root: `UUID=${ROOT_UUID}`, swap: `UUID=${SWAP_UUID}` }, w)).toBe(
+      `LABEL=root / ext4 defaults 0 1\nUUID=${SWAP_UUID} none swap sw 0 0\nUUID=${SWAP_UUID} none swap sw 0 0\n`,
+    );
+  });
+
   it('leaves LABEL= and UUID= roots alone', () => {
     const w: string[] = [];
     const text = 'LABEL=root / ext4 defaults 0 1\n';
@@ -314,6 +322,13 @@ describe('fixGuest on a filesystem', () => {
     expect(r.warnings.join('\n')).toMatch(
       /\/boot\/vmlinuz-5\.10\.0-1-amd64 cannot reach a virtio disk at boot: \/boot\/initrd\.img-5\.10\.0-1-amd64 \(gzip\+cpio\) has no virtio_blk, virtio_pci; add virtio_pci and virtio_blk to \/etc\/initramfs-tools\/modules, then run 'update-initramfs -u -k 5\.10\.0-1-amd64'/,
     );
+  });
+
+  it('says when the kernel has no virtio driver at all, and that a newer kernel is needed', async () => {
+    const img = makeFs({ ...XEN_GUEST, 'boot/config-5.10.0-1-amd64': 'CONFIG_EXT3_FS=y\n# CONFIG_VIRTIO is not set\n' });
+    const r = await fix(img, { rootUuid: ROOT_UUID, swapUuid: SWAP_UUID, dryRun: true });
+    expect(r.kernels[0]).toMatchObject({ hasVirtio: false, noVirtioDriver: true });
+    expect(r.warnings.join()).toMatch(/has no virtio_blk, virtio_pci \(not in \/boot\/config-5\.10\.0-1-amd64\); install a newer kernel .* attach the disk as SATA or IDE/);
   });
 
   it('trusts a kernel with virtio built in, whatever its initrd holds', async () => {

@@ -42,6 +42,8 @@ export interface KernelInfo {
   hasVirtio?: boolean;
   /** Why the kernel is Xen-only, or why hasVirtio is false/unknown. */
   notes?: string[];
+  /** The kernel itself lacks a virtio driver (per /boot/config-V): no initrd change can help. */
+  noVirtioDriver?: boolean;
   /**
    * The arguments the guest's own boot config passes to this kernel (from
    * menu.lst/grub.conf/grub.cfg, else /etc/default/grub), without the kernel
@@ -180,6 +182,7 @@ async function inspectKernel(fsys: ExtFs, version: string, kernelPath: string): 
   }
   if (missingFromKernel.length) {
     info.hasVirtio = false;
+    info.noVirtioDriver = true;
     info.notes!.push(`the kernel ${version} has no ${missingFromKernel.join(', ')} (not in /boot/config-${version})`);
     return info;
   }

@@ -256,7 +256,8 @@ export function fixFstabText(text: string, specs: Specs, warnings: string[]): st
     }
     if (type === 'swap') {
       sawSwap = true;
-      if (specs.swap && (xen || spec.startsWith('UUID='))) lines[i] = replaceSpec(line, specs.swap);
+      // The swap area is new: an old UUID= or LABEL= names nothing any more.
+      if (specs.swap && (xen || spec.startsWith('UUID=') || spec.startsWith('LABEL='))) lines[i] = replaceSpec(line, specs.swap);
       else if (xen) {
         lines[i] = `# imgtool: no swap device on the KVM disk: ${line}`;
         warnings.push(`/etc/fstab: swap on ${spec} has no counterpart on the new disk: commented out (use --swap to add a swap partition)`);
@@ -486,8 +487,11 @@ async function kernelWarnings(plan: Plan, kernels: KernelInfo[], fstab: string |
     return;
   }
   const k = pickBootKernel(kernels)!;
-  if (k.hasVirtio === false) {
-    warnings.push(`${k.kernel} cannot reach a virtio disk at boot: ${(k.notes ?? []).join('; ')}; ${await initrdAdvice(plan, k)}`);
+  const otherBus = "until then, attach the disk as SATA or IDE (libvirt bus='sata'): /etc/fstab names filesystems by UUID, so any bus works";
+  if (k.hasVirtio === false && k.noVirtioDriver) {
+    warnings.push(`${k.kernel} cannot reach a virtio disk at boot: ${(k.notes ?? []).join('; ')}; install a newer kernel in the guest (virtio needs Linux 2.6.25 or later); ${otherBus}`);
+  } else if (k.hasVirtio === false) {
+    warnings.push(`${k.kernel} cannot reach a virtio disk at boot: ${(k.notes ?? []).join('; ')}; ${await initrdAdvice(plan, k)}; ${otherBus}`);
   } else if (k.hasVirtio === undefined) {
     warnings.push(`cannot tell whether ${k.kernel} reaches a virtio disk at boot: ${(k.notes ?? []).join('; ')}`);
   }
