@@ -120,6 +120,15 @@ describe('hostile qcow headers', () => {
     });
   }
 
+  it('refuses an L1 table above 32 Mi entries in a large sparse file without loading it', async () => {
+    const dev = new MemoryDevice(300 * MiB); // sparse: only written chunks cost memory
+    dev.writeSync(put(base.slice(0, 48), 24, ((1n << 25n) + 1n) << 21n, 8), 0);
+    const before = process.memoryUsage().arrayBuffers;
+    const err = await qcow.open(dev, {}).catch((e: unknown) => e);
+    expect(process.memoryUsage().arrayBuffers - before).toBeLessThan(64 * MiB);
+    expect(err).toMatchObject({ kind: 'unsupported', context: { field: 'size' } });
+  });
+
   it('rejects a file too short for the header', async () => {
     await expectFieldError(base.slice(0, 20), 'header', 'invalid-format');
   });
