@@ -180,6 +180,22 @@ describe('qcow2 backing files, data files and snapshots', () => {
     expect(info['backing-filename-format']).toBe('qcow2');
   });
 
+  it('reports the backing file and its format for a version 2 image', async () => {
+    const base = tmp.path(`v2b${n++}.raw`);
+    const top = tmp.path(`v2t${n++}.qcow2`);
+    const out = tmp.path(`v2o${n++}.raw`);
+    patternedRaw(base, 1024 * 1024, [[0, 1024 * 1024]]);
+    qemuImg(['create', '-q', '-f', 'qcow2', '-o', 'compat=0.10', '-b', base, '-F', 'raw', top]);
+    qemuIo(top, ['write -P 0x10 4k 4k']);
+    const opened = await openImage(top, { backing: true });
+    const info = (await opened.image.info()) as unknown as Record<string, unknown>;
+    await opened.image.close();
+    compareInfo(info, qemuInfo(top, 'qcow2'));
+    expect(info['backing-filename-format']).toBe('raw');
+    await ourToRaw(top, out, { backing: true });
+    expectIdentical(top, out);
+  });
+
   it('reads an image whose data lives in an external data file only when allowed', async () => {
     const img = tmp.path(`d${n++}.qcow2`);
     const data = tmp.path(`d${n++}.data`);

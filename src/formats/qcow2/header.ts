@@ -218,7 +218,7 @@ export async function readHeader(child: BlockDevice): Promise<Qcow2Header> {
   const extEnd = h.backingFileOffset !== 0 ? h.backingFileOffset : Math.min(cs, hdr.length);
   let pos = h.headerLength;
   const seen = new Set<number>();
-  while (version === 3 && pos + 8 <= extEnd) {
+  while (pos + 8 <= extEnd) {
     const type = u32(hdr, pos);
     const len = u32(hdr, pos + 4);
     if (type === EXT_END) break;
