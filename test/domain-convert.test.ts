@@ -270,6 +270,16 @@ describe('imgtool domain convert', () => {
     expect(readdirSync(t.dir).filter((f) => f.includes('imgtool-tmp'))).toEqual([]);
   });
 
+  it('makes relative --disk and --kernel paths absolute, as libvirt requires', () => {
+    const r = imgtool(['domain', 'convert', join(DATA, 'xl/test-paravirt-cmdline.cfg'), '--disk', 'rel/g.img:raw', '--boot', 'direct', '--kernel', 'k/vmlinuz', '--initrd', 'k/initrd']);
+    expect(r.status, r.stderr).toBe(0);
+    const d = dom(r.stdout);
+    expect(a(one(d, 'source'), 'file')).toBe(resolve('rel/g.img'));
+    expect([one(d, 'kernel')?.textContent, one(d, 'initrd')?.textContent]).toEqual([resolve('k/vmlinuz'), resolve('k/initrd')]);
+    expectValid(r.stdout);
+    expect(usageError(() => convertDomain(data('xl/test-paravirt-cmdline.cfg'), 'c.cfg', { disks: [{ path: 'rel.img' }] }))).toMatch(/--disk 'rel\.img' must be an absolute path/);
+  });
+
   it('refuses to overwrite an output without --force', () => {
     const src = join(DATA, 'xm/test-paravirt-root.cfg');
     const out = t.path('exists.xml');

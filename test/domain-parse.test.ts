@@ -269,7 +269,8 @@ describe('Xen libvirt XML', () => {
 });
 
 describe('hostile input', () => {
-  const DATA = resolve(new URL('.', import.meta.url).pathname, '../../shared/testdata/xen-config');
+  const repoRoot = resolve(new URL('.', import.meta.url).pathname, '..');
+  const DATA = resolve(repoRoot, '../shared/testdata/xen-config');
   const samples = ['xl/test-spice.cfg', 'xm/test-escape-paths.cfg', 'xl/test-rbd-multihost-noauth.cfg', 'xl/test-vif-rate.xml', 'suse/sles11sp3-xen.xml', 'xm/test-no-source-cdrom.xml'];
 
   it.each(samples)('mutations of %s either convert to valid XML or fail with an ImageError naming the file', (name) => {

@@ -79,10 +79,11 @@ export const domainConvertCommand: CommandSpec = {
 Xen libvirt XML (<domain type='xen'>, e.g. from 'virsh dumpxml').
 
 Disks become virtio disks vda, vdb, ... (CD-ROMs: SATA sda, ...), driver qemu.
-Each --disk replaces the next hard disk of the source; disks without one keep
-their Xen path (with a warning). Interfaces keep their MAC and bridge, model
-virtio. Memory and vCPUs are kept. Anything with no KVM meaning is dropped
-with a warning on standard error ('warnings' in --output json).
+Each --disk replaces the next hard disk of the source (relative paths are made
+absolute); disks without one keep their Xen path (with a warning). Interfaces
+keep their MAC and bridge, model virtio. Memory and vCPUs are kept. Anything
+with no KVM meaning is dropped with a warning on standard error ('warnings' in
+--output json).
 
 Boot: --boot grub (default) boots the disk's own bootloader (pygrub guests,
 HVM guests, and images made bootable by 'imgtool wrap'). --boot direct boots
@@ -104,16 +105,18 @@ Exit codes: 0 success; 2 usage (bad option, output exists); 3 invalid source
     const boot = str(args, 'boot') ?? 'grub';
     if (boot !== 'grub' && boot !== 'direct') throw new ImageError('usage', `--boot must be grub or direct, not '${boot}'`);
     const text = readSource(src);
+    // libvirt wants absolute paths: relative ones given here are taken from the current directory.
+    const abs = (p: string | undefined) => (p === undefined ? undefined : path.resolve(p));
     const result = convertDomain(text, src, {
-      disks: list(args, 'disk').map(parseDiskArg),
+      disks: list(args, 'disk').map(parseDiskArg).map((d) => ({ ...d, path: path.resolve(d.path) })),
       bridges: parseMapArgs(list(args, 'bridge'), '--bridge'),
       networks: parseMapArgs(list(args, 'network'), '--network'),
       name: str(args, 'name'),
       boot,
-      kernel: str(args, 'kernel'),
-      initrd: str(args, 'initrd'),
+      kernel: abs(str(args, 'kernel')),
+      initrd: abs(str(args, 'initrd')),
       append: str(args, 'append'),
-      emulator: str(args, 'emulator'),
+      emulator: abs(str(args, 'emulator')),
     });
     const out = str(args, 'out');
     if (out) writeAtomically(out, result.xml, flag(args, 'force'), [src]);

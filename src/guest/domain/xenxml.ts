@@ -201,8 +201,9 @@ function disk(r: XmlReader, el: Element): GuestDisk | undefined {
     backend: attr(driver, 'name'),
     format: attr(driver, 'type'),
   };
-  // Xen's 'aio' driver type is raw.
+  // Xen's blktap names: 'aio' is raw, 'vhd' is qemu's vpc.
   if (d.format === 'aio') d.format = 'raw';
+  else if (d.format === 'vhd') d.format = 'vpc';
   if (type === 'file') {
     d.path = attr(source, 'file');
     d.sourceType = d.path ? 'file' : 'none';
