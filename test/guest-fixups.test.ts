@@ -162,6 +162,8 @@ describe('consoles and boot configs (text)', () => {
     expect(fixBootConfigText('/boot/grub/menu.lst', menu, '/dev/vda1')).toBe(
       'title X\n\troot (hd0,0)\n\tkernel /boot/vmlinuz root=/dev/vda1 console=tty0 console=ttyS0,115200\n# kernel /old root=/dev/xvda1\n',
     );
+    const legacy = '# kopt=root=/dev/xvda1 ro console=hvc0\n# defoptions=quiet\n';
+    expect(fixBootConfigText('/boot/grub/menu.lst', legacy, 'UUID=u')).toBe('# kopt=root=UUID=u ro console=tty0 console=ttyS0,115200\n# defoptions=quiet\n');
     const def = 'GRUB_TIMEOUT=5\nGRUB_CMDLINE_LINUX_DEFAULT="quiet console=hvc0"\nGRUB_TERMINAL=console\n';
     expect(fixBootConfigText('/etc/default/grub', def, '/dev/vda1')).toBe(
       'GRUB_TIMEOUT=5\nGRUB_CMDLINE_LINUX_DEFAULT="quiet console=tty0 console=ttyS0,115200"\nGRUB_TERMINAL=console\n',

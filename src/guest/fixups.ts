@@ -428,6 +428,9 @@ export function fixBootConfigText(path: string, text: string, rootArg: string): 
   return text
     .split('\n')
     .map((line) => {
+      // Debian's grub-legacy update-grub regenerates menu.lst entries from the '# kopt=' comment.
+      const kopt = isDefault ? null : /^(#\s*kopt=)(.*)$/.exec(line);
+      if (kopt) return kopt[1] + fixKernelArgs(` ${kopt[2]}`, rootArg, false).replace(/^ /, '');
       if (/^\s*#/.test(line)) return line;
       if (isDefault) return /^\s*GRUB_CMDLINE_LINUX\w*=/.test(line) ? fixKernelArgs(line, rootArg, true) : line;
       if (/^\s*(kernel|linux|linux16|linuxefi)\s/.test(line)) return fixKernelArgs(line, rootArg, false);
