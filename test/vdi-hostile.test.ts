@@ -94,6 +94,7 @@ describe('hostile VDI headers', () => {
     ['a differencing image', (b) => put32(b, 76, 4), 'image_type', 'unsupported'],
     ['an undo image', (b) => put32(b, 76, 3), 'image_type', 'unsupported'],
     ['an unknown image type', (b) => put32(b, 76, 9), 'image_type', 'invalid-format'],
+    ['undefined image flags', (b) => put32(b, 80, 0x8000), 'image_flags', 'invalid-format'],
     ['an unaligned block map offset', (b) => put32(b, 340, 513), 'offset_bmap', 'unsupported'],
     ['a block map over the header', (b) => put32(b, 340, 0), 'offset_bmap', 'invalid-format'],
     ['a block map past the end of the file', (b) => put32(b, 340, 0x7ffffe00), 'offset_bmap', 'corrupt'],

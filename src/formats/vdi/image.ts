@@ -113,6 +113,10 @@ export async function readHeader(child: BlockDevice): Promise<VdiGeometry> {
   if (h.imageType !== TYPE_NORMAL && h.imageType !== TYPE_FIXED) {
     throw err('invalid-format', 'image_type', h.imageType, 'is not a VDI image type (1 normal, 2 fixed, 3 undo, 4 differencing)');
   }
+  // VirtualBox's mask: fFlags << 8 within FIXED (0x10000) | DIFF (0x20000) | ZERO_EXPAND (0x100).
+  if ((h.imageFlags & ~0x301) !== 0) {
+    throw err('invalid-format', 'image_flags', h.imageFlags, 'has bits VirtualBox does not define (valid: 0x1, 0x100, 0x200)');
+  }
   if (!isNullUuid(h.uuidLink)) {
     throw err('unsupported', 'uuid_link', 0, 'is set: the image links to a parent image, which is not supported');
   }
