@@ -142,7 +142,7 @@ async function expectInfoAgrees(path: string, backing = false): Promise<void> {
   try {
     const ours = await describeImage(opened);
     const theirs = qemuInfo(path, 'qcow');
-    for (const k of ['format', 'virtual-size', 'cluster-size', 'dirty-flag', 'backing-filename'] as const) {
+    for (const k of ['format', 'virtual-size', 'cluster-size', 'dirty-flag', 'backing-filename', 'full-backing-filename'] as const) {
       expect(ours[k], k).toEqual(theirs[k]);
     }
   } finally {

@@ -20,6 +20,7 @@
  * new table), so the file is consistent after every write.
  */
 
+import * as path from 'node:path';
 import { type BlockDevice, type Extent, checkRange, checkWritable, isZero } from '../../core/device.js';
 import { ImageError, fieldError } from '../../core/errors.js';
 import type { Image, ImageInfo } from '../types.js';
@@ -172,6 +173,8 @@ export interface QcowImageOptions {
   writable: boolean;
   compress?: boolean;
   backing?: Image;
+  /** The image's path, for `full-backing-filename`. */
+  path?: string;
 }
 
 export class QcowImage implements Image {
@@ -671,7 +674,15 @@ export class QcowImage implements Image {
 
   async info(): Promise<ImageInfo> {
     const info: ImageInfo = { format: 'qcow', 'virtual-size': this.size, 'cluster-size': this.cs, 'dirty-flag': false };
-    if (this.backingName !== undefined) info['backing-filename'] = this.backingName;
+    if (this.backingName !== undefined) {
+      info['backing-filename'] = this.backingName;
+      // As qemu: a relative name is relative to the image's directory.
+      if (this.opts.path !== undefined) {
+        info['full-backing-filename'] = path.isAbsolute(this.backingName)
+          ? this.backingName
+          : path.join(path.dirname(this.opts.path), this.backingName);
+      }
+    }
     return info;
   }
 }

@@ -38,7 +38,7 @@ export const qcow: FormatDriver = {
         }
         backing = await opts.openBacking({ name: g.backingName });
       }
-      return new QcowImage(child, g, l1, { writable: !!opts.writable, backing });
+      return new QcowImage(child, g, l1, { writable: !!opts.writable, backing, path: opts.path });
     } catch (e) {
       if (e instanceof ImageError && opts.path && !e.context.path) e.context.path = opts.path;
       throw e;
