@@ -208,16 +208,20 @@ async function requireExt(dev: BlockDevice, tool: Tool, allowBackup: boolean): P
     }
   }
   if (!sb) {
-    let found = 'nothing (device too small)';
-    if (dev.size >= SB_OFFSET + 1024) {
-      const b = new Uint8Array(2);
-      await dev.read(b, SB_OFFSET + SB_MAGIC);
-      found = `0x${(b[0]! | (b[1]! << 8)).toString(16).padStart(4, '0')}`;
+    const at = SB_OFFSET + SB_MAGIC;
+    if (dev.size < SB_OFFSET + 1024) {
+      throw new ImageError('invalid-format', `not an ext2/3/4 filesystem: the device (${dev.size} bytes) is too small to hold a superblock; ${tool} not run`, {
+        value: dev.size,
+      });
     }
+    const b = new Uint8Array(2);
+    await dev.read(b, at);
+    const found = `0x${(b[0]! | (b[1]! << 8)).toString(16).padStart(4, '0')}`;
     throw new ImageError(
       'invalid-format',
-      `not an ext2/3/4 filesystem: no superblock magic 0xef53 at byte ${SB_OFFSET + SB_MAGIC} (found ${found})${allowBackup ? ' nor in a backup superblock' : ''}; ${tool} not run`,
-      { field: 's_magic', offset: SB_OFFSET + SB_MAGIC, value: found },
+      `not an ext2/3/4 filesystem: the superblock magic s_magic at offset ${at} has value ${found}, not 0xef53` +
+        `${allowBackup ? ', and no backup superblock was found' : ''}; ${tool} not run`,
+      { field: 's_magic', offset: at, value: found },
     );
   }
   const log = sb.view.getUint32(SB_LOG_BLOCK_SIZE, true);
