@@ -6,6 +6,8 @@ import { wrapCommand } from './wrap.js';
 import { PART_COMMANDS } from './part.js';
 import { guestFixCommand } from './guest.js';
 import { domainConvertCommand } from './domain.js';
+import { fsckCommand } from './fsck.js';
+import { resizeFsCommand } from './resize-fs.js';
 
 export const COMMANDS: CommandSpec[] = [
   convertCommand,
@@ -14,4 +16,6 @@ export const COMMANDS: CommandSpec[] = [
   ...PART_COMMANDS,
   guestFixCommand,
   domainConvertCommand,
+  fsckCommand,
+  resizeFsCommand,
 ];
