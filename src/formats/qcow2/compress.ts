@@ -132,7 +132,10 @@ export async function deflateCluster(src: Uint8Array): Promise<Uint8Array> {
   running++;
   try {
     return await new Promise((resolve, reject) => {
-      zlib.deflateRaw(src, { level: 6, windowBits, memLevel: 9 }, (err, out) => (err ? reject(err) : resolve(out)));
+      // One output chunk for the whole cluster: Node's default 16 KiB would
+      // bounce incompressible clusters through the thread pool several times.
+      const chunkSize = src.length + 1024;
+      zlib.deflateRaw(src, { level: 6, windowBits, memLevel: 9, chunkSize }, (err, out) => (err ? reject(err) : resolve(out)));
     });
   } finally {
     running--;
