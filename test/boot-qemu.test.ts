@@ -16,6 +16,7 @@ import { FileDevice } from '../src/core/file.js';
 import { SliceDevice } from '../src/core/slice.js';
 import { fixGuest } from '../src/guest/fixups.js';
 import { installGrub, kernelCmdline, pickBootKernel } from '../src/guest/boot.js';
+import { withExtFs } from '../src/fs/ext.js';
 import { must, peer, run, sha256File, tempDir } from './helpers/peers.js';
 import { runCli } from './partition-helpers.js';
 
@@ -92,7 +93,7 @@ function section(out: string, name: string): string {
 function expectFixedGuest(out: string, fsUuid: string, swapUuid: string): void {
   expect(out, out.slice(-3000)).toContain('IMGTOOL-BOOT-OK');
   expect(out).toContain('IMGTOOL-END');
-  expect(section(out, 'cmdline')).toMatch(new RegExp(`root=UUID=${fsUuid} ro console=tty0 console=ttyS0,115200\\s*$`));
+  expect(section(out, 'cmdline')).toMatch(new RegExp(`root=UUID=${fsUuid} ro (\\S+ )*console=tty0 console=ttyS0,115200\\s*$`));
   expect(section(out, 'root')).toMatch(/^\/dev\/vda1 \/ ext4/);
   const fstab = section(out, '/etc/fstab');
   expect(fstab).toContain(`UUID=${fsUuid}\t/\text4`);
@@ -137,6 +138,35 @@ describe('booting a wrapped Xen guest under KVM (qemu, TCG)', () => {
     const out = await boot(['-drive', `file=${disk},format=raw,if=virtio`]);
     expect(out).toContain('GRUB loading');
     expect(section(out, 'cmdline')).toMatch(/^BOOT_IMAGE=\(hd0,msdos1\)\/boot\/vmlinuz-/);
+    expectFixedGuest(out, fsUuid, swapUuid);
+  }, 240_000);
+
+  it("boots through the guest's own grub.cfg, fixed up, when GRUB can use it", async () => {
+    const { disk, fsUuid, swapUuid } = makeDisk();
+    const dev = await FileDevice.open(disk, { writable: true });
+    try {
+      const fsDev = new SliceDevice(dev, MIB, fsSize);
+      // A grub-mkconfig style config as a Xen guest booted by pygrub has it: Xen root and console.
+      await withExtFs(fsDev, async (fs) => {
+        const v = (await fs.readdir('/boot')).find((f) => f.startsWith('vmlinuz-'))!.slice('vmlinuz-'.length);
+        await fs.writeFile(
+          '/boot/grub/grub.cfg',
+          `set default=0\nset timeout=1\ninsmod gzio\ninsmod part_msdos\ninsmod ext2\nmenuentry 'Debian GNU/Linux' {\n\tsearch --no-floppy --fs-uuid --set=root ${fsUuid}\n\techo 'Loading Linux from the guest grub.cfg ...'\n\tlinux\t/boot/vmlinuz-${v} root=/dev/xvda1 ro console=hvc0 guestcfg=1\n\tinitrd\t/boot/initrd.img-${v}\n}\n`,
+        );
+      });
+      const report = await fixGuest(fsDev, { rootDevice: '/dev/vda1', rootUuid: fsUuid, swapUuid });
+      expect(report.changes.map((c) => c.path)).toContain('/boot/grub/grub.cfg');
+      const kernel = pickBootKernel(report.kernels)!;
+      const g = await installGrub(dev, { partitionStart: MIB, partitionNumber: 1, fsDev, rootUuid: fsUuid, kernel, cmdline: kernelCmdline({ root: `UUID=${fsUuid}`, extra: kernel.args }) });
+      expect(g.warnings).toEqual([]);
+    } finally {
+      await dev.close();
+    }
+    const fsck = run('e2fsck', ['-fn', `${disk}?offset=${MIB}`]);
+    expect(fsck.status, fsck.stdout + fsck.stderr).toBe(0);
+    const out = await boot(['-drive', `file=${disk},format=raw,if=virtio`]);
+    expect(out).toContain('Loading Linux from the guest grub.cfg');
+    expect(section(out, 'cmdline')).toMatch(/^BOOT_IMAGE=\/boot\/vmlinuz-\S+ root=UUID=\S+ ro guestcfg=1 console=tty0 console=ttyS0,115200/);
     expectFixedGuest(out, fsUuid, swapUuid);
   }, 240_000);
 
