@@ -227,7 +227,8 @@ export async function readHeader(child: BlockDevice): Promise<Qcow2Header> {
       throw fieldError('invalid-format', FORMAT, `header extension 0x${type.toString(16)} length`, pos + 4, len, `runs past the extension area end (${extEnd})`);
     }
     const body = hdr.subarray(data, data + len);
-    if (seen.has(type) && type !== EXT_END) {
+    const known = type === EXT_BACKING_FORMAT || type === EXT_DATA_FILE || type === EXT_FEATURE_TABLE || type === EXT_BITMAPS || type === EXT_CRYPTO;
+    if (known && seen.has(type)) {
       throw fieldError('invalid-format', FORMAT, `header extension 0x${type.toString(16)}`, pos, type, 'appears twice');
     }
     seen.add(type);
