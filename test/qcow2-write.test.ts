@@ -67,6 +67,8 @@ describe('qcow2 images we create', () => {
     ['compression with compat=0.10 and 512-byte clusters', { compat: '0.10', cluster_size: '512' }, true],
     ['compression with extended_l2=on', { extended_l2: 'on' }, true],
     ['preallocation=off', { preallocation: 'off' }, false],
+    ['preallocation=metadata', { preallocation: 'metadata' }, false],
+    ['preallocation=metadata and extended_l2=on', { preallocation: 'metadata', extended_l2: 'on' }, false],
   ];
   for (const [name, options, compress] of variants) {
     it(`writes an image with ${name} that qemu-img checks clean and compares identical`, async () => {

@@ -38,7 +38,7 @@ export const CREATE_OPTIONS: Readonly<Record<string, string>> = {
   lazy_refcounts: "'on' sets the lazy refcounts flag (version 3 only; imgtool itself always keeps refcounts exact). Default off",
   extended_l2: "'on' uses extended L2 entries with 32 subclusters per cluster (version 3, cluster_size >= 16k). Default off",
   compression_type: "'zlib' (default) for -c; 'zstd' is read but not written",
-  preallocation: "'off' only (default)",
+  preallocation: "'off' (default) or 'metadata' (L2 tables and clusters for the whole disk, as holes)",
 };
 
 export interface Qcow2CreateParams {
@@ -47,6 +47,7 @@ export interface Qcow2CreateParams {
   refcountOrder: number;
   lazyRefcounts: boolean;
   extendedL2: boolean;
+  preallocateMetadata: boolean;
 }
 
 const usage = (msg: string, value?: string) => new ImageError('usage', `qcow2: ${msg}`, { format: FORMAT, value });
@@ -71,7 +72,7 @@ export function parseCreateOptions(options: Record<string, string>): Qcow2Create
   for (const k of Object.keys(options)) {
     if (!(k in CREATE_OPTIONS)) throw usage(`unknown option '${k}' (known: ${Object.keys(CREATE_OPTIONS).join(', ')})`, k);
   }
-  const p: Qcow2CreateParams = { version: 3, clusterBits: 16, refcountOrder: 4, lazyRefcounts: false, extendedL2: false };
+  const p: Qcow2CreateParams = { version: 3, clusterBits: 16, refcountOrder: 4, lazyRefcounts: false, extendedL2: false, preallocateMetadata: false };
   const compat = options.compat;
   if (compat !== undefined) {
     if (compat === '1.1' || compat === 'v3') p.version = 3;
@@ -108,11 +109,12 @@ export function parseCreateOptions(options: Record<string, string>): Qcow2Create
     throw usage(`compression_type must be zlib, not '${ct}'`, ct);
   }
   const pre = options.preallocation;
-  if (pre !== undefined && pre !== 'off') {
-    if (['metadata', 'falloc', 'full'].includes(pre)) {
-      throw new ImageError('unsupported', `qcow2: preallocation=${pre} is not supported (only off)`, { format: FORMAT, value: pre });
+  if (pre === 'metadata') p.preallocateMetadata = true;
+  else if (pre !== undefined && pre !== 'off') {
+    if (['falloc', 'full'].includes(pre)) {
+      throw new ImageError('unsupported', `qcow2: preallocation=${pre} is not supported (off or metadata)`, { format: FORMAT, value: pre });
     }
-    throw usage(`preallocation must be off, not '${pre}'`, pre);
+    throw usage(`preallocation must be off or metadata, not '${pre}'`, pre);
   }
   return p;
 }
@@ -176,6 +178,9 @@ export async function createQcow2(child: BlockDevice, opts: CreateOptions): Prom
     featureNames: [],
     hasBitmaps: false,
   };
+  if (p.preallocateMetadata && child.size > 0) {
+    throw new ImageError('unsupported', 'qcow2: preallocation=metadata needs a new, empty file (its clusters must read as zero)', { format: FORMAT, path: opts.path });
+  }
   const head = new Uint8Array((1 + rtClusters + rbClusters) * cs);
   head.set(encodeHeader(h), 0);
   for (let b = 0; b < rbClusters; b++) putU64(head, rtOffset + b * 8, rbOffset + b * cs);
@@ -185,5 +190,14 @@ export async function createQcow2(child: BlockDevice, opts: CreateOptions): Prom
   }
   await child.write(head, 0);
   if (l1Clusters) await child.writeZeroes(l1Offset, l1Clusters * cs);
-  return openQcow2(child, { writable: true, path: opts.path }, { compress: opts.compress, allocEnd: metaClusters * cs });
+  const img = await openQcow2(child, { writable: true, path: opts.path }, { compress: opts.compress, allocEnd: metaClusters * cs });
+  if (p.preallocateMetadata) {
+    try {
+      await img.preallocateMetadata();
+    } catch (e) {
+      await img.close().catch(() => {});
+      throw e;
+    }
+  }
+  return img;
 }

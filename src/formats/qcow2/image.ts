@@ -989,6 +989,32 @@ export class Qcow2Image implements Image {
     }
   }
 
+  /**
+   * preallocation=metadata: every L2 table and a host cluster for every guest
+   * cluster, laid out in guest order. Only for fresh containers, whose
+   * unwritten space reads as zero (the clusters are holes until written).
+   */
+  async preallocateMetadata(): Promise<void> {
+    const release = await this.lock.acquire();
+    try {
+      const count = Math.ceil(this.size / this.cs);
+      for (let gc = 0; gc < count; ) {
+        const { table, l2off, idx } = await this.l2ForWrite(gc);
+        const n = Math.min(this.l2Entries - idx, count - gc);
+        const host = await this.allocClusters(n);
+        for (let k = 0; k < n; k++) {
+          const [hi, lo] = encodeStd(host + k * this.cs, true);
+          this.setEntry(table, idx + k, hi, lo, 0, this.extL2 ? ALL_SUBCLUSTERS : 0);
+        }
+        this.l2cache.markDirty(l2off, table);
+        gc += n;
+        await this.maybeWriteBack();
+      }
+    } finally {
+      release();
+    }
+  }
+
   async flush(): Promise<void> {
     if (this.readOnly || this.closed) return;
     const release = await this.lock.acquire();
