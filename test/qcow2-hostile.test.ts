@@ -259,6 +259,21 @@ describe('qcow2 table validation', () => {
   });
 });
 
+describe('qcow2 hostile refcounts when writing', () => {
+  it('stops, rather than scanning forever, when refcounts claim every cluster past the end of the file', async () => {
+    const b = Buffer.from(base);
+    const rt = be64(b, 48);
+    const block0 = be64(b, rt);
+    for (let i = 0; i < 512; i++) b.writeBigUInt64BE(BigInt(block0), rt + i * 8);
+    for (let i = 0; i < 2048; i++) b.writeUInt16BE(1, block0 + i * 2);
+    const t0 = performance.now();
+    const err = await openAndRead(b, { writable: true });
+    expect(performance.now() - t0).toBeLessThan(3000);
+    expect(err).toBeInstanceOf(ImageError);
+    expect((err as ImageError).kind).toBe('corrupt');
+  });
+});
+
 describe('qcow2 random mutations', () => {
   it('ends every open and read of a few hundred mutated images in success or an ImageError, quickly', async () => {
     let seed = 0x2545f491;

@@ -509,6 +509,7 @@ export class Qcow2Image implements Image {
   /** Take `n` contiguous free clusters at the end of the file and count them. `exact`: fail (-1) unless they start at the current end. */
   private async allocClusters(n: number, exact = false): Promise<number> {
     const cs = this.cs;
+    let skipped = 0;
     for (;;) {
       const at = this.end;
       let busy = -1;
@@ -518,6 +519,10 @@ export class Qcow2Image implements Image {
       if (busy < 0) break;
       if (exact) return -1;
       this.end = at + (busy + 1) * cs;
+      skipped += busy + 1;
+      if (skipped > 65536 && this.end > this.child.size) {
+        throw new ImageError('corrupt', `qcow2: refcounts mark clusters past the end of the file (${this.child.size}) as in use, up to ${this.end}`, { format: FORMAT, path: this.path, offset: this.end });
+      }
     }
     const at = this.end;
     this.end += n * cs;
