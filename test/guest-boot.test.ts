@@ -264,17 +264,27 @@ describe('installGrub', () => {
     expect(own).toContain("linux ($root)/boot/vmlinuz-6.1.0-9-amd64 'root=UUID=u-1' 'ro' 'console=ttyS0,115200'\ninitrd ($root)/boot/initrd.img-6.1.0-9-amd64\nboot\n");
     const guest = embeddedGrubConfig({ rootUuid: 'u-1', partitionNumber: 1, kernel, cmdline: 'ro', guestConfig: '/boot/grub2/grub.cfg' });
     expect(guest).toContain('set prefix=($root)/boot/grub2\nconfigfile ($root)/boot/grub2/grub.cfg\n');
+    // The guest's own modules (another GRUB version) are kept out of reach.
+    const withMods = embeddedGrubConfig({ rootUuid: 'u-1', partitionNumber: 1, kernel, cmdline: 'ro', guestConfig: '/boot/grub/grub.cfg', guestHasModules: true });
+    expect(withMods).toContain('set prefix=($root)/boot/grub/imgtool-no-modules\nconfigfile ($root)/boot/grub/grub.cfg\n');
   });
 
-  it("does not use a guest grub.cfg that needs modules the core image lacks, and says why", async () => {
-    const cfg = "insmod gfxterm\nmenuentry 'Debian' {\n\tinsmod ext2\n\tlinux /boot/vmlinuz-6.1.0-9-amd64 root=UUID=1234 ro\n}\n";
-    const { disk, start, fsSize } = makeDisk(makeFs({ ...files, 'boot/grub/grub.cfg': cfg }));
-    const dev = await FileDevice.open(disk, { writable: true });
-    try {
-      const r = await installGrub(dev, { partitionStart: start, partitionNumber: 1, fsDev: new SliceDevice(dev, start, fsSize), rootUuid: '1234', kernel, cmdline: 'ro' });
-      expect(r.warnings.join()).toMatch(/not using the guest's grub\.cfg: \/boot\/grub\/grub\.cfg loads modules the core image does not hold \(gfxterm\)/);
-    } finally {
-      await dev.close();
-    }
+  it("hands over to a guest grub.cfg whose first entry boots a KVM kernel by UUID, and not to one that boots Xen", async () => {
+    const debianCfg = "function load_video {\n  insmod all_video\n}\ninsmod gfxterm\nmenuentry 'Debian' --class debian {\n\tload_video\n\tinsmod gzio\n\tif [ x$grub_platform = xxen ]; then insmod xzio; insmod lzopio; fi\n\tlinux /boot/vmlinuz-6.1.0-9-amd64 root=UUID=1234 ro quiet\n}\n";
+    const xenCfg = "menuentry 'Xen' {\n\tmultiboot /boot/xen.gz\n\tmodule /boot/vmlinuz-6.1.0-9-amd64 root=UUID=1234\n}\nmenuentry 'Debian' {\n\tlinux /boot/vmlinuz-6.1.0-9-amd64 root=UUID=1234\n}\n";
+    const run1 = async (extra: Record<string, string>) => {
+      const { disk, start, fsSize } = makeDisk(makeFs({ ...files, ...extra }));
+      const dev = await FileDevice.open(disk, { writable: true });
+      try {
+        return await installGrub(dev, { partitionStart: start, partitionNumber: 1, fsDev: new SliceDevice(dev, start, fsSize), rootUuid: '1234', kernel, cmdline: 'ro' });
+      } finally {
+        await dev.close();
+      }
+    };
+    const deb = await run1({ 'boot/grub/grub.cfg': debianCfg, 'boot/grub/i386-pc/normal.mod': 'old GRUB' });
+    expect(deb).toMatchObject({ guestConfig: '/boot/grub/grub.cfg', warnings: [] });
+    const xenFirst = await run1({ 'boot/grub/grub.cfg': xenCfg });
+    expect(xenFirst.guestConfig).toBeUndefined();
+    expect(xenFirst.warnings.join()).toMatch(/not using the guest's grub\.cfg: the first menuentry of \/boot\/grub\/grub\.cfg has no linux command \(a Xen or multiboot entry\?\)/);
   });
 });

@@ -399,20 +399,40 @@ export function kernelCmdline(opts: { root: string; extra?: string }): string {
   return args.join(' ');
 }
 
-/** Modules built into core.img: the disk, the partition map, ext2/3/4, the Linux loader, and what configs use. */
+/**
+ * Modules built into core.img: the disk, the partition maps, ext2/3/4, the
+ * Linux loader, and everything grub-mkconfig's output loads (video, fonts,
+ * gettext, the Xen-only xzio/lzopio inside `if`), so that no module is ever
+ * loaded from the guest's /boot/grub/i386-pc, which belongs to another GRUB
+ * version.
+ */
 export const GRUB_MODULES = [
   'biosdisk', 'part_msdos', 'part_gpt', 'ext2', 'linux', 'normal', 'search', 'search_fs_uuid', 'search_fs_file',
   'search_label', 'configfile', 'echo', 'test', 'boot', 'serial', 'terminal', 'gzio', 'minicmd', 'ls', 'cat',
-  'sleep', 'loadenv',
+  'sleep', 'loadenv', 'all_video', 'gfxterm', 'font', 'gettext', 'xzio', 'lzopio', 'png',
 ];
 
-/** Can GRUB boot the guest through its own GRUB 2 config? Returns its path, or why not. */
-async function guestGrubConfig(fsys: ExtFs, kernels: KernelInfo[]): Promise<{ path?: string; why: string }> {
+interface GuestGrubConfig {
+  /** The config file, e.g. /boot/grub/grub.cfg. */
+  path?: string;
+  /** The guest has GRUB modules of its own next to it (another GRUB version: never load them). */
+  hasModules?: boolean;
+  why: string;
+}
+
+/**
+ * Can GRUB boot the guest through its own GRUB 2 config? Yes when its first
+ * menu entry boots (linux, not multiboot/Xen) a kernel from /boot that is not
+ * Xen-only and names the root by UUID, LABEL or a virtio name. An `insmod` of
+ * a module the core image lacks only prints an error in GRUB, so it does not
+ * disqualify the config.
+ */
+async function guestGrubConfig(fsys: ExtFs, kernels: KernelInfo[]): Promise<GuestGrubConfig> {
   for (const dir of ['/boot/grub', '/boot/grub2']) {
     const cfg = `${dir}/grub.cfg`;
     if (!(await exists(fsys, cfg))) continue;
     const text = (await readGuestFile(fsys, cfg, 4 << 20)).toString('utf8');
-    const firstEntry = /menuentry[^{]*\{([^}]*)\}/.exec(text);
+    const firstEntry = /^\s*menuentry\b[^{\n]*\{([^}]*)\}/m.exec(text);
     if (!firstEntry) return { why: `${cfg} has no menuentry` };
     const body = firstEntry[1]!;
     const linux = /^\s*linux(?:16)?\s+(\S+)/m.exec(body);
@@ -420,13 +440,8 @@ async function guestGrubConfig(fsys: ExtFs, kernels: KernelInfo[]): Promise<{ pa
     const kpath = linux[1]!.replace(/^\([^)]*\)/, '');
     const k = kernels.find((x) => x.kernel === kpath || x.kernel === `/boot${kpath}`);
     if (!k || k.xenOnly) return { why: `the first menuentry of ${cfg} boots ${kpath}, ${k ? 'a Xen-only kernel' : 'which is not in /boot'}` };
-    if (!/root=(UUID=|LABEL=|\/dev\/vd)/.test(body)) return { why: `the first menuentry of ${cfg} does not name the root by UUID` };
-    const guestMods = await exists(fsys, `${dir}/i386-pc/normal.mod`);
-    const missing = [...text.matchAll(/^\s*insmod\s+(\S+)/gm)].map((m) => m[1]!).filter((m) => !GRUB_MODULES.includes(m));
-    if (missing.length && !guestMods) {
-      return { why: `${cfg} loads modules the core image does not hold (${[...new Set(missing)].join(', ')}) and the guest has no ${dir}/i386-pc` };
-    }
-    return { path: cfg, why: '' };
+    if (!/\sroot=(UUID=|LABEL=|\/dev\/vd)/.test(body)) return { why: `the first menuentry of ${cfg} does not name the root by UUID` };
+    return { path: cfg, hasModules: await exists(fsys, `${dir}/i386-pc`), why: '' };
   }
   return { why: 'the guest has no GRUB 2 grub.cfg' };
 }
@@ -449,7 +464,15 @@ export interface InstallGrubOptions {
 const grubQuote = (s: string) => `'${s.replace(/'/g, `'\\''`)}'`;
 
 /** The config embedded in core.img. */
-export function embeddedGrubConfig(opts: { rootUuid: string; partitionNumber: number; kernel: KernelInfo; cmdline: string; guestConfig?: string }): string {
+export function embeddedGrubConfig(opts: {
+  rootUuid: string;
+  partitionNumber: number;
+  kernel: KernelInfo;
+  cmdline: string;
+  guestConfig?: string;
+  /** The guest has its own i386-pc modules next to guestConfig. */
+  guestHasModules?: boolean;
+}): string {
   const lines = [
     'serial --unit=0 --speed=115200',
     'terminal_input serial console',
@@ -458,7 +481,10 @@ export function embeddedGrubConfig(opts: { rootUuid: string; partitionNumber: nu
     `search --no-floppy --fs-uuid --set=root ${opts.rootUuid}`,
   ];
   if (opts.guestConfig) {
-    lines.push(`set prefix=($root)${path.posix.dirname(opts.guestConfig)}`, `configfile ($root)${opts.guestConfig}`);
+    // $prefix is where GRUB looks for grubenv, locales, fonts and modules. When the guest has
+    // modules of its own (another GRUB version), point it where there are none.
+    const dir = path.posix.dirname(opts.guestConfig);
+    lines.push(`set prefix=($root)${dir}${opts.guestHasModules ? '/imgtool-no-modules' : ''}`, `configfile ($root)${opts.guestConfig}`);
   } else {
     lines.push(
       'set prefix=($root)/boot/grub',
@@ -477,7 +503,10 @@ export function embeddedGrubConfig(opts: { rootUuid: string; partitionNumber: nu
  * into the sectors after the MBR, GRUB's boot.img code into the MBR (disk
  * signature and partition table kept). Writes only through `disk`.
  */
-export async function installGrub(disk: BlockDevice, opts: InstallGrubOptions): Promise<{ coreSize: number; warnings: string[] }> {
+export async function installGrub(
+  disk: BlockDevice,
+  opts: InstallGrubOptions,
+): Promise<{ coreSize: number; warnings: string[]; /** The guest's grub.cfg GRUB hands over to, when it does. */ guestConfig?: string }> {
   const warnings: string[] = [];
   const grub = opts.grub ?? findGrub();
   if (!grub) {
@@ -535,14 +564,21 @@ export async function installGrub(disk: BlockDevice, opts: InstallGrubOptions): 
     }
   }
 
-  let guestConfig: string | undefined;
+  let guest: GuestGrubConfig = { why: '' };
   if (opts.useGuestConfig !== false) {
-    const r = await withExtFs(opts.fsDev, async (fsys) => guestGrubConfig(fsys, await kernelsIn(fsys)), { readOnly: true });
-    guestConfig = r.path;
-    if (!guestConfig && r.why !== 'the guest has no GRUB 2 grub.cfg') warnings.push(`not using the guest's grub.cfg: ${r.why}; GRUB boots ${opts.kernel.kernel} directly`);
+    guest = await withExtFs(opts.fsDev, async (fsys) => guestGrubConfig(fsys, await kernelsIn(fsys)), { readOnly: true });
+    if (!guest.path && guest.why !== 'the guest has no GRUB 2 grub.cfg') warnings.push(`not using the guest's grub.cfg: ${guest.why}; GRUB boots ${opts.kernel.kernel} directly`);
   }
+  const guestConfig = guest.path;
 
-  const config = embeddedGrubConfig({ rootUuid: opts.rootUuid, partitionNumber, kernel: opts.kernel, cmdline: opts.cmdline, guestConfig });
+  const config = embeddedGrubConfig({
+    rootUuid: opts.rootUuid,
+    partitionNumber,
+    kernel: opts.kernel,
+    cmdline: opts.cmdline,
+    guestConfig,
+    guestHasModules: guest.hasModules,
+  });
   const core = buildCoreImage(grub, config, `(hd0,msdos${partitionNumber})/boot/grub`);
   const patched = patchCoreImage(core, 1);
   const sectors = patched.length / SECTOR;
@@ -565,7 +601,7 @@ export async function installGrub(disk: BlockDevice, opts: InstallGrubOptions): 
   await disk.write(patched, SECTOR);
   await disk.write(sector0, 0);
   await disk.flush();
-  return { coreSize: core.length, warnings };
+  return { coreSize: core.length, warnings, guestConfig };
 }
 
 /** Run grub-mkimage; returns core.img's bytes. */
