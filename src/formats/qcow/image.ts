@@ -216,6 +216,55 @@ export class QcowImage implements Image {
     return this.cs;
   }
 
+  /**
+   * Before writing into an existing image: prove that no two structures share
+   * storage. qcow has no reference counts, and qemu never checks this, but a
+   * cluster placed over an L2 table or over another cluster would turn our
+   * writes into corruption of something else. Reads every L2 table once;
+   * memory is two bitmaps of one bit per 512 bytes of file.
+   *
+   * Header, L1 table and backing file name, L2 tables and uncompressed
+   * clusters must each own their 512-byte sectors; compressed data may share
+   * sectors with other compressed data (qemu packs it back to back) but not
+   * with anything else.
+   */
+  async verifyNoOverlaps(): Promise<void> {
+    const sectors = Math.ceil(this.end / 512) + 1;
+    const exclusive = new Uint8Array(Math.ceil(sectors / 8));
+    const shared = new Uint8Array(Math.ceil(sectors / 8));
+    const test = (bm: Uint8Array, s: number) => (bm[s >>> 3]! >> (s & 7)) & 1;
+    const set = (bm: Uint8Array, s: number) => (bm[s >>> 3]! |= 1 << (s & 7));
+    const claim = (start: number, end: number, isShared: boolean, what: () => [string, number, number | bigint]) => {
+      for (let s = Math.floor(start / 512); s < Math.ceil(end / 512); s++) {
+        if (test(exclusive, s) || (!isShared && test(shared, s))) {
+          const [field, at, value] = what();
+          throw fieldError('corrupt', 'qcow', field, at, value, `shares the file's bytes [${s * 512}, ${s * 512 + 512}) with another structure of the image`);
+        }
+        set(isShared ? shared : exclusive, s);
+      }
+    };
+    let metaEnd = 0;
+    for (const [a, b] of this.g.reserved) {
+      for (let s = Math.floor(a / 512); s < Math.ceil(b / 512); s++) set(exclusive, s);
+      metaEnd = Math.max(metaEnd, b);
+    }
+    const l2Bytes = 8 * this.l2Entries;
+    const buf = new Uint8Array(l2Bytes);
+    for (let i = 0; i < this.l1.length; i++) {
+      const off = this.l1[i]!;
+      if (off === 0) continue;
+      claim(off, off + l2Bytes, false, () => [`l1_table[${i}]`, this.g.l1Offset + 8 * i, off]);
+      await this.child.read(buf, off);
+      const t = decodeL2(buf, this.geometry, i, off);
+      for (let j = 0; j < this.l2Entries; j++) {
+        const c = t.off[j]!;
+        if (c === 0) continue;
+        const len = t.csize[j] || this.cs;
+        claim(c, c + len, t.csize[j]! > 0, () => [`l2_table[${i}][${j}]`, off + 8 * j, c]);
+      }
+    }
+  }
+
   // ---- L2 tables -------------------------------------------------------
 
   private async table(index: number): Promise<L2Table | undefined> {

@@ -38,7 +38,16 @@ export const qcow: FormatDriver = {
         }
         backing = await opts.openBacking({ name: g.backingName });
       }
-      return new QcowImage(child, g, l1, { writable: !!opts.writable, backing, path: opts.path });
+      const image = new QcowImage(child, g, l1, { writable: !!opts.writable, backing, path: opts.path });
+      if (opts.writable) {
+        try {
+          await image.verifyNoOverlaps();
+        } catch (e) {
+          await backing?.close();
+          throw e;
+        }
+      }
+      return image;
     } catch (e) {
       if (e instanceof ImageError && opts.path && !e.context.path) e.context.path = opts.path;
       throw e;
