@@ -93,7 +93,7 @@ DSC="$SRC/e2fsprogs_$E2FS_VERSION.dsc"
 # Add deb-src stanzas mirroring the deb stanzas of debian.sources (deb822),
 # then refresh only that list. Done once; returns 0 when it added the file.
 ensure_deb_src() {
-  if apt-cache showsrc "e2fsprogs=$E2FS_VERSION" 2>/dev/null | grep -qx "Version: $E2FS_VERSION"; then
+  if apt-cache showsrc e2fsprogs 2>/dev/null | grep -qx "Version: $E2FS_VERSION"; then
     return 0
   fi
   [[ $(id -u) -eq 0 ]] || die "no deb-src entry for e2fsprogs $E2FS_VERSION; as root, add one (see wasm/build.sh) or run this script as root"
@@ -135,7 +135,7 @@ ensure_deb_src() {
   say "added $SRC_LIST; refreshing its source index"
   apt-get update -o Dir::Etc::sourcelist="$SRC_LIST" -o Dir::Etc::sourceparts=- \
     -o APT::Get::List-Cleanup=0 >/dev/null
-  apt-cache showsrc "e2fsprogs=$E2FS_VERSION" 2>/dev/null | grep -qx "Version: $E2FS_VERSION" ||
+  apt-cache showsrc e2fsprogs 2>/dev/null | grep -qx "Version: $E2FS_VERSION" ||
     die "e2fsprogs $E2FS_VERSION is not in the configured Debian suites"
 }
 
