@@ -350,6 +350,84 @@ describe('writing into existing qcow2 images', () => {
     expectIdentical(img, raw);
   });
 
+  for (const [what, o, c] of [
+    ['a compressed image with 4k clusters', 'cluster_size=4k', true],
+    ['an extended-L2 image', 'extended_l2=on,cluster_size=32k', false],
+    ['a version 2 image with 512-byte clusters', 'compat=0.10,cluster_size=512', false],
+    ['an image with 2-bit refcounts', 'refcount_bits=2', false],
+  ] as Array<[string, string, boolean]>) {
+    it(`survives a few hundred random concurrent writes and zeroes into ${what}`, async () => {
+      const raw = sourceRaw();
+      const img = tmp.path(`rnd${n++}.qcow2`);
+      qemuImg(['convert', ...(c ? ['-c'] : []), '-f', 'raw', '-O', 'qcow2', '-o', o, raw, img]);
+      const opened = await openImage(img, { writable: true });
+      const fd = openSync(raw, 'r+');
+      let seed = 0x9e3779b9;
+      const rnd = (m: number) => {
+        seed ^= seed << 13;
+        seed >>>= 0;
+        seed ^= seed >>> 17;
+        seed ^= seed << 5;
+        seed >>>= 0;
+        return seed % m;
+      };
+      for (let batch = 0; batch < 60; batch++) {
+        // Four disjoint ranges at once: the image is split into four quarters.
+        const quarter = Math.floor(SIZE / 4);
+        const jobs: Promise<void>[] = [];
+        for (let q = 0; q < 4; q++) {
+          const len = 1 + rnd(rnd(2) ? 4096 : 200 * 1024);
+          const off = q * quarter + rnd(quarter - len);
+          if (rnd(4) === 0) {
+            writeSync(fd, new Uint8Array(len), 0, len, off);
+            jobs.push(opened.image.writeZeroes(off, len));
+          } else {
+            const d = rnd(5) === 0 ? new Uint8Array(len) : pattern(len, batch * 4 + q + 1);
+            writeSync(fd, d, 0, len, off);
+            jobs.push(opened.image.write(d, off));
+          }
+        }
+        await Promise.all(jobs);
+      }
+      closeSync(fd);
+      await opened.image.close();
+      expectCheckClean(img);
+      expectIdentical(img, raw);
+    });
+  }
+
+  it('keeps a -c image valid under random concurrent writes, partial and whole clusters, through the creating handle', async () => {
+    const img = tmp.path(`rc${n++}.qcow2`);
+    const raw = tmp.path(`rc${n++}.raw`);
+    patternedRaw(raw, SIZE, []);
+    const created = await createImage(img, 'qcow2', { size: SIZE, options: { cluster_size: '16k' }, compress: true });
+    const fd = openSync(raw, 'r+');
+    let seed = 12345;
+    const rnd = (m: number) => {
+      seed = (Math.imul(seed, 1103515245) + 12345) >>> 0;
+      return (seed >>> 8) % m;
+    };
+    for (let batch = 0; batch < 50; batch++) {
+      const quarter = Math.floor(SIZE / 4);
+      const jobs: Promise<void>[] = [];
+      for (let q = 0; q < 4; q++) {
+        const whole = rnd(2) === 0;
+        const len = whole ? 16384 * (1 + rnd(8)) : 1 + rnd(40000);
+        const off = whole ? Math.floor((q * quarter + rnd(quarter - len - 16384)) / 16384) * 16384 + (q === 0 ? 0 : 16384) : q * quarter + rnd(quarter - len);
+        const d = rnd(3) === 0 ? new Uint8Array(len).fill(0x61 + q) : pattern(len, batch * 4 + q + 1);
+        writeSync(fd, d, 0, len, off);
+        jobs.push(created.image.write(d, off));
+      }
+      await Promise.all(jobs);
+    }
+    closeSync(fd);
+    await created.image.close();
+    await created.output.commit();
+    expectCheckClean(img);
+    expectIdentical(img, raw);
+    expect(qemuCheck(img, 'qcow2').json!['compressed-clusters']).toBeGreaterThan(0);
+  });
+
   it('creates through createImage and leaves no temporary file on success', async () => {
     const img = tmp.path(`ci${n++}.qcow2`);
     const created = await createImage(img, 'qcow2', { size: 1 << 20, options: {} });
