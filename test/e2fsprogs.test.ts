@@ -81,6 +81,14 @@ class Probe implements BlockDevice {
   }
 }
 
+/** dumpe2fs of an image without the fields that hold the time of the last write or check. */
+function dumpe2fsSansTimes(img: string): string {
+  return must('dumpe2fs', [img])
+    .split('\n')
+    .filter((l) => !/^(Last mount time|Last write time|Last checked|Lifetime writes|Checksum|Filesystem created|Next check after):/.test(l))
+    .join('\n');
+}
+
 async function onFile<T>(path: string, writable: boolean, fn: (dev: FileDevice) => Promise<T>): Promise<T> {
   const dev = await FileDevice.open(path, { writable });
   try {
@@ -148,8 +156,9 @@ describe('e2fsck agrees with the host e2fsck', () => {
         expect(my.stdout[0]).toBe(my.stdout[1]);
         expect(my.stderr[0]).toBe(my.stderr[1]);
         expect(hostFsck(ours, '-fn').status).toBe(0);
-        // Where the host's -fy leaves the file alone, ours does too (ext4's -fy rewrites the superblock in both).
-        expect(sha256File(ours) === before).toBe(sha256File(theirs) === before);
+        // Both repairs leave the same filesystem: dumpe2fs (every group's bitmaps, free counts,
+        // flags and checksums) agrees apart from the superblock's clock fields.
+        expect(dumpe2fsSansTimes(ours)).toBe(dumpe2fsSansTimes(theirs));
       });
     }
   }

@@ -533,10 +533,10 @@ export async function resize2fs(dev: BlockDevice, opts: { size?: number; force?:
       throw new ImageError('usage', `resize2fs: requested size ${opts.size} is larger than the device (${dev.size} bytes)`, { value: opts.size });
     }
   }
-  if (oldSize > dev.size) {
+  if (oldSize > dev.size && opts.size === undefined) {
     throw new ImageError(
       'corrupt',
-      `the filesystem claims ${oldSize} bytes but its device holds only ${dev.size}: resize it with an explicit size no larger than the device`,
+      `the filesystem claims ${oldSize} bytes but its device holds only ${dev.size}: give resize2fs an explicit size no larger than the device (it must be able to read what it moves)`,
       { field: 's_blocks_count', offset: SB_OFFSET + 4, value: oldSize },
     );
   }
