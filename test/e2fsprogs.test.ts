@@ -442,6 +442,13 @@ describe('mke2fs', () => {
     }
   });
 
+  it('reports a device too small for a filesystem as a usage ImageError with mke2fs\'s reason', async () => {
+    const err = await mke2fs(new MemoryDevice(16 << 10)).catch((e) => e);
+    expect(err).toBeInstanceOf(ImageError);
+    expect(err.kind).toBe('usage');
+    expect(err.message).toMatch(/^mke2fs failed \(exit 1\): mke2fs: inode_size \(256\) \* inodes_count \(0\) too big/);
+  });
+
   it('fills the given size only, on any device (here memory)', async () => {
     const dev = new MemoryDevice(32 << 20);
     const r = await mke2fs(dev, { type: 'ext4', size: 20 << 20, blockSize: 4096 });

@@ -315,7 +315,7 @@ export function toolWorkerMain(wt: typeof WorkerThreads, nodeWasi: typeof NodeWa
     const wantWrite = (BigInt(rightsBase) & RIGHT_FD_WRITE) !== 0n || (oflags & OFLAGS.TRUNC) !== 0;
     trace?.(`path_open ${JSON.stringify(path)} oflags=${oflags} write=${wantWrite} -> ${k ?? 'ENOENT'}`);
     if (k === undefined) return oflags & OFLAGS.CREAT ? E.ACCES : E.NOENT;
-    if (k === 'dir') return E.ISDIR; // nothing lists or opens directories here
+    if (k === 'dir') return oflags & OFLAGS.DIRECTORY ? E.ACCES : E.ISDIR; // no directory may be listed
     if (oflags & OFLAGS.DIRECTORY) return E.NOTDIR;
     if (oflags & OFLAGS.CREAT && oflags & OFLAGS.EXCL) return E.EXIST;
     if (k === 'disk' && wantWrite && !wd.writable) return E.ROFS;

@@ -585,7 +585,9 @@ export async function mke2fs(dev: BlockDevice, opts: Mke2fsOptions = {}): Promis
   const r = await runTool('mke2fs', dev, (p) => [...args, p, ...sizeArg], { ...opts, writable: true });
   if (isOutOfMemory(r.exitCode, r.output)) throw memoryError('mke2fs', 'malloc failed', r.output);
   if (r.exitCode !== 0) {
-    throw new ImageError('io', `mke2fs failed (exit ${r.exitCode}): ${r.output.trim().split('\n').slice(-3).join(' / ')}`);
+    // mke2fs exits 1 for everything; bad options and impossible geometries are the caller's.
+    const usage = /Usage:|[Ii]nvalid|too small|too big|too large|not supported|must be/.test(r.output);
+    throw new ImageError(usage ? 'usage' : 'io', `mke2fs failed (exit ${r.exitCode}): ${r.output.trim().split('\n').slice(-3).join(' / ')}`);
   }
   return { exitCode: r.exitCode, output: r.output, size: (await fsSize(dev)) ?? 0, uuid: uuid.toLowerCase() };
 }
