@@ -91,6 +91,27 @@ describe('imgtool fsck', () => {
     expect(sha256Range(after, p1.start + p1.size, tail)).toBe(sha256Range(disk.path, p1.start + p1.size, tail));
   });
 
+  it('repairs the filesystem in partition 2 of a GPT disk in VDI', () => {
+    const fsImg = mkfs(t.path('g-fs.img'), KINDS[1]!, 16, tree);
+    damage(fsImg, 'dir-block');
+    const hostY = hostFsck(copy(fsImg, t.path('g-fs-host.img')), '-fy');
+    const raw = t.path('g.raw');
+    must('truncate', ['-s', '40M', raw]);
+    must('sfdisk', ['--no-reread', '--no-tell-kernel', raw], { input: 'label: gpt\nstart=2048, size=16384, type=L\nstart=18432, size=32768, type=L\n' });
+    implant(fsImg, raw, 18432 * 512);
+    const vdi = t.path('g.vdi');
+    must('qemu-img', ['convert', '-f', 'raw', '-O', 'vdi', raw, vdi]);
+    const r = imgtool(['fsck', '-y', '--partition', '2', vdi]);
+    expect(r.status).toBe(hostY.status);
+    expect(r.stdout).toMatch(/\/dev\/g\.vdi-p2: \*\*\*\*\* FILE SYSTEM WAS MODIFIED \*\*\*\*\*/);
+    expect(qemuCheck(vdi, 'vdi').status).toBe(0);
+    const after = t.path('g-after.raw');
+    must('qemu-img', ['convert', '-f', 'vdi', '-O', 'raw', vdi, after]);
+    expect(hostFsck(extract(after, 18432 * 512, 16 << 20, t.path('g-p2.img')), '-fn').status).toBe(0);
+    expect(sha256Range(after, 0, 18432 * 512)).toBe(sha256Range(raw, 0, 18432 * 512));
+    expect(sha256Range(after, (18432 + 32768) * 512, (40 << 20) - (18432 + 32768) * 512)).toBe(sha256Range(raw, (18432 + 32768) * 512, (40 << 20) - (18432 + 32768) * 512));
+  });
+
   it('maps its own errors onto e2fsck exit codes: 8 for an image that is not ext, 16 for bad usage', () => {
     const junk = t.path('junk.img');
     must('truncate', ['-s', '4M', junk]);
