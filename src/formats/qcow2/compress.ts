@@ -34,7 +34,8 @@ export function inflateCluster(src: Uint8Array, clusterSize: number, hostOffset:
   return new Promise((resolve, reject) => {
     zlib.inflateRaw(
       src,
-      { maxOutputLength: clusterSize, finishFlush: zlib.constants.Z_SYNC_FLUSH },
+      // One output chunk of a whole cluster: one pass through the thread pool.
+      { maxOutputLength: clusterSize, finishFlush: zlib.constants.Z_SYNC_FLUSH, chunkSize: Math.max(1024, clusterSize) },
       (err, out) => {
         if (err) return reject(corrupt(`deflate data is invalid (${err.message})`, hostOffset, err));
         if (out.length !== clusterSize) {

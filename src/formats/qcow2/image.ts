@@ -308,6 +308,7 @@ export class Qcow2Image implements Image {
 
   private async readGuest(buf: Uint8Array, offset: number): Promise<void> {
     const tasks: Promise<void>[] = [];
+    const comp: Array<{ dst: Uint8Array; within: number; off: number; len: number }> = [];
     await this.walk(offset, buf.length, (kind, g, len, host, hi, lo) => {
       const dst = buf.subarray(g - offset, g - offset + len);
       if (kind === K_DATA) tasks.push(this.readHost(this.data, dst, host));
@@ -316,11 +317,48 @@ export class Qcow2Image implements Image {
         if (this.backing) tasks.push(this.readHost(this.backing, dst, g));
         else dst.fill(0);
       } else {
-        const within = g % this.cs;
-        tasks.push(this.readCompressed(hi, lo).then((c) => dst.set(c.subarray(within, within + len))));
+        const d = compressedDesc(hi, lo, this.clusterBits);
+        comp.push({ dst, within: g % this.cs, off: d.offset, len: Math.min(d.length, this.child.size - d.offset) });
       }
       return true;
     });
+    // Compressed clusters usually sit back to back: read neighbours in one
+    // request (up to 4 MiB), then decompress them in parallel.
+    for (let i = 0; i < comp.length; ) {
+      const first = comp[i]!;
+      let lo = first.off;
+      let hi = first.off + first.len;
+      let j = i + 1;
+      while (j < comp.length) {
+        const c = comp[j]!;
+        const nlo = Math.min(lo, c.off);
+        const nhi = Math.max(hi, c.off + c.len);
+        if (c.off > hi + 4096 || c.off + c.len < lo - 4096 || nhi - nlo > 4 << 20) break;
+        lo = nlo;
+        hi = nhi;
+        j++;
+      }
+      const group = comp.slice(i, j);
+      i = j;
+      if (group.length === 1) {
+        const c = group[0]!;
+        tasks.push(this.readCompressed(c.off, c.len).then((out) => c.dst.set(out.subarray(c.within, c.within + c.dst.length))));
+        continue;
+      }
+      tasks.push(
+        (async () => {
+          const span = new Uint8Array(hi - lo);
+          await this.child.read(span, lo);
+          await Promise.all(
+            group.map((c) =>
+              this.readCompressed(c.off, c.len, span.subarray(c.off - lo, c.off - lo + c.len)).then((out) =>
+                c.dst.set(out.subarray(c.within, c.within + c.dst.length)),
+              ),
+            ),
+          );
+        })(),
+      );
+    }
     await Promise.all(tasks);
   }
 
@@ -331,17 +369,17 @@ export class Qcow2Image implements Image {
     if (avail < dst.length) dst.fill(0, avail);
   }
 
-  private async readCompressed(hi: number, lo: number): Promise<Uint8Array> {
-    const d = compressedDesc(hi, lo, this.clusterBits);
-    const cached = this.compCache.get(d.offset);
+  /** One decompressed cluster from `len` bytes at host `off` (already read into `src` when given). */
+  private async readCompressed(off: number, len: number, src?: Uint8Array): Promise<Uint8Array> {
+    const cached = this.compCache.get(off);
     if (cached) return cached;
-    const len = Math.min(d.length, this.child.size - d.offset);
-    const src = new Uint8Array(len);
-    await this.child.read(src, d.offset);
-    const out =
-      this.h.compressionType === 1 ? zstdCluster(src, this.cs, d.offset) : await inflateCluster(src, this.cs, d.offset);
+    if (!src) {
+      src = new Uint8Array(len);
+      await this.child.read(src, off);
+    }
+    const out = this.h.compressionType === 1 ? zstdCluster(src, this.cs, off) : await inflateCluster(src, this.cs, off);
     if (this.compCache.size >= 8) this.compCache.delete(this.compCache.keys().next().value!);
-    this.compCache.set(d.offset, out);
+    this.compCache.set(off, out);
     return out;
   }
 
