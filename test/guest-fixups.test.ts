@@ -369,6 +369,30 @@ describe('fixGuest on a filesystem', () => {
     expect((await fix(suse, { dryRun: true })).warnings.join()).toMatch(/INITRD_MODULES in \/etc\/sysconfig\/kernel/);
   });
 
+  it('leaves odd files alone with a warning: an inittab that is a directory, a huge boot config, a kernel config that is a directory', async () => {
+    const base: Record<string, unknown> = { ...XEN_GUEST };
+    delete base['etc/inittab'];
+    delete base['boot/config-5.10.0-1-amd64'];
+    const img = makeFs(
+      {
+        ...(base as typeof XEN_GUEST),
+        'etc/inittab/oops': 'x',
+        'boot/grub/grub.conf': 'x'.repeat(5 << 20),
+        'boot/config-5.10.0-1-amd64/oops': 'x',
+        'boot/initrd.img-5.10.0-1-amd64': gzipSync(cpio([...VIRTIO])),
+      },
+      '32M',
+    );
+    const r = await fix(img, { rootUuid: ROOT_UUID, swapUuid: SWAP_UUID });
+    expect(r.isGuest).toBe(true);
+    expect(r.warnings.join('\n')).toMatch(/\/etc\/inittab left unchanged: \/etc\/inittab in the guest is not a regular file/);
+    expect(r.warnings.join('\n')).toMatch(/\/boot\/grub\/grub\.conf left unchanged: .* is 5242880 bytes, more than the 4194304 imgtool reads/);
+    expect(r.kernels[0]!.notes!.join()).toMatch(/\/boot\/config-5\.10\.0-1-amd64 ignored: .*not a regular file/);
+    expect(r.kernels[0]!.hasVirtio).toBe(true);
+    expect(debugfsCat(img, '/etc/fstab')).toContain(`UUID=${ROOT_UUID}`);
+    fsckClean(img);
+  });
+
   it('refuses a device that holds no ext filesystem, naming the magic field', async () => {
     const dev = new MemoryDevice(4 << 20);
     const e = await fixGuest(dev, { rootDevice: '/dev/vda1' }).catch((x) => x);

@@ -159,19 +159,23 @@ async function inspectKernel(fsys: ExtFs, version: string, kernelPath: string): 
   }
 
   // Which of the virtio drivers are built in?
-  let config: Map<string, string> | undefined;
-  try {
-    config = parseConfig((await readGuestFile(fsys, `/boot/config-${version}`, 16 << 20)).toString('utf8'));
-  } catch (e) {
-    if (!isFsError(e, 'ENOENT')) throw e;
-  }
-  let builtin = new Set<string>();
-  try {
-    const text = (await readGuestFile(fsys, `/lib/modules/${version}/modules.builtin`, 16 << 20)).toString('utf8');
-    builtin = modulesIn(text.split('\n'));
-  } catch (e) {
-    if (!isFsError(e, 'ENOENT') && !isFsError(e, 'ENOTDIR')) throw e;
-  }
+  // A missing, odd (a directory, huge) or unreadable file only means we know less.
+  const optional = async (p: string): Promise<string | undefined> => {
+    try {
+      return (await readGuestFile(fsys, p, 16 << 20)).toString('utf8');
+    } catch (e) {
+      if (isFsError(e, 'ENOENT') || isFsError(e, 'ENOTDIR')) return undefined;
+      if (e instanceof ImageError && e.kind === 'unsupported') {
+        info.notes!.push(`${p} ignored: ${e.message}`);
+        return undefined;
+      }
+      throw e;
+    }
+  };
+  const configText = await optional(`/boot/config-${version}`);
+  const config = configText === undefined ? undefined : parseConfig(configText);
+  const builtinText = await optional(`/lib/modules/${version}/modules.builtin`);
+  const builtin = builtinText === undefined ? new Set<string>() : modulesIn(builtinText.split('\n'));
   const missingFromKernel: string[] = [];
   const needed: string[] = [];
   for (const [mod, opt] of VIRTIO_NEEDED) {

@@ -68,7 +68,10 @@ type Change =
 /** Reads through the planned changes, so later steps see earlier ones. */
 class Plan {
   changes: Change[] = [];
-  constructor(readonly fsys: ExtFs) {}
+  constructor(
+    readonly fsys: ExtFs,
+    private readonly warnings: string[],
+  ) {}
 
   private pending(path: string): Change | undefined {
     for (let i = this.changes.length - 1; i >= 0; i--) if (this.changes[i]!.path === path) return this.changes[i];
@@ -141,6 +144,11 @@ class Plan {
       return (await readGuestFile(this.fsys, path, MAX_CONFIG)).toString('latin1');
     } catch (e) {
       if (isFsError(e, 'ENOENT') || isFsError(e, 'ENOTDIR')) return null;
+      // Not a regular file, or far too large for a config file: leave it alone, say so.
+      if (e instanceof ImageError && e.kind === 'unsupported') {
+        this.warnings.push(`${path} left unchanged: ${e.message}`);
+        return null;
+      }
       throw e;
     }
   }
@@ -532,7 +540,7 @@ export async function fixGuest(fsDev: BlockDevice, opts: GuestFixOptions): Promi
   const planned = await withExtFs(
     fsDev,
     async (fsys) => {
-      const plan = new Plan(fsys);
+      const plan = new Plan(fsys, warnings);
       const kernels = await kernelsIn(fsys);
       const fstabPath = await plan.resolve('/etc/fstab');
       const fstab = await plan.read(fstabPath);
