@@ -228,7 +228,8 @@ async function main(): Promise<void> {
     add(convertRow('convert qcow2 → vdi', inp, runs, inp.sparseQcow2, 'vdi', [], '≤ 1.0'));
     fs.rmSync(sparseVdi, { force: true });
     const { wrapRows } = await import('./wrap.js');
-    for (const extra of [wrapRows, ...BENCH_ROWS]) for (const r of await extra(inp, runs)) add(r);
+    const { fsckBenchRows } = await import('./fsck.js');
+    for (const extra of [wrapRows, fsckBenchRows, ...BENCH_ROWS]) for (const r of await extra(inp, runs)) add(r);
     process.stdout.write(`\n${table(rows)}\n\nMachine: ${os.cpus().length} cores, ${(os.totalmem() / 2 ** 30).toFixed(0)} GiB, inputs on ${w.tmpfs ? 'tmpfs' : 'disk'}, ${runs} pairs per row (medians; ratio = median of per-pair ratios).\n`);
   } finally {
     w.cleanup();
