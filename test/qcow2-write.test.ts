@@ -5,7 +5,8 @@
  * should hold.
  */
 import { afterAll, describe, expect, it } from 'vitest';
-import { closeSync, openSync, readSync, writeSync, statSync } from 'node:fs';
+import { closeSync, createWriteStream, openSync, readSync, writeSync, statSync } from 'node:fs';
+import { writeToStdout } from '../src/convert/stream.js';
 import { createImage, openImage } from '../src/formats/index.js';
 import { convertImage } from '../src/convert/image.js';
 import { ImageError } from '../src/core/errors.js';
@@ -112,6 +113,36 @@ describe('qcow2 images we create', () => {
       expectIdentical(img, raw);
       expect(statSync(img).size).toBeLessThanOrEqual(4 * 65536);
     }
+  });
+
+  for (const [what, options] of [
+    ['default options', {}],
+    ['compat=0.10 and 512-byte clusters', { compat: '0.10', cluster_size: '512' }],
+    ['extended_l2=on and 1-bit refcounts', { extended_l2: 'on', refcount_bits: '1' }],
+  ] as Array<[string, Record<string, string>]>) {
+    it(`streams an image with ${what} front to back (a pipe) that qemu-img checks clean`, async () => {
+      const raw = sourceRaw();
+      const img = tmp.path(`st${n++}.qcow2`);
+      const src = await openImage(raw);
+      const out = createWriteStream(img);
+      try {
+        await writeToStdout(src.image, qcow2, { size: src.image.size, options }, out);
+      } finally {
+        await new Promise<void>((r) => out.end(r));
+        await src.image.close();
+      }
+      expectCheckClean(img);
+      expectIdentical(img, raw);
+    });
+  }
+
+  it('refuses to stream a compressed image', async () => {
+    const raw = sourceRaw();
+    const src = await openImage(raw);
+    const gen = qcow2.stream!(src.image, { size: src.image.size, options: {}, compress: true });
+    const e = await gen[Symbol.asyncIterator]().next().catch((x: unknown) => x);
+    await src.image.close();
+    expect((e as ImageError).kind).toBe('unsupported');
   });
 
   it('does not allocate clusters for zeros written to a fresh image', async () => {

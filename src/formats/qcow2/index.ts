@@ -14,12 +14,14 @@
  *   cache.ts     bounded LRU of metadata tables
  *   image.ts     the Image: validation at open, read, status, write
  *   create.ts    layout of a new image
+ *   stream.ts    a whole image front to back, for pipes
  */
 
 import type { FormatDriver } from '../types.js';
 import { probeQcow2 } from './header.js';
 import { openQcow2 } from './image.js';
 import { createQcow2, CREATE_OPTIONS } from './create.js';
+import { qcow2Stream } from './stream.js';
 
 export { Qcow2Image, openQcow2 } from './image.js';
 export { createQcow2, parseCreateOptions } from './create.js';
@@ -32,5 +34,6 @@ export const qcow2: FormatDriver = {
   probe: probeQcow2,
   open: (child, opts) => openQcow2(child, opts),
   create: createQcow2,
+  stream: qcow2Stream,
   createOptions: CREATE_OPTIONS,
 };
