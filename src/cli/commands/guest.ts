@@ -30,7 +30,7 @@ function partitionNumber(args: Parameters<CommandSpec['run']>[0], name: string):
 export const guestFixCommand: CommandSpec = {
   name: 'guest fix',
   summary: "make a partitioned Xen guest disk boot under KVM: fstab, consoles, boot configs, GRUB or direct boot",
-  usage: 'guest fix [-f FMT] [--partition N] [--swap-partition N] [--boot MODE] [--dry-run] [--output json] IMG',
+  usage: 'guest fix [-f FMT] [--partition N] [--swap-partition N] [--boot MODE] [--dry-run] [--force] [--output json] IMG',
   positionals: { min: 1, max: 1 },
   options: [
     FORMAT_OPTION,
@@ -38,7 +38,7 @@ export const guestFixCommand: CommandSpec = {
     { name: 'swap-partition', type: 'string', valueName: 'N', description: 'swap partition for /etc/fstab (default: the only swap partition, if there is one)' },
     { name: 'boot', type: 'string', valueName: 'MODE', description: "auto, grub, direct or none (auto: GRUB when the MBR holds no boot code yet, else nothing)", default: 'auto' },
     { name: 'dry-run', short: 'n', type: 'boolean', description: 'print the changes as a unified diff; change nothing' },
-    FORCE_OPTION,
+    { ...FORCE_OPTION, description: 'with --boot direct: overwrite an existing IMG.vmlinuz / IMG.initrd' },
     OUTPUT_OPTION,
   ],
   details: `The root filesystem is changed in place (the image is opened writable unless --dry-run):
