@@ -180,6 +180,35 @@ describe('qcow2 backing files, data files and snapshots', () => {
     expect(info['backing-filename-format']).toBe('qcow2');
   });
 
+  it('reports the backing image status where this layer has nothing', async () => {
+    const base = tmp.path(`sb${n++}.qcow2`);
+    const top = tmp.path(`st${n++}.qcow2`);
+    qemuImg(['create', '-q', '-f', 'qcow2', base, '4M']);
+    qemuIo(base, ['write -P 1 1M 64k', 'write -z 2M 64k']);
+    qemuImg(['create', '-q', '-f', 'qcow2', '-b', base, '-F', 'qcow2', top, '5M']);
+    qemuIo(top, ['write -P 2 0 64k']);
+    const opened = await openImage(top, { backing: true });
+    const runs: Array<[number, number, string]> = [];
+    for (let pos = 0; pos < opened.image.size; ) {
+      const e = await opened.image.status(pos, opened.image.size - pos);
+      const last = runs[runs.length - 1];
+      if (last && last[2] === e.kind && last[0] + last[1] === e.offset) last[1] += e.length;
+      else runs.push([e.offset, e.length, e.kind]);
+      pos += e.length;
+    }
+    await opened.image.close();
+    const M = 1024 * 1024;
+    const K = 1024;
+    expect(runs).toEqual([
+      [0, 64 * K, 'data'],
+      [64 * K, M - 64 * K, 'unallocated'],
+      [M, 64 * K, 'data'],
+      [M + 64 * K, M - 64 * K, 'unallocated'],
+      [2 * M, 64 * K, 'zero'],
+      [2 * M + 64 * K, 3 * M - 64 * K, 'unallocated'],
+    ]);
+  });
+
   it('reports the backing file and its format for a version 2 image', async () => {
     const base = tmp.path(`v2b${n++}.raw`);
     const top = tmp.path(`v2t${n++}.qcow2`);
