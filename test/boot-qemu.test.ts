@@ -9,7 +9,7 @@
  * The timeouts are hang guards (qemu is killed), not timing assertions.
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { spawn, spawnSync } from 'node:child_process';
+import { spawnSync } from 'node:child_process';
 import { existsSync, readFileSync, writeFileSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import { FileDevice } from '../src/core/file.js';
@@ -19,6 +19,7 @@ import { installGrub, kernelCmdline, pickBootKernel } from '../src/guest/boot.js
 import { withExtFs } from '../src/fs/ext.js';
 import { must, peer, run, sha256File, tempDir } from './helpers/peers.js';
 import { runCli } from './partition-helpers.js';
+import { boot, section, expectFixedGuest } from './helpers/qemu.js';
 
 const t = tempDir('imgtool-bootq-');
 afterAll(() => t.cleanup());
@@ -53,63 +54,6 @@ function makeDisk(): { disk: string; fsUuid: string; swapUuid: string } {
   const fsUuid = must('blkid', ['-p', '-o', 'value', '-s', 'UUID', '-O', String(MIB), disk]).trim();
   const swapUuid = must('blkid', ['-o', 'value', '-s', 'UUID', swap]).trim();
   return { disk, fsUuid, swapUuid };
-}
-
-/** Boot qemu (TCG, virtio disk, serial on stdout); resolves with the serial output once the guest powered off. */
-function boot(args: string[], timeoutMs = 150_000): Promise<string> {
-  return new Promise((resolve, reject) => {
-    const q = spawn(
-      peer('qemu-system-x86_64'),
-      ['-accel', 'tcg', '-m', '512', '-nographic', '-serial', 'stdio', '-monitor', 'none', '-no-reboot', '-nic', 'none', ...args],
-      { stdio: ['ignore', 'pipe', 'pipe'] },
-    );
-    let out = '';
-    q.stdout.on('data', (d) => (out += String(d)));
-    q.stderr.on('data', (d) => (out += String(d)));
-    const timer = setTimeout(() => {
-      q.kill('SIGKILL');
-      reject(new Error(`qemu did not finish within ${timeoutMs / 1000} s (hang); serial output:\n${out.slice(-3000)}`));
-    }, timeoutMs);
-    q.on('error', (e) => {
-      clearTimeout(timer);
-      reject(e);
-    });
-    q.on('exit', () => {
-      clearTimeout(timer);
-      resolve(out.replace(/\r/g, ''));
-    });
-  });
-}
-
-/** The text the guest's init printed between `--- NAME` and the next `---` line. */
-function section(out: string, name: string): string {
-  const start = out.indexOf(`--- ${name}\n`);
-  if (start < 0) throw new Error(`no '--- ${name}' section in the serial output:\n${out.slice(-3000)}`);
-  const rest = out.slice(start + name.length + 5);
-  const end = rest.search(/^(---|IMGTOOL-END)/m);
-  return end < 0 ? rest : rest.slice(0, end);
-}
-
-function expectFixedGuest(out: string, fsUuid: string, swapUuid: string): void {
-  expect(out, out.slice(-3000)).toContain('IMGTOOL-BOOT-OK');
-  expect(out).toContain('IMGTOOL-END');
-  expect(section(out, 'cmdline')).toMatch(new RegExp(`root=UUID=${fsUuid} ro (\\S+ )*console=tty0 console=ttyS0,115200\\s*$`));
-  expect(section(out, 'root')).toMatch(/^\/dev\/vda1 \/ ext4/);
-  const fstab = section(out, '/etc/fstab');
-  expect(fstab).toContain(`UUID=${fsUuid}\t/\text4`);
-  expect(fstab).toContain(`UUID=${swapUuid}\tnone\tswap`);
-  expect(fstab).not.toContain('xvd');
-  const inittab = section(out, '/etc/inittab');
-  expect(inittab).toContain('co:2345:respawn:/sbin/getty 115200 ttyS0');
-  expect(inittab).toContain('1:2345:respawn:/sbin/getty 38400 tty1');
-  expect(inittab).not.toMatch(/xvc0|hvc0/);
-  expect(section(out, '/etc/securetty')).toMatch(/^ttyS0$/m);
-  const wants = section(out, 'getty.target.wants');
-  expect(wants).toContain('serial-getty@ttyS0.service -> /lib/systemd/system/serial-getty@.service');
-  expect(wants).toContain('getty@tty1.service -> /lib/systemd/system/getty@.service');
-  expect(wants).not.toContain('hvc0');
-  // The swap line in the fixed fstab works: the init's `swapon -a` found the partition by UUID.
-  expect(section(out, 'swap')).toMatch(/^\/dev\/vda2\s+partition/m);
 }
 
 describe('booting a wrapped Xen guest under KVM (qemu, TCG)', () => {

@@ -6,6 +6,7 @@
  */
 
 import type { BlockDevice } from '../core/device.js';
+import { ImageError } from '../core/errors.js';
 import { fixGuest, type GuestFixReport } from './fixups.js';
 import {
   type BootMode,
@@ -21,6 +22,12 @@ import {
 export interface PrepareGuestOptions {
   /** The root filesystem (a window of `disk`). */
   fsDev: BlockDevice;
+  /**
+   * Why GRUB cannot boot this disk, if it cannot (filesystem features GRUB
+   * 2.06 cannot read, a GPT disk, a logical partition): auto then uses direct
+   * boot, an explicit grub is an error naming the reason.
+   */
+  grubBlocked?: string;
   /** Byte offset and MBR number of the root partition. */
   rootStart: number;
   rootNumber: number;
@@ -58,11 +65,18 @@ export async function prepareGuest(disk: BlockDevice, opts: PrepareGuestOptions)
     }
     return { fixes, mode: 'none', warnings };
   }
-  const resolved = resolveBootMode(opts.boot, fixes.kernels, !!findGrub());
-  warnings.push(...resolved.warnings);
+  const grubHost = !!findGrub();
+  const resolved = resolveBootMode(opts.boot, fixes.kernels, grubHost && !opts.grubBlocked);
+  if (opts.boot === 'auto' && grubHost && opts.grubBlocked && resolved.mode === 'direct') {
+    warnings.push(`${opts.grubBlocked}: using direct kernel boot`);
+  } else warnings.push(...resolved.warnings);
+  if (resolved.mode === 'grub' && opts.grubBlocked) {
+    throw new ImageError('unsupported', `--boot grub: ${opts.grubBlocked}`, { value: opts.grubBlocked });
+  }
   const kernel = pickBootKernel(fixes.kernels);
   if (resolved.mode === 'none' || !kernel) return { fixes, mode: 'none', warnings };
-  const cmdline = kernelCmdline({ root: opts.rootUuid ? `UUID=${opts.rootUuid}` : `/dev/vda${opts.rootNumber}` });
+  // The guest's own arguments for this kernel survive (minus Xen-only consoles).
+  const cmdline = kernelCmdline({ root: opts.rootUuid ? `UUID=${opts.rootUuid}` : `/dev/vda${opts.rootNumber}`, extra: kernel.args });
   const out: PreparedGuest = { fixes, mode: resolved.mode, kernel, cmdline, warnings };
   if (opts.dryRun) return out;
   if (resolved.mode === 'grub') {

@@ -165,7 +165,7 @@ export async function wrapImage(src: OpenedImage, opts: WrapOptions): Promise<Wr
   }
   const unreadable = sb.features.filter((f) => GRUB_UNREADABLE.includes(f));
   if (unreadable.length) {
-    warnings.push(`the filesystem has ${unreadable.join(', ')}: GRUB 2.06 cannot read it; boot it with --boot direct or disable the feature(s)`);
+    warnings.push(`the filesystem has ${unreadable.join(', ')}: GRUB 2.06 cannot read it; it needs direct kernel boot, or the feature(s) disabled`);
   }
   if (sb.features.includes('needs_recovery')) warnings.push('the filesystem journal needs recovery (the guest was not shut down cleanly): e2fsck replays it in the output');
 
@@ -241,6 +241,7 @@ export async function wrapImage(src: OpenedImage, opts: WrapOptions): Promise<Wr
       swapUuid,
       swapNumber: swapPart?.number,
       boot: opts.guest.boot,
+      grubBlocked: unreadable.length ? `GRUB 2.06 cannot read a filesystem with ${unreadable.join(', ')}` : undefined,
     });
     warnings.push(...guest.warnings);
     log(`guest: ${guest.fixes.changes.length} file(s) changed, boot ${guest.mode}`);

@@ -1,21 +1,12 @@
 import * as fs from 'node:fs';
 import { type CommandSpec, OUTPUT_OPTION, flag, printJson, str, wantsJson } from '../command.js';
 import { FORCE_OPTION, FORMAT_OPTION, openFromArgs } from '../common.js';
-import { ImageError } from '../../core/errors.js';
+import { ImageError, ioError } from '../../core/errors.js';
 import { SliceDevice } from '../../core/slice.js';
 import { inspectDisk, type PartitionInfo } from '../../partition/inspect.js';
 import { GRUB_UNREADABLE } from '../../fs/ext-superblock.js';
-import { fixGuest } from '../../guest/fixups.js';
-import {
-  type BootMode,
-  directBootInstructions,
-  extractKernel,
-  findGrub,
-  installGrub,
-  kernelCmdline,
-  pickBootKernel,
-  resolveBootMode,
-} from '../../guest/boot.js';
+import { prepareGuest } from '../../guest/prepare.js';
+import { type BootMode, directBootInstructions } from '../../guest/boot.js';
 
 const BOOT_MODES = ['auto', 'grub', 'direct', 'none'];
 
@@ -103,67 +94,56 @@ Exit codes: 0 done; 1 not a guest (no /etc/fstab or kernel: nothing changed); 2 
       }
       const fsDev = new SliceDevice(image, root.start, root.size);
       const rootUuid = root.content.uuid;
-      const report = await fixGuest(fsDev, {
-        rootDevice: `/dev/vda${partNo}`,
+      const warnings = [...disk.warnings];
+      // An MBR that already boots something is left alone unless GRUB is asked for.
+      const mbr = new Uint8Array(440);
+      await image.read(mbr, 0);
+      let requested = boot;
+      if (boot === 'auto' && mbr.some((b) => b !== 0)) {
+        warnings.push('the MBR already holds boot code: left alone (pass --boot grub to replace it with GRUB)');
+        requested = 'none';
+      }
+      const unreadable = (root.content.features ?? []).filter((f) => GRUB_UNREADABLE.includes(f));
+      const grubBlocked =
+        disk.scheme !== 'mbr' || root.kind !== 'primary'
+          ? `GRUB is installed for a primary partition of an MBR disk; partition ${partNo} is ${disk.scheme === 'mbr' ? root.kind : 'on a GPT disk'}`
+          : unreadable.length
+            ? `GRUB 2.06 cannot read a filesystem with ${unreadable.join(', ')}`
+            : undefined;
+      const prep = await prepareGuest(image, {
+        fsDev,
+        rootStart: root.start,
+        rootNumber: partNo,
         rootUuid,
         swapUuid: swap?.content.uuid,
-        swapDevice: swap ? `/dev/vda${swap.number}` : undefined,
+        swapNumber: swap?.number,
+        boot: requested,
         dryRun,
+        grubBlocked,
       });
-      const warnings = [...disk.warnings, ...report.warnings];
-
-      // Boot.
-      let bootResult: Record<string, unknown> = { mode: 'none' };
-      if (report.isGuest) {
-        const grubHost = findGrub();
-        const mbr = new Uint8Array(440);
-        await image.read(mbr, 0);
-        const hasBootCode = mbr.some((b) => b !== 0);
-        let requested = boot;
-        if (boot === 'auto' && hasBootCode) {
-          warnings.push("the MBR already holds boot code: left alone (pass --boot grub to replace it with GRUB)");
-          requested = 'none';
+      const report = prep.fixes;
+      warnings.push(...prep.warnings);
+      let bootResult: Record<string, unknown> = { mode: prep.mode };
+      if (prep.kernel) bootResult = { ...bootResult, kernel: prep.kernel.kernel, initrd: prep.kernel.initrd, cmdline: prep.cmdline };
+      if (prep.coreSize !== undefined) bootResult['core-size'] = prep.coreSize;
+      if (prep.mode === 'direct' && prep.kernel && prep.cmdline) {
+        const kernelPath = `${path}.vmlinuz`;
+        const initrdPath = prep.kernel.initrd ? `${path}.initrd` : undefined;
+        const { qemuArgs, libvirtOs } = directBootInstructions({ disk: path, format: opened.driver.name, kernelPath, initrdPath, cmdline: prep.cmdline });
+        if (prep.files) {
+          const flags = flag(args, 'force') ? 'w' : 'wx';
+          const write = (p: string, data: Uint8Array) => {
+            try {
+              fs.writeFileSync(p, data, { flag: flags });
+            } catch (e) {
+              if ((e as NodeJS.ErrnoException).code === 'EEXIST') throw new ImageError('usage', `${p} exists (use --force to overwrite it)`, { path: p });
+              throw ioError(e, 'write', p);
+            }
+          };
+          write(kernelPath, prep.files.kernel);
+          if (initrdPath && prep.files.initrd) write(initrdPath, prep.files.initrd);
         }
-        // GRUB 2.06 cannot read every ext feature: auto falls back to direct boot then.
-        const unreadable = (root.content.features ?? []).filter((f) => GRUB_UNREADABLE.includes(f));
-        if (requested === 'auto' && grubHost && unreadable.length) {
-          warnings.push(`GRUB cannot read a filesystem with ${unreadable.join(', ')}: using direct kernel boot`);
-        }
-        const resolved = resolveBootMode(requested, report.kernels, !!grubHost && (requested !== 'auto' || !unreadable.length));
-        warnings.push(...resolved.warnings);
-        const kernel = pickBootKernel(report.kernels);
-        const cmdline = kernelCmdline({ root: rootUuid ? `UUID=${rootUuid}` : `/dev/vda${partNo}`, extra: kernel?.args });
-        bootResult = { mode: resolved.mode };
-        if (resolved.mode !== 'none' && kernel) bootResult = { ...bootResult, kernel: kernel.kernel, initrd: kernel.initrd, cmdline };
-        if (resolved.mode === 'grub' && kernel) {
-          if (disk.scheme !== 'mbr' || root.kind !== 'primary') {
-            throw new ImageError('unsupported', `GRUB is installed for a primary partition of an MBR disk; partition ${partNo} is ${disk.scheme === 'mbr' ? root.kind : 'on a GPT disk'}`, { path });
-          }
-          if (!dryRun) {
-            const g = await installGrub(image, { partitionStart: root.start, partitionNumber: partNo, fsDev, rootUuid: rootUuid!, kernel, cmdline });
-            warnings.push(...g.warnings);
-            bootResult['core-size'] = g.coreSize;
-          }
-        } else if (resolved.mode === 'direct' && kernel) {
-          const kernelPath = `${path}.vmlinuz`;
-          const initrdPath = kernel.initrd ? `${path}.initrd` : undefined;
-          const { qemuArgs, libvirtOs } = directBootInstructions({ disk: path, format: opened.driver.name, kernelPath, initrdPath, cmdline });
-          if (!dryRun) {
-            const files = await extractKernel(fsDev, kernel);
-            const flags = flag(args, 'force') ? 'w' : 'wx';
-            const write = (p: string, data: Uint8Array) => {
-              try {
-                fs.writeFileSync(p, data, { flag: flags });
-              } catch (e) {
-                if ((e as NodeJS.ErrnoException).code === 'EEXIST') throw new ImageError('usage', `${p} exists (use --force to overwrite it)`, { path: p });
-                throw e;
-              }
-            };
-            write(kernelPath, files.kernel);
-            if (initrdPath && files.initrd) write(initrdPath, files.initrd);
-          }
-          bootResult = { ...bootResult, 'kernel-file': kernelPath, 'initrd-file': initrdPath, 'qemu-args': qemuArgs, 'libvirt-os': libvirtOs };
-        }
+        bootResult = { ...bootResult, 'kernel-file': kernelPath, 'initrd-file': initrdPath, 'qemu-args': qemuArgs, 'libvirt-os': libvirtOs };
       }
       await image.flush();
 
