@@ -38,6 +38,8 @@ export async function convertImage(src: OpenedImage, dst: string, opts: ConvertI
       concurrency: opts.compress ? 8 : 4,
       progress: opts.progress,
     });
+    // Data durable before the rename makes the output visible.
+    await created.image.flush();
     await created.image.close();
     await created.output.commit();
     return {

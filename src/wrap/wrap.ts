@@ -275,6 +275,7 @@ export async function wrapImage(src: OpenedImage, opts: WrapOptions): Promise<Wr
       progress,
     });
     copied = stats.writtenBytes;
+    await created.image.flush();
     await created.image.close();
     if (guest?.files) {
       direct = {
