@@ -57,6 +57,8 @@ export interface ExtFs {
   chmod(path: string, mode: number): Promise<void>;
   chown(path: string, uid: number, gid: number): Promise<void>;
   rename(from: string, to: string): Promise<void>;
+  /** Discard every free block range (see WithExtFsOptions.onDiscard). */
+  trim(): Promise<void>;
   open(path: string, flags: string): Promise<ExtFileHandle>;
 }
 
@@ -113,8 +115,15 @@ class DiskAdapter {
     }
   }
 
-  /** Discarded blocks keep their contents: the filesystem no longer cares, and neither do we. */
-  async discard(_offset: number, _length: number) {}
+  /**
+   * Discarded blocks keep their contents: the filesystem no longer cares,
+   * and neither do we. `trim()` discards every free range: the callback sees
+   * them (used-block maps are built from that).
+   */
+  onDiscard?: (offset: number, length: number) => void;
+  async discard(offset: number, length: number) {
+    this.onDiscard?.(offset, length);
+  }
 }
 
 /** Largest file readFile returns (a Buffer of the inode's size is allocated). */
@@ -165,6 +174,8 @@ export interface WithExtFsOptions {
   readOnly?: boolean;
   /** Where device errors are logged (default: standard error). */
   log?: (msg: string) => void;
+  /** Receives each range libext2fs discards (with `fs.trim()`: every free range). */
+  onDiscard?: (offset: number, length: number) => void;
 }
 
 /**
@@ -191,6 +202,7 @@ export function withExtFs<T>(dev: BlockDevice, fn: (fs: ExtFs) => Promise<T>, op
     const target = opts.readOnly || dev.readOnly ? new OverlayDevice(dev) : dev;
     const log = opts.log ?? ((m: string) => process.stderr.write(`imgtool: ${m}\n`));
     const adapter = new DiskAdapter(target, log);
+    adapter.onDiscard = opts.onDiscard;
     try {
       return await ext2fs().withMountedDisk(adapter, 0, ({ promises }) => fn(fixedFs(promises)));
     } catch (e) {

@@ -291,6 +291,7 @@ export async function wrapImage(src: OpenedImage, opts: WrapOptions): Promise<Wr
         boot: guest?.mode === 'direct' ? 'direct' : 'grub',
         kernel: direct?.kernel,
         initrd: direct?.initrd,
+        cmdline: direct ? guest?.cmdline : undefined,
       });
       domain = { path: `${opts.output}.xml`, warnings: converted.warnings };
       sides.push(await sideFile(domain.path, new TextEncoder().encode(converted.xml), opts.force));

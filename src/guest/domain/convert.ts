@@ -72,6 +72,12 @@ export interface DomainConvertOptions {
   initrd?: string;
   /** Extra kernel arguments appended to the converted command line (direct boot). */
   append?: string;
+  /**
+   * The whole kernel command line (direct boot), replacing the converted one:
+   * `wrap` passes the one it computed from the new disk (root=UUID=..., the
+   * guest's own arguments, serial console), so the XML boots like the disk.
+   */
+  cmdline?: string;
   /** Emit <emulator>PATH</emulator> (omitted by default: libvirt picks the host's). */
   emulator?: string;
 }
@@ -396,14 +402,14 @@ function osXml(b: Builder, plan: PlannedDisk[]): XNode {
       initrd = boot.ramdisk !== undefined ? b.hostPath(boot.ramdisk, 'ramdisk') : undefined;
       b.warn(`kernel ${kernel}${initrd ? ` and initrd ${initrd}` : ''} are paths on the Xen host: copy them to the KVM host or pass --kernel/--initrd`);
     }
-    let cmdline = boot.cmdline ? convertCmdline(boot.cmdline, (d) => renameDevice(plan, d), pv) : pv ? KVM_CONSOLE_ARGS.join(' ') : '';
+    let cmdline = opts.cmdline !== undefined ? opts.cmdline : boot.cmdline ? convertCmdline(boot.cmdline, (d) => renameDevice(plan, d), pv) : pv ? KVM_CONSOLE_ARGS.join(' ') : '';
     if (opts.append) cmdline = cmdline ? `${cmdline} ${opts.append}` : opts.append;
     if (!/(^|\s)root=/.test(cmdline)) b.warn('the kernel command line has no root=: the initrd must find the root filesystem by itself');
     children.push(tel('kernel', kernel));
     if (initrd) children.push(tel('initrd', initrd));
     if (cmdline) children.push(tel('cmdline', cmdline));
   } else {
-    if (opts.kernel !== undefined || opts.initrd !== undefined || opts.append !== undefined) {
+    if (opts.kernel !== undefined || opts.initrd !== undefined || opts.append !== undefined || opts.cmdline !== undefined) {
       throw new ImageError('usage', '--kernel, --initrd and --append need --boot direct');
     }
     if (boot.kind === 'kernel' && boot.kernel) {
