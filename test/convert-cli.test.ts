@@ -145,3 +145,20 @@ describe('imgtool info', () => {
     for (const k of ['format', 'virtual-size', 'actual-size']) expect(ours[k]).toEqual(theirs[k]);
   });
 });
+
+describe('help', () => {
+  it('describes every option of every command', async () => {
+    const { COMMANDS } = await import('../src/cli/commands/index.js');
+    const top = imgtool(['--help']).stdout;
+    for (const c of COMMANDS) {
+      expect(top).toContain(c.name);
+      const r = imgtool([...c.name.split(' '), '--help']);
+      expect(r.status, c.name).toBe(0);
+      expect(r.stdout).toContain(`usage: imgtool ${c.name}`);
+      for (const o of c.options) {
+        expect(r.stdout, `${c.name} --${o.name}`).toContain(`--${o.name}`);
+        expect(o.description.length).toBeGreaterThan(5);
+      }
+    }
+  });
+});
