@@ -69,7 +69,10 @@ export async function prepareGuest(disk: BlockDevice, opts: PrepareGuestOptions)
   const resolved = resolveBootMode(opts.boot, fixes.kernels, grubHost && !opts.grubBlocked);
   if (opts.boot === 'auto' && grubHost && opts.grubBlocked && resolved.mode === 'direct') {
     warnings.push(`${opts.grubBlocked}: using direct kernel boot`);
-  } else warnings.push(...resolved.warnings);
+  } else if (!(opts.boot === 'auto' && fixes.kernels.length === 0)) {
+    // (With no kernel at all, the fix-ups have said so already.)
+    warnings.push(...resolved.warnings);
+  }
   if (resolved.mode === 'grub' && opts.grubBlocked) {
     throw new ImageError('unsupported', `--boot grub: ${opts.grubBlocked}`, { value: opts.grubBlocked });
   }
