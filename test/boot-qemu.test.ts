@@ -9,7 +9,6 @@
  * The timeouts are hang guards (qemu is killed), not timing assertions.
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { spawnSync } from 'node:child_process';
 import { existsSync, readFileSync, writeFileSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import { FileDevice } from '../src/core/file.js';
@@ -17,7 +16,7 @@ import { SliceDevice } from '../src/core/slice.js';
 import { fixGuest } from '../src/guest/fixups.js';
 import { installGrub, kernelCmdline, pickBootKernel } from '../src/guest/boot.js';
 import { withExtFs } from '../src/fs/ext.js';
-import { must, peer, run, sha256File, tempDir } from './helpers/peers.js';
+import { must, peer, run, sha256File, tempDir, runAsync } from './helpers/peers.js';
 import { runCli } from './partition-helpers.js';
 import { boot, section, expectFixedGuest } from './helpers/qemu.js';
 
@@ -30,9 +29,9 @@ const SWAP = 32 * MIB;
 let guestImg = '';
 let fsSize = 0;
 
-beforeAll(() => {
+beforeAll(async () => {
   for (const tool of ['qemu-system-x86_64', 'busybox', 'mke2fs', 'sfdisk', 'mkswap', 'dpkg-deb']) peer(tool);
-  const r = spawnSync('bash', [BUILD, t.dir], { encoding: 'utf8', timeout: 280_000 });
+  const r = await runAsync('bash', [BUILD, t.dir], { timeout: 280_000 });
   if (r.status !== 0) throw new Error(`build-guest.sh failed (${r.status}): ${r.stderr}`);
   guestImg = t.path('guest.img');
   fsSize = readFileSync(guestImg).length;

@@ -235,7 +235,7 @@ describe('random mutations of VDI files', () => {
           { minLength: 1, maxLength: 6 },
         ),
         async (which, muts) => {
-          let b = bases[which]!.slice();
+          let b: Uint8Array = bases[which]!.slice();
           for (const m of muts) {
             if (m.where >= b.length - 4) continue;
             if (m.wide) b = put32(b, m.where - (m.where % 4), m.v32);

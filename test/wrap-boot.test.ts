@@ -7,10 +7,9 @@
  * configuration (--domain) and boots from the arguments its XML implies.
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { spawnSync } from 'node:child_process';
 import { readFileSync, writeFileSync, existsSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
-import { imgtool, must, peer, run, sha256File, tempDir } from './helpers/peers.js';
+import { imgtool, must, peer, run, sha256File, tempDir, runAsync } from './helpers/peers.js';
 import { boot, bootWith, expectFixedGuest } from './helpers/qemu.js';
 import { qemuArgsFromDomain } from '../src/guest/domain/qemu.js';
 
@@ -21,9 +20,9 @@ const BUILD = fileURLToPath(new URL('./fixtures/build-guest.sh', import.meta.url
 let guest = '';
 let guestHash = '';
 
-beforeAll(() => {
+beforeAll(async () => {
   for (const tool of ['qemu-system-x86_64', 'busybox', 'grub-mkimage', 'virt-xml-validate']) peer(tool);
-  const r = spawnSync('bash', [BUILD, t.dir], { encoding: 'utf8', timeout: 280_000 });
+  const r = await runAsync('bash', [BUILD, t.dir], { timeout: 280_000 });
   if (r.status !== 0) throw new Error(`build-guest.sh failed (${r.status}): ${r.stderr}`);
   guest = t.path('guest.img');
   guestHash = sha256File(guest);

@@ -7,7 +7,7 @@ import { describe, expect, it, beforeAll, afterAll } from 'vitest';
 import { createHash } from 'node:crypto';
 import { mkdirSync, writeFileSync, symlinkSync, linkSync, readdirSync, lstatSync, readFileSync, readlinkSync, openSync, writeSync, closeSync, ftruncateSync, existsSync, statSync } from 'node:fs';
 import { join } from 'node:path';
-import { imgtool, must, qemuCheck, run, sha256File, tempDir } from './helpers/peers.js';
+import { imgtool, must, mustAsync, qemuCheck, run, sha256File, tempDir } from './helpers/peers.js';
 import { pattern } from './helpers/devices.js';
 
 const t = tempDir('imgtool-wrap-');
@@ -53,17 +53,17 @@ let tree: string;
 let treeSums: Map<string, string>;
 const inputs: Record<string, string> = {};
 
-beforeAll(() => {
+beforeAll(async () => {
   tree = t.path('tree');
   makeTree(tree);
   treeSums = treeHashes(tree);
   for (const type of ['ext2', 'ext3', 'ext4']) {
     const img = t.path(`${type}.img`);
-    must('mke2fs', ['-q', '-F', '-t', type, '-d', tree, img, '160M']);
+    await mustAsync('mke2fs', ['-q', '-F', '-t', type, '-d', tree, img, '160M']);
     inputs[type] = img;
   }
-  must('qemu-img', ['convert', '-O', 'qcow2', inputs.ext4!, t.path('ext4.qcow2')]);
-  must('qemu-img', ['convert', '-O', 'vdi', inputs.ext4!, t.path('ext4.vdi')]);
+  await mustAsync('qemu-img', ['convert', '-O', 'qcow2', inputs.ext4!, t.path('ext4.qcow2')]);
+  await mustAsync('qemu-img', ['convert', '-O', 'vdi', inputs.ext4!, t.path('ext4.vdi')]);
   inputs['ext4-qcow2'] = t.path('ext4.qcow2');
   inputs['ext4-vdi'] = t.path('ext4.vdi');
 }, 600_000);

@@ -3,7 +3,7 @@
  * needs one fails when it is missing (never skips): `npm run setup` installs
  * them all.
  */
-import { execFileSync, spawnSync } from 'node:child_process';
+import { execFileSync, spawn, spawnSync } from 'node:child_process';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -37,6 +37,38 @@ export function run(name: string, args: string[], opts: { input?: string | Buffe
   });
   if (r.error) throw r.error;
   return { status: r.status ?? -1, stdout: r.stdout, stderr: r.stderr };
+}
+
+/**
+ * Run a command without blocking the test worker's event loop (vitest's
+ * worker must keep answering its parent: a long spawnSync in a hook makes
+ * it time out). For long set-up steps: building guests, making filesystems.
+ */
+export function runAsync(cmd: string, args: string[], opts: { timeout?: number; input?: string } = {}): Promise<RunResult> {
+  return new Promise((resolve, reject) => {
+    const child = spawn(cmd, args, { stdio: ['pipe', 'pipe', 'pipe'] });
+    let stdout = '';
+    let stderr = '';
+    child.stdout.on('data', (d) => (stdout += String(d)));
+    child.stderr.on('data', (d) => (stderr += String(d)));
+    const timer = setTimeout(() => child.kill('SIGKILL'), opts.timeout ?? 300_000);
+    child.on('error', (e) => {
+      clearTimeout(timer);
+      reject(e);
+    });
+    child.on('close', (status) => {
+      clearTimeout(timer);
+      resolve({ status: status ?? -1, stdout, stderr });
+    });
+    child.stdin.end(opts.input ?? '');
+  });
+}
+
+/** runAsync that throws with the command's stderr on failure. */
+export async function mustAsync(cmd: string, args: string[], opts: { timeout?: number; input?: string } = {}): Promise<string> {
+  const r = await runAsync(cmd, args, opts);
+  if (r.status !== 0) throw new Error(`${cmd} ${args.join(' ')} exited ${r.status}: ${r.stderr || r.stdout}`);
+  return r.stdout;
 }
 
 /** Run a peer tool and return stdout; throw with its stderr on failure. */
