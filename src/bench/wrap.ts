@@ -27,7 +27,10 @@ export function wrapRows(inp: Inputs, runs: number): Row[] {
     `printf 'label: dos\\nstart=2048, size=${rootSectors}, type=83, bootable\\nsize=${swapSectors}, type=82\\n' | sfdisk -q ${scratch}`,
     `dd if=${inp.sparse} of=${scratch} bs=4M seek=${mib} oflag=seek_bytes conv=sparse,notrunc status=none`,
     `e2fsck -fy '${scratch}?offset=${mib}' >/dev/null || [ $? -le 1 ]`,
-    `mkswap -q --offset ${mib + rootSectors * 512} ${scratch} ${(swapSectors * 512) / 1024}`,
+    // mkswap 2.38 has no --offset: make the signature in a scratch file, copy its first page.
+    `truncate -s ${swapSectors * 512} ${scratch}.swap && mkswap -q ${scratch}.swap`,
+    `dd if=${scratch}.swap of=${scratch} bs=4096 count=1 seek=${mib + rootSectors * 512} oflag=seek_bytes conv=notrunc status=none`,
+    `rm -f ${scratch}.swap`,
     `qemu-img convert -O qcow2 ${scratch} ${theirs}`,
     `rm -f ${scratch}`,
   ].join('\n');
