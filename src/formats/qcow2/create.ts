@@ -153,31 +153,7 @@ export async function createQcow2(child: BlockDevice, opts: CreateOptions): Prom
   const l1Offset = rbOffset + rbClusters * cs;
   const metaClusters = 1 + rtClusters + rbClusters + l1Clusters;
 
-  const h: Qcow2Header = {
-    version: p.version,
-    backingFileOffset: 0,
-    backingFileSize: 0,
-    clusterBits: p.clusterBits,
-    size,
-    cryptMethod: 0,
-    l1Size,
-    l1TableOffset: l1Offset,
-    refcountTableOffset: rtOffset,
-    refcountTableClusters: rtClusters,
-    nbSnapshots: 0,
-    snapshotsOffset: 0,
-    incompatible: p.extendedL2 ? INCOMPAT_EXTL2 : 0,
-    incompatibleHigh: 0,
-    compatible: p.lazyRefcounts ? COMPAT_LAZY_REFCOUNTS : 0,
-    compatibleHigh: 0,
-    autoclear: 0,
-    autoclearHigh: 0,
-    refcountOrder: p.refcountOrder,
-    headerLength: p.version === 3 ? 112 : 72,
-    compressionType: 0,
-    featureNames: [],
-    hasBitmaps: false,
-  };
+  const h = freshHeader(p, size, { l1Size, l1Offset, refcountTableOffset: rtOffset, refcountTableClusters: rtClusters });
   if (p.preallocateMetadata && child.size > 0) {
     throw new ImageError('unsupported', 'qcow2: preallocation=metadata needs a new, empty file (its clusters must read as zero)', { format: FORMAT, path: opts.path });
   }
@@ -200,4 +176,37 @@ export async function createQcow2(child: BlockDevice, opts: CreateOptions): Prom
     }
   }
   return img;
+}
+
+/** The header of a new image (create and stream lay out the same one). */
+export function freshHeader(
+  p: ReturnType<typeof parseCreateOptions>,
+  size: number,
+  at: { l1Size: number; l1Offset: number; refcountTableOffset: number; refcountTableClusters: number },
+): Qcow2Header {
+  return {
+    version: p.version,
+    backingFileOffset: 0,
+    backingFileSize: 0,
+    clusterBits: p.clusterBits,
+    size,
+    cryptMethod: 0,
+    l1Size: at.l1Size,
+    l1TableOffset: at.l1Offset,
+    refcountTableOffset: at.refcountTableOffset,
+    refcountTableClusters: at.refcountTableClusters,
+    nbSnapshots: 0,
+    snapshotsOffset: 0,
+    incompatible: p.extendedL2 ? INCOMPAT_EXTL2 : 0,
+    incompatibleHigh: 0,
+    compatible: p.lazyRefcounts ? COMPAT_LAZY_REFCOUNTS : 0,
+    compatibleHigh: 0,
+    autoclear: 0,
+    autoclearHigh: 0,
+    refcountOrder: p.refcountOrder,
+    headerLength: p.version === 3 ? 112 : 72,
+    compressionType: 0,
+    featureNames: [],
+    hasBitmaps: false,
+  };
 }

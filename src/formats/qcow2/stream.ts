@@ -20,8 +20,8 @@ import type { BlockDevice } from '../../core/device.js';
 import { isZero } from '../../core/device.js';
 import { ImageError } from '../../core/errors.js';
 import type { CreateOptions } from '../types.js';
-import { parseCreateOptions } from './create.js';
-import { COMPAT_LAZY_REFCOUNTS, FORMAT, INCOMPAT_EXTL2, MAX_L1_BYTES, MAX_REFTABLE_BYTES, type Qcow2Header, encodeHeader, putU64 } from './header.js';
+import { freshHeader, parseCreateOptions } from './create.js';
+import { FORMAT, MAX_L1_BYTES, MAX_REFTABLE_BYTES, encodeHeader, putU64 } from './header.js';
 import { ALL_SUBCLUSTERS, encodeStd } from './l2.js';
 import { setRefcount } from './refcount.js';
 
@@ -95,31 +95,7 @@ export async function* qcow2Stream(source: BlockDevice, opts: CreateOptions): As
   const dataOff = l2Off + l2Count * cs;
   const total = dataOff / cs + dataClusters;
 
-  const h: Qcow2Header = {
-    version: p.version,
-    backingFileOffset: 0,
-    backingFileSize: 0,
-    clusterBits: p.clusterBits,
-    size,
-    cryptMethod: 0,
-    l1Size,
-    l1TableOffset: l1Off,
-    refcountTableOffset: rtOff,
-    refcountTableClusters: rtClusters,
-    nbSnapshots: 0,
-    snapshotsOffset: 0,
-    incompatible: p.extendedL2 ? INCOMPAT_EXTL2 : 0,
-    incompatibleHigh: 0,
-    compatible: p.lazyRefcounts ? COMPAT_LAZY_REFCOUNTS : 0,
-    compatibleHigh: 0,
-    autoclear: 0,
-    autoclearHigh: 0,
-    refcountOrder: p.refcountOrder,
-    headerLength: p.version === 3 ? 112 : 72,
-    compressionType: 0,
-    featureNames: [],
-    hasBitmaps: false,
-  };
+  const h = freshHeader(p, size, { l1Size, l1Offset: l1Off, refcountTableOffset: rtOff, refcountTableClusters: rtClusters });
   yield encodeHeader(h);
 
   const rt = new Uint8Array(rtClusters * cs);
