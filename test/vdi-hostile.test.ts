@@ -12,6 +12,8 @@ import { ImageError } from '../src/core/errors.js';
 import { MemoryDevice } from '../src/core/memory.js';
 import { vdi } from '../src/formats/vdi/index.js';
 import { pattern } from './helpers/devices.js';
+import { exercise as exerciseWith, expectFieldError as expectFieldErrorWith, writeAndVerify as writeAndVerifyWith } from './helpers/hostile.js';
+import type { OpenOptions } from '../src/formats/types.js';
 import { must, tempDir } from './helpers/peers.js';
 
 const t = tempDir('imgtool-vdi-hostile-');
@@ -44,71 +46,14 @@ function put64(b: Uint8Array, off: number, v: bigint): Uint8Array {
   return c;
 }
 
-/** Open and read everything (data and status): the whole surface a caller can reach. */
-async function exercise(bytes: Uint8Array): Promise<void> {
-  const img = await vdi.open(MemoryDevice.from(bytes, { readOnly: true }), {});
-  try {
-    const buf = new Uint8Array(Math.min(img.size, 4 * MiB));
-    for (let pos = 0; pos < img.size; pos += buf.length) {
-      const n = Math.min(buf.length, img.size - pos);
-      await img.read(buf.subarray(0, n), pos);
-    }
-    for await (const _ of extents(img)) {
-      /* walk */
-    }
-    await img.info();
-  } finally {
-    await img.close();
-  }
-}
-
-/**
- * On an image that opened cleanly: writes through a writable open read back
- * exactly, also after closing and reopening (the metadata written is valid).
- */
-async function writeAndVerify(bytes: Uint8Array, seed: number): Promise<void> {
-  const dev = MemoryDevice.from(bytes, { growable: true });
-  let img = await vdi.open(dev, { writable: true });
-  const size = img.size;
-  if (size === 0 || size > 64 * MiB) {
-    await img.close();
-    return;
-  }
-  const ref = new Uint8Array(size);
-  await img.read(ref, 0);
-  for (let k = 0; k < 3; k++) {
-    const off = (seed * (k + 7) * 7919) % size;
-    const len = Math.min(size - off, 1 + ((seed * (k + 3)) % 150_000));
-    const data = pattern(len, seed + k + 1);
-    await img.write(data, off);
-    ref.set(data, off);
-  }
-  await img.close();
-  img = await vdi.open(MemoryDevice.from(dev.toBytes(), { readOnly: true }), {});
-  const got = new Uint8Array(size);
-  await img.read(got, 0);
-  await img.close();
-  expect(Buffer.compare(got, ref)).toBe(0);
-}
-
-/** Expect an ImageError naming `field`, within 5 s and without allocating hundreds of MiB. */
-async function expectFieldError(bytes: Uint8Array, field: string, kind?: string): Promise<ImageError> {
-  const before = process.memoryUsage().arrayBuffers;
-  const t0 = Date.now();
-  const err = await exercise(bytes).then(
-    () => undefined,
-    (e: unknown) => e,
-  );
-  expect(Date.now() - t0).toBeLessThan(5000);
-  expect(process.memoryUsage().arrayBuffers - before).toBeLessThan(256 * MiB);
-  expect(err, `expected an error naming ${field}`).toBeInstanceOf(ImageError);
-  const e = err as ImageError;
-  expect(e.context.field, e.message).toBe(field);
+// Driver-bound forms of the shared hostile-input checks.
+const exercise = (bytes: Uint8Array, opts: OpenOptions = {}) => exerciseWith(vdi, bytes, opts);
+const writeAndVerify = (bytes: Uint8Array, seed: number) => writeAndVerifyWith(vdi, bytes, seed);
+const expectFieldError = async (bytes: Uint8Array, field: string, kind?: string) => {
+  const e = await expectFieldErrorWith(vdi, bytes, field, kind);
   expect(e.context.format).toBe('vdi');
-  expect(e.message).toContain(field);
-  if (kind) expect(e.kind, e.message).toBe(kind);
   return e;
-}
+};
 
 describe('hostile VDI headers', () => {
   it('opens and reads both unmutated bases (the mutations below are what breaks them)', async () => {
