@@ -7,11 +7,9 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import fc from 'fast-check';
 import { readFileSync } from 'node:fs';
-import { extents } from '../src/core/device.js';
 import { ImageError } from '../src/core/errors.js';
 import { MemoryDevice } from '../src/core/memory.js';
 import { vdi } from '../src/formats/vdi/index.js';
-import { pattern } from './helpers/devices.js';
 import { exercise as exerciseWith, expectFieldError as expectFieldErrorWith, writeAndVerify as writeAndVerifyWith } from './helpers/hostile.js';
 import type { OpenOptions } from '../src/formats/types.js';
 import { must, tempDir } from './helpers/peers.js';
