@@ -26,7 +26,7 @@ const shellQuote = (s: string) => (/^[\w@%+=:,./-]+$/.test(s) ? s : `'${s.replac
 export const wrapCommand: CommandSpec = {
   name: 'wrap',
   summary: 'turn a bare ext2/3/4 filesystem (a Xen guest disk) into a partitioned, bootable KVM disk',
-  usage: 'wrap SRC -o DST [-f FMT] [-O FMT] [--swap SIZE] [--size TOTAL | --root-size SIZE] [--no-grow] [-c] [-p] [--force]',
+  usage: 'wrap SRC -o DST [-f FMT] [-O FMT] [--swap SIZE] [--size TOTAL | --root-size SIZE] [--no-grow] [--boot MODE] [--no-guest] [--domain XEN.cfg] [-c] [-p] [--force]',
   positionals: { min: 1, max: 1 },
   options: [
     { name: 'target', short: 'o', type: 'string', valueName: 'DST', description: 'the output disk (a file, or a host block device with --force)' },
