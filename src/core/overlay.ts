@@ -8,8 +8,9 @@
  * chunk into the store, then applies the write.
  */
 
-import { type BlockDevice, type Extent, checkRange, isZero } from './device.js';
+import { type BlockDevice, type Extent, checkRange } from './device.js';
 import { MemoryDevice } from './memory.js';
+import { Mutex } from './mutex.js';
 
 const CHUNK = 64 * 1024;
 
@@ -20,32 +21,13 @@ export class OverlayDevice implements BlockDevice {
   private map = new Map<number, number>();
   private storeEnd = 0;
   /** Serialises chunk allocation so concurrent writes to one chunk stay correct. */
-  private lock: Promise<void> = Promise.resolve();
+  private readonly lock = new Mutex();
 
   constructor(
     readonly base: BlockDevice,
     private readonly store: BlockDevice = new MemoryDevice(0, { growable: true }),
   ) {
     this.size = base.size;
-  }
-
-  /** Number of chunks that differ from the base. */
-  get changedChunks(): number {
-    return this.map.size;
-  }
-
-  /** Ranges written through the overlay, merged, in order. */
-  changedRanges(): Array<{ offset: number; length: number }> {
-    const idx = [...this.map.keys()].sort((a, b) => a - b);
-    const out: Array<{ offset: number; length: number }> = [];
-    for (const i of idx) {
-      const off = i * CHUNK;
-      const len = Math.min(CHUNK, this.size - off);
-      const last = out[out.length - 1];
-      if (last && last.offset + last.length === off) last.length += len;
-      else out.push({ offset: off, length: len });
-    }
-    return out;
   }
 
   async read(buf: Uint8Array, offset: number): Promise<void> {
@@ -72,21 +54,11 @@ export class OverlayDevice implements BlockDevice {
     }
   }
 
-  private async withLock<T>(fn: () => Promise<T>): Promise<T> {
-    const prev = this.lock;
-    let release!: () => void;
-    this.lock = new Promise((r) => (release = r));
-    await prev;
-    try {
-      return await fn();
-    } finally {
-      release();
-    }
-  }
+
 
   async write(buf: Uint8Array, offset: number): Promise<void> {
     checkRange(this, offset, buf.length, 'write');
-    await this.withLock(async () => {
+    await this.lock.run(async () => {
       let done = 0;
       while (done < buf.length) {
         const pos = offset + done;
@@ -147,16 +119,6 @@ export class OverlayDevice implements BlockDevice {
     while (end < offset + length && !this.map.has(end / CHUNK)) end = Math.min(end + CHUNK, offset + length);
     const e = await this.base.status(offset, end - offset);
     return { offset, length: e.length, kind: e.kind };
-  }
-
-  /** True when a written chunk is all zeros now (used to keep outputs sparse). */
-  async chunkIsZero(idx: number): Promise<boolean> {
-    const where = this.map.get(idx);
-    if (where === undefined) return false;
-    if (where < 0) return true;
-    const b = new Uint8Array(Math.min(CHUNK, this.size - idx * CHUNK));
-    await this.store.read(b, where);
-    return isZero(b);
   }
 
   async flush(): Promise<void> {}

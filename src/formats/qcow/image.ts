@@ -22,24 +22,13 @@
 
 import * as path from 'node:path';
 import { type BlockDevice, type Extent, checkRange, checkWritable, isZero } from '../../core/device.js';
+import { Mutex } from '../../core/mutex.js';
 import { ImageError, fieldError } from '../../core/errors.js';
 import type { Image, ImageInfo } from '../types.js';
 import { compressCluster, decompressCluster } from './compress.js';
 import { HEADER_SIZE, OFF, QCOW_MAGIC, QCOW_VERSION, type QcowHeader, encodeHeader, parseHeader } from './header.js';
 import { type L2Table, type TableGeometry, decodeL1, decodeL2, encodeL2Entries, encodeU64 } from './tables.js';
 
-/** A minimal async mutex. */
-class Mutex {
-  private tail: Promise<void> = Promise.resolve();
-  async lock(): Promise<() => void> {
-    let release!: () => void;
-    const next = new Promise<void>((r) => (release = r));
-    const prev = this.tail;
-    this.tail = prev.then(() => next);
-    await prev;
-    return release;
-  }
-}
 
 /**
  * L1 entries we hold in memory at most (256 MiB): 64 TiB of disk with the

@@ -20,6 +20,7 @@
  */
 
 import { type BlockDevice, type Extent, checkRange, checkWritable, isZero } from '../../core/device.js';
+import { Mutex } from '../../core/mutex.js';
 import { ImageError, fieldError } from '../../core/errors.js';
 import type { Image, ImageInfo, OpenOptions } from '../types.js';
 import { TableCache } from './cache.js';
@@ -72,17 +73,6 @@ const GROW_STEP = 1 << 30;
 
 type Visit = (kind: number, guest: number, length: number, host: number, hi: number, lo: number) => boolean;
 
-class Mutex {
-  private tail: Promise<void> = Promise.resolve();
-  async acquire(): Promise<() => void> {
-    let release!: () => void;
-    const next = new Promise<void>((r) => (release = r));
-    const prev = this.tail;
-    this.tail = prev.then(() => next);
-    await prev;
-    return release;
-  }
-}
 
 interface Truncatable {
   truncate(size: number): Promise<void>;
@@ -816,7 +806,7 @@ export class Qcow2Image implements Image {
 
   private async writeNormal(buf: Uint8Array, offset: number): Promise<void> {
     const cs = this.cs;
-    const release = await this.lock.acquire();
+    const release = await this.lock.lock();
     let released = false;
     try {
       await this.beforeFirstWrite();
@@ -924,7 +914,7 @@ export class Qcow2Image implements Image {
       }),
     );
     const fallback: typeof jobs = [];
-    const release = await this.lock.acquire();
+    const release = await this.lock.lock();
     let released = false;
     try {
       await this.beforeFirstWrite();
@@ -986,7 +976,7 @@ export class Qcow2Image implements Image {
     if (length === 0) return;
     const cs = this.cs;
     const partial: Array<[number, number]> = [];
-    const release = await this.lock.acquire();
+    const release = await this.lock.lock();
     try {
       await this.beforeFirstWrite();
       await this.maybeWriteBack();
@@ -1038,7 +1028,7 @@ export class Qcow2Image implements Image {
    * unwritten space reads as zero (the clusters are holes until written).
    */
   async preallocateMetadata(): Promise<void> {
-    const release = await this.lock.acquire();
+    const release = await this.lock.lock();
     try {
       const count = Math.ceil(this.size / this.cs);
       for (let gc = 0; gc < count; ) {
@@ -1060,7 +1050,7 @@ export class Qcow2Image implements Image {
 
   async flush(): Promise<void> {
     if (this.readOnly || this.closed) return;
-    const release = await this.lock.acquire();
+    const release = await this.lock.lock();
     try {
       await this.writeMetadata();
       await this.child.flush();
@@ -1074,7 +1064,7 @@ export class Qcow2Image implements Image {
     if (this.closed) return;
     try {
       if (!this.readOnly) {
-        const release = await this.lock.acquire();
+        const release = await this.lock.lock();
         try {
           await this.writeMetadata();
           // End the file on a cluster boundary, as qemu does.
