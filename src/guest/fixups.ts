@@ -35,7 +35,22 @@ export interface GuestFixOptions {
   swapUuid?: string;
   /** e.g. '/dev/vda2' (used for swap when no swapUuid). */
   swapDevice?: string;
+  /**
+   * Filesystems besides root that the new disk holds (`wrap --part /var=var.img`):
+   * their /etc/fstab entries (matched by mount point) are rewritten to UUID=uuid.
+   */
+  mounts?: GuestMount[];
   dryRun?: boolean;
+}
+
+/** A filesystem other than root on the new disk. */
+export interface GuestMount {
+  /** Mount point as /etc/fstab names it, e.g. '/var'. */
+  mountpoint: string;
+  /** The filesystem's UUID (fstab names it UUID=...). */
+  uuid: string;
+  /** Its KVM device name, e.g. '/dev/vda5' (for messages and when no UUID is usable). */
+  device: string;
 }
 
 export interface FileChange {

@@ -7,7 +7,7 @@
 
 import type { BlockDevice } from '../core/device.js';
 import { ImageError } from '../core/errors.js';
-import { fixGuest, type GuestFixReport } from './fixups.js';
+import { fixGuest, type GuestFixReport, type GuestMount } from './fixups.js';
 import {
   type BootMode,
   type KernelInfo,
@@ -34,6 +34,8 @@ export interface PrepareGuestOptions {
   rootUuid?: string;
   swapUuid?: string;
   swapNumber?: number;
+  /** Filesystems besides root on the new disk (their fstab entries are rewritten). */
+  mounts?: GuestMount[];
   boot: BootMode;
   dryRun?: boolean;
 }
@@ -55,6 +57,7 @@ export async function prepareGuest(disk: BlockDevice, opts: PrepareGuestOptions)
     rootUuid: opts.rootUuid,
     swapUuid: opts.swapUuid,
     swapDevice: opts.swapNumber ? `/dev/vda${opts.swapNumber}` : undefined,
+    mounts: opts.mounts,
     dryRun: opts.dryRun,
   });
   const warnings = [...fixes.warnings];
