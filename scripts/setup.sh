@@ -13,6 +13,7 @@ PACKAGES=(
   clang-14 lld-14 llvm-14 wasi-libc libclang-rt-14-dev-wasm32 dpkg-dev
   qemu-system-x86 busybox-static grub-pc-bin grub-common cpio
   libvirt-clients libxml2-utils time attr patch xz-utils zstd
+  libvirt-daemon libvirt-daemon-driver-qemu
 )
 
 if [ "$(id -u)" = 0 ]; then
