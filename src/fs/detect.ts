@@ -24,7 +24,7 @@
  */
 
 import type { BlockDevice } from '../core/device.js';
-import { crc32Update } from '../partition/crc32.js';
+import { crc32Update } from '../core/crc32.js';
 
 export type ContentType =
   | 'ext2'
