@@ -34,7 +34,7 @@ export async function convertImage(src: OpenedImage, dst: string, opts: ConvertI
     const stats = await copyDevice(src.image, created.image, {
       sparseSize: opts.sparseSize,
       targetGranularity: info['cluster-size'],
-      targetIsZero: true,
+      targetIsZero: created.zeroInit,
       concurrency: opts.compress ? 8 : 4,
       progress: opts.progress,
     });

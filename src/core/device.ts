@@ -29,6 +29,13 @@ export interface Extent {
 export interface BlockDevice {
   readonly size: number;
   readonly readOnly: boolean;
+  /**
+   * qemu's has_zero_init: true when the device read as zero everywhere when it
+   * was created (a new file, a new image whose tables map nothing), so a copy
+   * into it may skip zero ranges. Absent or false: the device holds old bytes
+   * (a host block device, an existing file) and zeros must be written.
+   */
+  readonly zeroInit?: boolean;
   /** Fill `buf` entirely with the bytes at [offset, offset + buf.length), or throw. */
   read(buf: Uint8Array, offset: number): Promise<void>;
   write(buf: Uint8Array, offset: number): Promise<void>;

@@ -13,6 +13,8 @@ export class MemoryDevice implements BlockDevice {
   readOnly: boolean;
   /** When true, writes past the end extend the device (like a file). */
   readonly growable: boolean;
+  /** A new memory device reads as zero (MemoryDevice.from copies bytes in: not). */
+  zeroInit = true;
   private chunks = new Map<number, Uint8Array>();
 
   constructor(size: number, opts: { readOnly?: boolean; growable?: boolean } = {}) {
@@ -24,6 +26,7 @@ export class MemoryDevice implements BlockDevice {
   static from(bytes: Uint8Array, opts: { readOnly?: boolean; growable?: boolean } = {}): MemoryDevice {
     const dev = new MemoryDevice(bytes.length, { growable: opts.growable });
     dev.writeSync(bytes, 0);
+    dev.zeroInit = false;
     dev.readOnly = opts.readOnly ?? false;
     return dev;
   }

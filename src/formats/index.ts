@@ -157,6 +157,12 @@ export interface CreatedImage {
   image: Image;
   driver: FormatDriver;
   output: OutputFile;
+  /**
+   * The new image reads as zero everywhere (qemu's has_zero_init): a copy may
+   * skip zero ranges. False on a host block device or an existing file under
+   * a format that maps the child's bytes directly (raw, fixed VDI).
+   */
+  zeroInit: boolean;
 }
 
 /** Create a new image file atomically: call `output.commit()` after `image.close()`, or `output.abort()`. */
@@ -170,8 +176,10 @@ export async function createImage(
   if (!driver.create) throw new ImageError('unsupported', `imgtool cannot write ${format} images`, { format });
   const output = await OutputFile.create(file, out);
   try {
-    const image = await driver.create(output.device, { ...opts, path: file });
-    return { image, driver, output };
+    const createOpts = { ...opts, path: file };
+    const image = await driver.create(output.device, createOpts);
+    const zeroInit = !!output.device.zeroInit || !!driver.createsZeroed?.(createOpts);
+    return { image, driver, output, zeroInit };
   } catch (e) {
     await output.abort();
     throw e;

@@ -101,6 +101,13 @@ export interface FormatDriver {
    * (the source must be seekable); chunks are yielded in file order.
    */
   stream?(source: BlockDevice, opts: CreateOptions): AsyncIterable<Uint8Array>;
+  /**
+   * A freshly created image with these options reads as zero whatever bytes
+   * the child holds (its new tables map nothing: qcow2, qcow, dynamic VDI).
+   * Absent or false: it reads the child's bytes (raw, fixed VDI), so it is
+   * zero-initialised only when the child is (see CreatedImage.zeroInit).
+   */
+  createsZeroed?(opts: CreateOptions): boolean;
   /** `-o` keys this driver accepts on create, with help text. */
   readonly createOptions?: Readonly<Record<string, string>>;
 }

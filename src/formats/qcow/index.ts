@@ -64,4 +64,5 @@ export const qcow: FormatDriver = {
     return createQcow(child, { size: opts.size, compress: !!opts.compress });
   },
   createOptions: {},
+  createsZeroed: () => true,
 };

@@ -36,4 +36,6 @@ export const qcow2: FormatDriver = {
   create: createQcow2,
   stream: qcow2Stream,
   createOptions: CREATE_OPTIONS,
+  // preallocation=metadata maps every cluster to the child's (new, empty) file.
+  createsZeroed: (opts) => (opts.options.preallocation ?? 'off') === 'off',
 };

@@ -51,4 +51,6 @@ export const vdi: FormatDriver = {
     return streamVdi(source, opts);
   },
   createOptions: VDI_CREATE_OPTIONS,
+  // A fixed (static) VDI maps every block to the child's bytes.
+  createsZeroed: (opts) => !['on', 'yes', 'true'].includes((opts.options.static ?? 'off').toLowerCase()),
 };
