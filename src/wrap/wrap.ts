@@ -44,9 +44,13 @@ import { OutputFile } from '../core/output.js';
 import type { BootMode } from '../guest/boot.js';
 import { directBootInstructions } from '../guest/boot.js';
 import { prepareGuest, type PreparedGuest } from '../guest/prepare.js';
-import { convertDomain } from '../guest/domain/convert.js';
+import type { DiskMapping } from '../guest/domain/convert.js';
+import { convertWrapDomain, readGuestFstab } from './domain.js';
 
 export const MIB = 1024 * 1024;
+
+/** The machine type of the domain wrap writes; the <os> element it prints says the same (guest/boot.ts). */
+const WRAP_MACHINE = 'pc';
 
 export interface WrapOptions {
   /** Output path (file or host block device). */
@@ -72,7 +76,14 @@ export interface WrapOptions {
    * A Xen guest definition (xl/xm config or libvirt XML) to convert into
    * `DST.xml`, a KVM libvirt domain pointing at the output.
    */
-  domain?: { path: string; text: string };
+  domain?: {
+    path: string;
+    text: string;
+    /** Converted images for the Xen disks wrap did not consume, in order (--disk). */
+    disks?: DiskMapping[];
+    bridges?: Record<string, string>;
+    networks?: Record<string, string>;
+  };
 }
 
 export interface WrapReport {
@@ -99,7 +110,7 @@ export interface WrapReport {
     /** Direct boot: the files written beside the disk and how to boot them. */
     direct?: { kernel: string; initrd?: string; 'qemu-args': string[]; 'libvirt-os': string };
   };
-  domain?: { path: string; warnings: string[] };
+  domain?: { path: string; warnings: string[]; consumed: string[] };
   'bytes-copied': number;
   'allocated-size': number;
   warnings: string[];
@@ -232,6 +243,7 @@ export async function wrapImage(src: OpenedImage, opts: WrapOptions): Promise<Wr
 
   // 5. The guest: fstab, consoles, boot configs; GRUB into the header or a kernel for direct boot.
   let guest: PreparedGuest | undefined;
+  const fstab = opts.domain ? await readGuestFstab(root) : null;
   if (opts.guest) {
     guest = await prepareGuest(disk, {
       fsDev: root,
@@ -270,7 +282,7 @@ export async function wrapImage(src: OpenedImage, opts: WrapOptions): Promise<Wr
     const info = await created.image.info();
     const stats = await copyDevice(disk, created.image, {
       targetGranularity: info['cluster-size'],
-      targetIsZero: !created.output.device.isBlockDevice,
+      targetIsZero: created.zeroInit,
       concurrency: opts.compress ? 8 : 4,
       progress,
     });
@@ -286,14 +298,26 @@ export async function wrapImage(src: OpenedImage, opts: WrapOptions): Promise<Wr
       if (direct.initrd) sides.push(await sideFile(direct.initrd, guest.files.initrd!, opts.force));
     }
     if (opts.domain) {
-      const converted = convertDomain(opts.domain.text, opts.domain.path, {
-        disks: [{ path: path.resolve(opts.output), format: opts.format, partition: rootPart.number }],
-        boot: guest?.mode === 'direct' ? 'direct' : 'grub',
-        kernel: direct?.kernel,
-        initrd: direct?.initrd,
-        cmdline: direct ? guest?.cmdline : undefined,
+      const converted = convertWrapDomain({
+        text: opts.domain.text,
+        sourceName: opts.domain.path,
+        disk: { path: path.resolve(opts.output), format: opts.format },
+        root: { source: src.path, number: rootPart.number },
+        swap: swapPart ? { number: swapPart.number } : undefined,
+        parts: [],
+        fstab,
+        extraDisks: opts.domain.disks,
+        bridges: opts.domain.bridges,
+        networks: opts.domain.networks,
+        boot: {
+          boot: guest?.mode === 'direct' ? 'direct' : 'grub',
+          kernel: direct?.kernel,
+          initrd: direct?.initrd,
+          cmdline: direct ? guest?.cmdline : undefined,
+          machine: WRAP_MACHINE,
+        },
       });
-      domain = { path: `${opts.output}.xml`, warnings: converted.warnings };
+      domain = { path: `${opts.output}.xml`, warnings: converted.warnings, consumed: converted.consumed };
       sides.push(await sideFile(domain.path, new TextEncoder().encode(converted.xml), opts.force));
     }
     await created.output.commit();

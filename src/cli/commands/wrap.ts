@@ -5,20 +5,36 @@ import { formatFromExtension } from '../../formats/index.js';
 import * as fs from 'node:fs';
 import { ImageError, ioError } from '../../core/errors.js';
 import type { BootMode } from '../../guest/boot.js';
-import { wrapImage } from '../../wrap/wrap.js';
+import { wrapImage, type WrapOptions } from '../../wrap/wrap.js';
+import { parseDiskArg, parseMapArgs } from '../../guest/domain/convert.js';
+import type { ParsedArgs } from '../command.js';
+import * as path from 'node:path';
 
 function bootMode(v: string): BootMode {
   if (!['auto', 'grub', 'direct', 'none'].includes(v)) throw new ImageError('usage', `--boot must be auto, grub, direct or none, not '${v}'`);
   return v as BootMode;
 }
 
-function domainFile(p: string | undefined): { path: string; text: string } | undefined {
-  if (p === undefined) return undefined;
+function domainFile(args: ParsedArgs): WrapOptions['domain'] {
+  const p = str(args, 'domain');
+  const maps = ['disk', 'bridge', 'network'].filter((o) => list(args, o).length);
+  if (p === undefined) {
+    if (maps.length) throw new ImageError('usage', `--${maps[0]} needs --domain`);
+    return undefined;
+  }
+  let text: string;
   try {
-    return { path: p, text: fs.readFileSync(p, 'utf8') };
+    text = fs.readFileSync(p, 'utf8');
   } catch (e) {
     throw ioError(e, 'read the domain definition', p);
   }
+  return {
+    path: p,
+    text,
+    disks: list(args, 'disk').map(parseDiskArg).map((d) => ({ ...d, path: path.resolve(d.path) })),
+    bridges: parseMapArgs(list(args, 'bridge'), '--bridge'),
+    networks: parseMapArgs(list(args, 'network'), '--network'),
+  };
 }
 
 const shellQuote = (s: string) => (/^[\w@%+=:,./-]+$/.test(s) ? s : `'${s.replace(/'/g, `'\\''`)}'`);
@@ -41,6 +57,9 @@ export const wrapCommand: CommandSpec = {
     { name: 'boot', type: 'string', valueName: 'MODE', description: 'auto, grub, direct or none (see below)', default: 'auto' },
     { name: 'no-guest', type: 'boolean', description: 'copy the filesystem as plain data: no fix-ups, no boot loader' },
     { name: 'domain', type: 'string', valueName: 'XEN.cfg|XEN.xml', description: "convert the Xen guest's definition too: writes DST.xml, a KVM libvirt domain for the disk" },
+    { name: 'disk', type: 'string', multiple: true, valueName: 'PATH[:FORMAT]', description: 'with --domain: converted image for the next Xen hard disk the wrap did not consume' },
+    { name: 'bridge', type: 'string', multiple: true, valueName: 'XEN=KVM', description: "with --domain: attach interfaces on Xen bridge XEN to KVM bridge KVM ('*' = all others)" },
+    { name: 'network', type: 'string', multiple: true, valueName: 'XEN=NET', description: "with --domain: attach interfaces on Xen bridge XEN to libvirt network NET ('*' = all others)" },
     ...PROGRESS_OPTIONS,
     FORCE_OPTION,
     ...BACKING_OPTIONS,
@@ -98,7 +117,7 @@ the partial output is removed); 130 interrupted.`,
         force: flag(args, 'force'),
         progress: progressFromArgs(args, ctx),
         guest: flag(args, 'no-guest') ? false : { boot: bootMode(str(args, 'boot') ?? 'auto') },
-        domain: domainFile(str(args, 'domain')),
+        domain: domainFile(args),
       });
       if (json) {
         printJson(ctx, report);
@@ -123,7 +142,7 @@ the partial output is removed); 130 interrupted.`,
         }
         if (report.domain) lines.push(`  domain: ${report.domain.path}`);
         ctx.stdout.write(lines.join('\n') + '\n');
-        for (const w of report.domain?.warnings ?? []) ctx.stderr.write(`imgtool: domain: ${w}\n`);
+        for (const w of report.domain?.warnings ?? []) ctx.stderr.write(`imgtool: warning: ${w}\n`);
         for (const w of report.warnings) ctx.stderr.write(`imgtool: warning: ${w}\n`);
       }
     } finally {

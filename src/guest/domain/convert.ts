@@ -54,11 +54,32 @@ export interface DiskMapping {
    * pass N: kernel arguments naming `/dev/xvda1` then become `/dev/vda<N>`.
    */
   partition?: number;
+  /**
+   * The Xen disk (its target, e.g. `xvda1`) this image replaces; without
+   * it, mappings take the source's hard disks in order.
+   */
+  target?: string;
+}
+
+/**
+ * A Xen disk whose contents now live in another disk's image (wrap puts
+ * root, swap and other filesystems into one disk): it is not written, and
+ * guest device names for it (`/dev/xvda2`) become partition `partition` of
+ * the disk that replaced `into`.
+ */
+export interface MergedDisk {
+  target: string;
+  into: string;
+  partition: number;
 }
 
 export interface DomainConvertOptions {
   /** Converted images for the source's hard disks (CD-ROMs excluded), in the source's order. */
   disks?: DiskMapping[];
+  /** Xen disks folded into another disk's image (not written). */
+  merged?: MergedDisk[];
+  /** Machine type for <os><type machine=...> (default: none, libvirt picks). */
+  machine?: string;
   /** Xen bridge → KVM bridge. The key `*` matches every interface not matched by name. */
   bridges?: Record<string, string>;
   /** Xen bridge → libvirt network. The key `*` matches every interface not matched by name. */
@@ -213,15 +234,26 @@ function callerPath(p: string, option: string): string {
 
 function planDisks(b: Builder): PlannedDisk[] {
   const { g, opts } = b;
-  const mappings = opts.disks ?? [];
-  const hard = g.disks.filter((d) => d.device === 'disk');
-  if (mappings.length > hard.length) {
+  const merged = opts.merged ?? [];
+  const isMerged = (d: GuestDisk) => merged.some((m) => m.target === d.target);
+  const hard = g.disks.filter((d) => d.device === 'disk' && !isMerged(d));
+  const byTarget = (opts.disks ?? []).filter((m) => m.target !== undefined);
+  const mappings = (opts.disks ?? []).filter((m) => m.target === undefined);
+  const free = hard.filter((d) => !byTarget.some((m) => m.target === d.target));
+  for (const m of byTarget) {
+    if (!hard.some((d) => d.target === m.target)) throw new ImageError('usage', `${g.source.fileName} has no hard disk ${m.target} to replace`, { value: m.target });
+  }
+  for (const m of merged) {
+    if (!g.disks.some((d) => d.target === m.target)) throw new ImageError('usage', `${g.source.fileName} has no disk ${m.target} to merge`, { value: m.target });
+    if (!byTarget.some((d) => d.target === m.into)) throw new ImageError('usage', `disk ${m.target} is merged into ${m.into}, which no image replaces`, { value: m.into });
+  }
+  if (mappings.length > free.length) {
     throw new ImageError(
       'usage',
-      `${mappings.length} --disk given, but ${g.source.fileName} has ${hard.length} hard disk${hard.length === 1 ? '' : 's'} (CD-ROMs excluded)`,
+      `${mappings.length} --disk given, but ${g.source.fileName} has ${free.length} ${byTarget.length ? 'other ' : ''}hard disk${free.length === 1 ? '' : 's'} (CD-ROMs excluded)`,
     );
   }
-  for (const m of mappings) {
+  for (const m of [...byTarget, ...mappings]) {
     if (m.format !== undefined && !KVM_DISK_FORMATS.includes(m.format)) {
       throw new ImageError('usage', `disk format '${m.format}' unknown (${KVM_DISK_FORMATS.join(', ')})`);
     }
@@ -229,8 +261,9 @@ function planDisks(b: Builder): PlannedDisk[] {
       throw new ImageError('usage', `disk partition ${m.partition} is not 1..128`);
     }
   }
-  const planned: PlannedDisk[] = g.disks.map((src, order) => ({ src, order, target: '', bus: '' }));
-  hard.forEach((d, i) => {
+  const planned: PlannedDisk[] = g.disks.filter((d) => !isMerged(d)).map((src, order) => ({ src, order, target: '', bus: '' }));
+  for (const p of planned) p.mapping = byTarget.find((m) => m.target === p.src.target);
+  free.forEach((d, i) => {
     const p = planned.find((x) => x.src === d)!;
     p.mapping = mappings[i];
   });
@@ -320,8 +353,11 @@ function diskXml(b: Builder, p: PlannedDisk): XNode {
  * KVM name, following the disk plan: first the exact target, then the disk
  * with the same letter index, else the plain xvd/hd → vd rule.
  */
-function renameDevice(plan: PlannedDisk[], dev: string): string {
+function renameDevice(plan: PlannedDisk[], dev: string, merged: MergedDisk[] = []): string {
   const disks = plan.filter((p) => p.src.device === 'disk');
+  const m = merged.find((x) => x.target === dev);
+  const into = m && disks.find((p) => p.src.target === m.into);
+  if (m && into) return `${into.target}${m.partition}`;
   const exact = disks.find((p) => p.src.target === dev);
   if (exact) {
     const part = exact.mapping?.partition;
@@ -374,7 +410,7 @@ function osXml(b: Builder, plan: PlannedDisk[]): XNode {
   const mode = opts.boot ?? 'grub';
   const boot = g.boot;
   const pv = g.virt !== 'hvm';
-  const children: XNode[] = [tel('type', 'hvm', { arch: 'x86_64' })];
+  const children: XNode[] = [tel('type', 'hvm', { arch: 'x86_64', machine: opts.machine })];
   let firmware: string | undefined;
   if (boot.firmware === 'efi') {
     firmware = 'efi';
@@ -402,7 +438,7 @@ function osXml(b: Builder, plan: PlannedDisk[]): XNode {
       initrd = boot.ramdisk !== undefined ? b.hostPath(boot.ramdisk, 'ramdisk') : undefined;
       b.warn(`kernel ${kernel}${initrd ? ` and initrd ${initrd}` : ''} are paths on the Xen host: copy them to the KVM host or pass --kernel/--initrd`);
     }
-    let cmdline = opts.cmdline !== undefined ? opts.cmdline : boot.cmdline ? convertCmdline(boot.cmdline, (d) => renameDevice(plan, d), pv) : pv ? KVM_CONSOLE_ARGS.join(' ') : '';
+    let cmdline = opts.cmdline !== undefined ? opts.cmdline : boot.cmdline ? convertCmdline(boot.cmdline, (d) => renameDevice(plan, d, opts.merged), pv) : pv ? KVM_CONSOLE_ARGS.join(' ') : '';
     if (opts.append) cmdline = cmdline ? `${cmdline} ${opts.append}` : opts.append;
     if (!/(^|\s)root=/.test(cmdline)) b.warn('the kernel command line has no root=: the initrd must find the root filesystem by itself');
     children.push(tel('kernel', kernel));

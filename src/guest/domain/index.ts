@@ -19,6 +19,7 @@ export {
   parseXenGuest,
   KVM_DISK_FORMATS,
   type DiskMapping,
+  type MergedDisk,
   type DomainConvertOptions,
   type DomainConvertResult,
 } from './convert.js';
