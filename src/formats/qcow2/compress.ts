@@ -6,40 +6,41 @@
  *   stored bytes run to the end of a 512-byte sector and may be followed by
  *   another cluster's data: decompression stops when it has produced one
  *   cluster. Output is bounded by the cluster size.
- * - zstd: one or more zstd frames, no length prefix; decoding stops when a
- *   full cluster has been produced, trailing bytes are ignored. fzstd decodes
- *   whole inputs, so we walk the frame structure (header, block headers,
- *   checksum) to cut exactly the frames we need, and decode into a
- *   cluster-sized buffer (never letting the frame choose an allocation size).
+ * - zstd: one or more zstd frames, no length prefix; frames are decoded in
+ *   order until exactly one cluster has been produced (the last one must end
+ *   there), trailing bytes are ignored (see zstdCluster). Every frame is
+ *   decoded by libzstd itself (zstd.ts); we only find where frames end, so
+ *   the output buffer is always the room left in the cluster (a frame never
+ *   chooses an allocation size).
  *
  * Decompression runs on libuv's thread pool for deflate (async zlib); zstd
- * is synchronous JavaScript.
+ * runs synchronously in WebAssembly.
  */
 
 import * as zlib from 'node:zlib';
 import { availableParallelism } from 'node:os';
-import { decompress as zstdDecompress } from 'fzstd';
 import { ImageError } from '../../core/errors.js';
+import { ZstdError, zstdDecodeFrame, zstdEncode } from './zstd.js';
 
-function corrupt(what: string, offset: number, cause?: unknown): ImageError {
+function corrupt(what: string, where: ClusterPlace, cause?: unknown): ImageError {
   return new ImageError(
     'corrupt',
-    `qcow2: compressed cluster at host offset ${offset}: ${what}`,
-    { format: 'qcow2', field: 'compressed cluster descriptor', offset, value: offset },
+    `qcow2: compressed cluster at guest offset ${where.guest} (host offset ${where.host}): ${what}`,
+    { format: 'qcow2', field: 'compressed cluster data', offset: where.host, value: where.guest },
     { cause },
   );
 }
 
-export function inflateCluster(src: Uint8Array, clusterSize: number, hostOffset: number): Promise<Uint8Array> {
+export function inflateCluster(src: Uint8Array, clusterSize: number, where: ClusterPlace): Promise<Uint8Array> {
   return new Promise((resolve, reject) => {
     zlib.inflateRaw(
       src,
       // One output chunk of a whole cluster: one pass through the thread pool.
       { maxOutputLength: clusterSize, finishFlush: zlib.constants.Z_SYNC_FLUSH, chunkSize: Math.max(1024, clusterSize) },
       (err, out) => {
-        if (err) return reject(corrupt(`deflate data is invalid (${err.message})`, hostOffset, err));
+        if (err) return reject(corrupt(`deflate data is invalid (${err.message})`, where, err));
         if (out.length !== clusterSize) {
-          return reject(corrupt(`deflate data decompresses to ${out.length} bytes, not ${clusterSize}`, hostOffset));
+          return reject(corrupt(`deflate data decompresses to ${out.length} bytes, not ${clusterSize}`, where));
         }
         resolve(out);
       },
@@ -47,70 +48,104 @@ export function inflateCluster(src: Uint8Array, clusterSize: number, hostOffset:
   });
 }
 
-/** Length of the zstd (or skippable) frame at the start of `b`, or -1 if it does not fit in `b`. */
-function zstdFrameLength(b: Uint8Array, hostOffset: number): { length: number; skippable: boolean } {
-  if (b.length < 8) return { length: -1, skippable: false };
-  const magic = (b[0]! | (b[1]! << 8) | (b[2]! << 16) | (b[3]! << 24)) >>> 0;
+/** Where a compressed cluster is, for messages. */
+export interface ClusterPlace {
+  /** Guest offset of the cluster. */
+  guest: number;
+  /** Host offset of its compressed data. */
+  host: number;
+}
+
+/** libzstd's default limit for streaming decoders (ZSTD_WINDOWLOG_LIMIT_DEFAULT = 27): qemu decodes with ZSTD_decompressStream. */
+const MAX_STREAM_WINDOW = 2 ** 27 + 1;
+
+interface FrameShape {
+  /** Bytes the frame occupies, or -1 when it does not fit in the input. */
+  length: number;
+  skippable: boolean;
+  /** The frame header records its content size. */
+  hasContentSize: boolean;
+  /** Window size a streaming decoder needs (frames without content size). */
+  window: number;
+}
+
+const le32 = (b: Uint8Array, o: number) => (b[o]! | (b[o + 1]! << 8) | (b[o + 2]! << 16) | (b[o + 3]! << 24)) >>> 0;
+
+/**
+ * The extent of the zstd (or skippable) frame at the start of `b`: frame
+ * header, then block headers until the last block, then the optional
+ * checksum (RFC 8878, section 3.1). The contents are libzstd's to judge.
+ */
+function frameShape(b: Uint8Array, where: ClusterPlace): FrameShape {
+  const short: FrameShape = { length: -1, skippable: false, hasContentSize: false, window: 0 };
+  if (b.length < 4) return short;
+  const magic = le32(b, 0);
   if ((magic & 0xfffffff0) === 0x184d2a50) {
-    const n = (b[4]! | (b[5]! << 8) | (b[6]! << 16) | (b[7]! << 24)) >>> 0;
-    return { length: 8 + n, skippable: true };
+    if (b.length < 8) return short;
+    return { length: 8 + le32(b, 4), skippable: true, hasContentSize: false, window: 0 };
   }
-  if (magic !== 0xfd2fb528) throw corrupt(`zstd frame magic 0x${magic.toString(16)} is wrong`, hostOffset);
+  if (magic !== 0xfd2fb528) throw corrupt(`zstd frame magic 0x${magic.toString(16)} is wrong`, where);
+  if (b.length < 5) return short;
   const fhd = b[4]!;
   const fcsFlag = fhd >> 6;
   const single = (fhd >> 5) & 1;
   const checksum = (fhd >> 2) & 1;
-  const dictFlag = fhd & 3;
-  let pos = 5 + (single ? 0 : 1) + [0, 1, 2, 4][dictFlag]! + [single ? 1 : 0, 2, 4, 8][fcsFlag]!;
+  let window = 0;
+  if (!single && b.length > 5) {
+    const wd = b[5]!;
+    const base = 2 ** ((wd >> 3) + 10);
+    window = base + (base / 8) * (wd & 7);
+  }
+  let pos = 5 + (single ? 0 : 1) + [0, 1, 2, 4][fhd & 3]! + [single ? 1 : 0, 2, 4, 8][fcsFlag]!;
   for (;;) {
-    if (pos + 3 > b.length) return { length: -1, skippable: false };
+    if (pos + 3 > b.length) return short;
     const bh = b[pos]! | (b[pos + 1]! << 8) | (b[pos + 2]! << 16);
-    const last = bh & 1;
     const type = (bh >> 1) & 3;
-    const size = bh >>> 3;
-    if (type === 3) throw corrupt('zstd block type 3 is reserved', hostOffset);
-    pos += 3 + (type === 1 ? 1 : size);
-    if (last) break;
+    pos += 3 + (type === 1 ? 1 : bh >>> 3);
+    if (bh & 1) break;
   }
   pos += checksum ? 4 : 0;
-  return { length: pos, skippable: false };
+  return { length: pos, skippable: false, hasContentSize: single === 1 || fcsFlag !== 0, window };
 }
 
-export function zstdCluster(src: Uint8Array, clusterSize: number, hostOffset: number): Uint8Array {
+/**
+ * One zstd-compressed cluster, decoded as qemu does (block/qcow2-threads.c,
+ * qcow2_zstd_decompress: ZSTD_decompressStream until the cluster is full):
+ * frames are decoded one after another from the start of the stored bytes
+ * until exactly one cluster has been produced; the last frame must end
+ * exactly there (a frame that would produce more is corrupt); skippable
+ * frames are skipped; bytes after the last frame needed are ignored (the
+ * stored length is only known to the sector). libzstd decodes every frame.
+ */
+export async function zstdCluster(src: Uint8Array, clusterSize: number, where: ClusterPlace): Promise<Uint8Array> {
   const out = new Uint8Array(clusterSize);
   let filled = 0;
   let pos = 0;
-  try {
-    while (filled < clusterSize) {
-      const f = zstdFrameLength(src.subarray(pos), hostOffset);
-      if (f.length < 0 || pos + f.length > src.length) throw corrupt('zstd data ends before a full cluster was produced', hostOffset);
-      if (!f.skippable) {
-        const frame = src.subarray(pos, pos + f.length);
-        // Frame content size, when the header has it, tells how much this frame produces.
-        const fhd = frame[4]!;
-        const fcsFlag = fhd >> 6;
-        const single = (fhd >> 5) & 1;
-        const fcsBytes = [single ? 1 : 0, 2, 4, 8][fcsFlag]!;
-        let produced = clusterSize - filled;
-        if (fcsBytes > 0) {
-          const at = 5 + (single ? 0 : 1) + [0, 1, 2, 4][fhd & 3]!;
-          let v = 0;
-          for (let k = fcsBytes - 1; k >= 0; k--) v = v * 256 + frame[at + k]!;
-          if (fcsBytes === 2) v += 256;
-          if (v > clusterSize - filled) throw corrupt(`zstd frame declares ${v} bytes, more than the cluster`, hostOffset);
-          produced = v;
-        }
-        const dst = out.subarray(filled, filled + produced);
-        zstdDecompress(frame, dst);
-        filled += produced;
-      }
-      pos += f.length;
+  while (filled < clusterSize) {
+    const f = frameShape(src.subarray(pos), where);
+    if (f.length < 0 || pos + f.length > src.length) {
+      throw corrupt(`zstd data ends after ${filled} of ${clusterSize} bytes (a frame runs past the ${src.length} stored bytes)`, where);
     }
-  } catch (e) {
-    if (e instanceof ImageError) throw e;
-    throw corrupt(`zstd data is invalid (${(e as Error).message})`, hostOffset, e);
+    if (!f.skippable) {
+      if (!f.hasContentSize && f.window > MAX_STREAM_WINDOW) {
+        throw corrupt(`zstd frame at byte ${pos} needs a ${f.window}-byte window, more than libzstd's streaming limit`, where);
+      }
+      try {
+        filled += await zstdDecodeFrame(src.subarray(pos, pos + f.length), out.subarray(filled));
+      } catch (e) {
+        if (!(e instanceof ZstdError)) throw e;
+        const what = e.code === 70 ? 'decodes to more than the cluster' : `is invalid (${e.message})`;
+        throw corrupt(`zstd frame at byte ${pos} ${what}`, where, e);
+      }
+    }
+    pos += f.length;
   }
   return out;
+}
+
+/** One cluster as a zstd frame (as qemu writes them), or undefined when it does not shrink below the cluster size. */
+export async function zstdCompressCluster(src: Uint8Array): Promise<Uint8Array | undefined> {
+  return zstdEncode(src, src.length);
 }
 
 /**

@@ -19,6 +19,7 @@ import type { CreateOptions, Image } from '../types.js';
 import {
   COMPAT_LAZY_REFCOUNTS,
   FORMAT,
+  INCOMPAT_COMPRESSION,
   INCOMPAT_EXTL2,
   MAX_CLUSTER_BITS,
   MAX_L1_BYTES,
@@ -37,7 +38,7 @@ export const CREATE_OPTIONS: Readonly<Record<string, string>> = {
   refcount_bits: 'width of a refcount: 1, 2, 4, 8, 16 (default), 32 or 64; version 2 images need 16',
   lazy_refcounts: "'on' sets the lazy refcounts flag (version 3 only; imgtool itself always keeps refcounts exact). Default off",
   extended_l2: "'on' uses extended L2 entries with 32 subclusters per cluster (version 3, cluster_size >= 16k). Default off",
-  compression_type: "'zlib' (default) for -c; 'zstd' is read but not written",
+  compression_type: "'zlib' (default) or 'zstd' (version 3 only): how -c compresses clusters",
   preallocation: "'off' (default) or 'metadata' (L2 tables and clusters for the whole disk, as holes)",
 };
 
@@ -48,6 +49,8 @@ export interface Qcow2CreateParams {
   lazyRefcounts: boolean;
   extendedL2: boolean;
   preallocateMetadata: boolean;
+  /** compression_type=zstd (header field and incompatible bit 3). */
+  zstd: boolean;
 }
 
 const usage = (msg: string, value?: string) => new ImageError('usage', `qcow2: ${msg}`, { format: FORMAT, value });
@@ -72,7 +75,7 @@ export function parseCreateOptions(options: Record<string, string>): Qcow2Create
   for (const k of Object.keys(options)) {
     if (!(k in CREATE_OPTIONS)) throw usage(`unknown option '${k}' (known: ${Object.keys(CREATE_OPTIONS).join(', ')})`, k);
   }
-  const p: Qcow2CreateParams = { version: 3, clusterBits: 16, refcountOrder: 4, lazyRefcounts: false, extendedL2: false, preallocateMetadata: false };
+  const p: Qcow2CreateParams = { version: 3, clusterBits: 16, refcountOrder: 4, lazyRefcounts: false, extendedL2: false, preallocateMetadata: false, zstd: false };
   const compat = options.compat;
   if (compat !== undefined) {
     if (compat === '1.1' || compat === 'v3') p.version = 3;
@@ -102,12 +105,9 @@ export function parseCreateOptions(options: Record<string, string>): Qcow2Create
   if (p.extendedL2 && p.version === 2) throw usage('extended_l2=on needs compat=1.1');
   if (p.extendedL2 && p.clusterBits < 14) throw usage('extended_l2=on needs cluster_size of at least 16k');
   const ct = options.compression_type;
-  if (ct !== undefined && ct !== 'zlib') {
-    if (ct === 'zstd') {
-      throw new ImageError('unsupported', 'qcow2: compression_type=zstd is not supported for writing (imgtool decompresses zstd only)', { format: FORMAT, value: ct });
-    }
-    throw usage(`compression_type must be zlib, not '${ct}'`, ct);
-  }
+  if (ct !== undefined && ct !== 'zlib' && ct !== 'zstd') throw usage(`compression_type must be zlib or zstd, not '${ct}'`, ct);
+  p.zstd = ct === 'zstd';
+  if (p.zstd && p.version === 2) throw usage('compression_type=zstd needs compat=1.1');
   const pre = options.preallocation;
   if (pre === 'metadata') p.preallocateMetadata = true;
   else if (pre !== undefined && pre !== 'off') {
@@ -197,7 +197,7 @@ export function freshHeader(
     refcountTableClusters: at.refcountTableClusters,
     nbSnapshots: 0,
     snapshotsOffset: 0,
-    incompatible: p.extendedL2 ? INCOMPAT_EXTL2 : 0,
+    incompatible: (p.extendedL2 ? INCOMPAT_EXTL2 : 0) | (p.zstd ? INCOMPAT_COMPRESSION : 0),
     incompatibleHigh: 0,
     compatible: p.lazyRefcounts ? COMPAT_LAZY_REFCOUNTS : 0,
     compatibleHigh: 0,
@@ -205,7 +205,7 @@ export function freshHeader(
     autoclearHigh: 0,
     refcountOrder: p.refcountOrder,
     headerLength: p.version === 3 ? 112 : 72,
-    compressionType: 0,
+    compressionType: p.zstd ? 1 : 0,
     featureNames: [],
     hasBitmaps: false,
   };

@@ -24,7 +24,7 @@ import { Mutex } from '../../core/mutex.js';
 import { ImageError, fieldError } from '../../core/errors.js';
 import type { Image, ImageInfo, OpenOptions } from '../types.js';
 import { TableCache } from './cache.js';
-import { deflateCluster, inflateCluster, zstdCluster } from './compress.js';
+import { deflateCluster, inflateCluster, zstdCluster, zstdCompressCluster } from './compress.js';
 import {
   AUTOCLEAR_BITMAPS,
   AUTOCLEAR_DATA_FILE_RAW,
@@ -298,7 +298,7 @@ export class Qcow2Image implements Image {
 
   private async readGuest(buf: Uint8Array, offset: number): Promise<void> {
     const tasks: Promise<void>[] = [];
-    const comp: Array<{ dst: Uint8Array; within: number; off: number; len: number }> = [];
+    const comp: Array<{ dst: Uint8Array; within: number; guest: number; off: number; len: number }> = [];
     await this.walk(offset, buf.length, (kind, g, len, host, hi, lo) => {
       const dst = buf.subarray(g - offset, g - offset + len);
       if (kind === K_DATA) tasks.push(this.readHost(this.data, dst, host));
@@ -308,7 +308,7 @@ export class Qcow2Image implements Image {
         else dst.fill(0);
       } else {
         const d = compressedDesc(hi, lo, this.clusterBits);
-        comp.push({ dst, within: g % this.cs, off: d.offset, len: Math.min(d.length, this.child.size - d.offset) });
+        comp.push({ dst, within: g % this.cs, guest: g - (g % this.cs), off: d.offset, len: Math.min(d.length, this.child.size - d.offset) });
       }
       return true;
     });
@@ -332,7 +332,7 @@ export class Qcow2Image implements Image {
       i = j;
       if (group.length === 1) {
         const c = group[0]!;
-        tasks.push(this.readCompressed(c.off, c.len).then((out) => c.dst.set(out.subarray(c.within, c.within + c.dst.length))));
+        tasks.push(this.readCompressed(c.guest, c.off, c.len).then((out) => c.dst.set(out.subarray(c.within, c.within + c.dst.length))));
         continue;
       }
       tasks.push(
@@ -341,7 +341,7 @@ export class Qcow2Image implements Image {
           await this.child.read(span, lo);
           await Promise.all(
             group.map((c) =>
-              this.readCompressed(c.off, c.len, span.subarray(c.off - lo, c.off - lo + c.len)).then((out) =>
+              this.readCompressed(c.guest, c.off, c.len, span.subarray(c.off - lo, c.off - lo + c.len)).then((out) =>
                 c.dst.set(out.subarray(c.within, c.within + c.dst.length)),
               ),
             ),
@@ -359,15 +359,16 @@ export class Qcow2Image implements Image {
     if (avail < dst.length) dst.fill(0, avail);
   }
 
-  /** One decompressed cluster from `len` bytes at host `off` (already read into `src` when given). */
-  private async readCompressed(off: number, len: number, src?: Uint8Array): Promise<Uint8Array> {
+  /** The guest cluster at `guest`, decompressed from `len` bytes at host `off` (already read into `src` when given). */
+  private async readCompressed(guest: number, off: number, len: number, src?: Uint8Array): Promise<Uint8Array> {
     const cached = this.compCache.get(off);
     if (cached) return cached;
     if (!src) {
       src = new Uint8Array(len);
       await this.child.read(src, off);
     }
-    const out = this.h.compressionType === 1 ? zstdCluster(src, this.cs, off) : await inflateCluster(src, this.cs, off);
+    const where = { guest, host: off };
+    const out = this.h.compressionType === 1 ? await zstdCluster(src, this.cs, where) : await inflateCluster(src, this.cs, where);
     if (this.compCache.size >= 8) this.compCache.delete(this.compCache.keys().next().value!);
     this.compCache.set(off, out);
     return out;
@@ -909,8 +910,9 @@ export class Qcow2Image implements Image {
           input = new Uint8Array(cs);
           input.set(j.src);
         }
-        const z = await deflateCluster(input);
-        if (z.length < cs) j.z = z;
+        // As qemu: a cluster is stored compressed only when that saves at least a byte.
+        const z = this.h.compressionType === 1 ? await zstdCompressCluster(input) : await deflateCluster(input);
+        if (z && z.length < cs) j.z = z;
       }),
     );
     const fallback: typeof jobs = [];

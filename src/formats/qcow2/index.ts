@@ -3,7 +3,7 @@
  * with every feature qemu 7.2 writes except encryption; write into existing
  * images; create new ones (compat 0.10 / 1.1, cluster sizes 512 B..2 MiB,
  * refcount widths 1..64 bits, lazy refcounts flag, extended L2 entries,
- * deflate compression with -c).
+ * deflate or zstd compression with -c).
  *
  * Module map:
  *   header.ts    header + extensions (layout table), parse/encode
@@ -11,6 +11,7 @@
  *   refcount.ts  refcount block entries of any width
  *   snapshot.ts  snapshot table (info only)
  *   compress.ts  deflate / zstd clusters
+ *   zstd.ts      libzstd (WebAssembly) calls
  *   cache.ts     bounded LRU of metadata tables
  *   image.ts     the Image: validation at open, read, status, write
  *   create.ts    layout of a new image
