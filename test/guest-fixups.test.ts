@@ -322,15 +322,18 @@ describe('fixGuest on a filesystem', () => {
     const r = await fix(img, { rootUuid: ROOT_UUID, dryRun: true });
     expect(r.kernels[0]!.hasVirtio).toBe(false);
     expect(r.warnings.join('\n')).toMatch(
-      /\/boot\/vmlinuz-5\.10\.0-1-amd64 cannot reach a virtio disk at boot: \/boot\/initrd\.img-5\.10\.0-1-amd64 \(gzip\+cpio\) has no virtio_blk, virtio_pci; add virtio_pci and virtio_blk to \/etc\/initramfs-tools\/modules, then run 'update-initramfs -u -k 5\.10\.0-1-amd64'/,
+      /\/boot\/vmlinuz-5\.10\.0-1-amd64 cannot reach a virtio disk at boot: \/boot\/initrd\.img-5\.10\.0-1-amd64 \(gzip\+cpio\) has no virtio_blk, virtio_pci; imgtool could not add the virtio modules: \/boot\/initrd\.img-5\.10\.0-1-amd64 was built by neither initramfs-tools nor dracut: .*; add virtio_pci and virtio_blk to \/etc\/initramfs-tools\/modules, then run 'update-initramfs -u -k 5\.10\.0-1-amd64'/,
     );
+    // The advice about other buses is true for this initrd: it has only the Xen disk driver.
+    expect(r.warnings.join('\n')).toMatch(/the initrd and kernel have xen_blkfront: no disk bus QEMU offers works until the initrd is rebuilt/);
+    expect(r.warnings.join('\n')).not.toMatch(/SATA or IDE/);
   });
 
   it('says when the kernel has no virtio driver at all, and that a newer kernel is needed', async () => {
     const img = makeFs({ ...XEN_GUEST, 'boot/config-5.10.0-1-amd64': 'CONFIG_EXT3_FS=y\n# CONFIG_VIRTIO is not set\n' });
     const r = await fix(img, { rootUuid: ROOT_UUID, swapUuid: SWAP_UUID, dryRun: true });
     expect(r.kernels[0]).toMatchObject({ hasVirtio: false, noVirtioDriver: true });
-    expect(r.warnings.join()).toMatch(/has no virtio_blk, virtio_pci \(not in \/boot\/config-5\.10\.0-1-amd64\); install a newer kernel .* attach the disk as SATA or IDE/);
+    expect(r.warnings.join()).toMatch(/has no virtio_blk, virtio_pci \(not in \/boot\/config-5\.10\.0-1-amd64\); install a newer kernel .*; the initrd and kernel have no storage driver: no disk bus QEMU offers works/);
   });
 
   it('trusts a kernel with virtio built in, whatever its initrd holds', async () => {

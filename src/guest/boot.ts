@@ -55,7 +55,7 @@ export interface KernelInfo {
 
 /** Largest kernel and initrd we read (the file's inode size is checked first). */
 const MAX_KERNEL = 256 << 20;
-const MAX_INITRD = 1 << 30;
+export const MAX_INITRD = 1 << 30;
 
 const KERNEL_NAME = /^(?:vmlinuz|vmlinux|kernel)-(.+)$/;
 /** Initrd names by distribution, for a kernel version V. */
@@ -83,7 +83,8 @@ export function compareVersions(a: string, b: string): number {
   return 0;
 }
 
-async function exists(fsys: ExtFs, p: string): Promise<boolean> {
+/** Does `p` exist in the guest (following symlinks)? */
+export async function exists(fsys: ExtFs, p: string): Promise<boolean> {
   try {
     await fsys.stat(p);
     return true;
@@ -396,7 +397,8 @@ export function kernelCmdline(opts: { root: string; extra?: string }): string {
   const root = opts.root.startsWith('root=') ? opts.root.slice(5) : opts.root;
   const extra = (opts.extra ?? '')
     .split(/\s+/)
-    .filter((a) => a && !isXenConsoleArg(a) && !/^(root|BOOT_IMAGE)=/.test(a) && !/^console=(tty0|ttyS0)(,.*)?$/.test(a));
+    .filter((a) => a && !isXenConsoleArg(a) && !/^(root|BOOT_IMAGE)=/.test(a) && !/^console=(tty0|ttyS0)(,.*)?$/.test(a))
+    .filter((a, i, all) => all.indexOf(a) === i);
   const args = [`root=${root}`];
   if (!extra.includes('ro') && !extra.includes('rw')) args.push('ro');
   args.push(...extra, 'console=tty0', 'console=ttyS0,115200');

@@ -7,25 +7,13 @@
  * uncompressed (early microcode, firmware) or compressed (gzip, zstd, xz,
  * ...); padding zeros may sit between them. The kernel reads them in order.
  *
- * cpio "newc" (SVR4, magic 070701) and "crc" (070702) headers, all ASCII hex:
- *
- *   field       offset  size
- *   c_magic          0     6   "070701" or "070702"
- *   c_ino            6     8
- *   c_mode          14     8
- *   c_uid           22     8
- *   c_gid           30     8
- *   c_nlink         38     8
- *   c_mtime         46     8
- *   c_filesize      54     8
- *   c_devmajor      62     8
- *   c_devminor      70     8
- *   c_rdevmajor     78     8
- *   c_rdevminor     86     8
- *   c_namesize      94     8   including the trailing NUL
- *   c_check        102     8
- *   (110 bytes), then the name, padded so header+name is a multiple of 4,
- *   then the data, padded to a multiple of 4. "TRAILER!!!" ends an archive.
+ * The cpio format is described in cpio.ts. To read an archive that follows a
+ * compressed one, we need to know where the compressed data ends, as the
+ * kernel does: gzip (the deflate stream's end, then the 8-byte trailer),
+ * zstd (frames are self-delimiting: header, blocks up to the last-block flag,
+ * optional checksum), xz (the stream footer, found by its CRC32 and 'YZ'
+ * magic). For the other codecs the compressed data is taken to run to the end
+ * of the initrd, and nothing may be appended after them.
  *
  * gzip and zstd are decoded in-process (node:zlib, fzstd); xz and lzma by
  * the host's xz when it is installed (ten times faster), else in-process
@@ -38,6 +26,8 @@ import { spawnSync } from 'node:child_process';
 import * as zlib from 'node:zlib';
 import { Decompress as ZstdDecompress } from 'fzstd';
 import { ImageError } from '../core/errors.js';
+import { type CpioEntry, isCpioAt, parseCpio } from './cpio.js';
+import { gzipEnd, xzEnd, zstdEnd } from './stream-end.js';
 import { decodeLzmaAlone, decodeXz } from './xz.js';
 
 /** Largest decompressed size we accept for one compressed member. */
@@ -52,6 +42,13 @@ export interface InitrdContents {
   segments: string[];
   /** Set when part of the initrd could not be read (the files list is then partial). */
   problem?: string;
+  /** The entries `keep` selected, by name (the last of a name wins). */
+  kept: Map<string, CpioEntry>;
+  /**
+   * Another archive appended to the image would be read by the kernel: every
+   * compressed member's end is known (not lz4, lzo, bzip2 or lzma).
+   */
+  appendable: boolean;
 }
 
 interface Codec {
@@ -74,64 +71,6 @@ const CODECS: Codec[] = [
 ];
 
 const startsWith = (b: Uint8Array, pos: number, magic: number[]) => magic.every((m, i) => b[pos + i] === m);
-
-const CPIO_HEADER = 110;
-
-function hex(b: Uint8Array, pos: number, field: string): number {
-  const s = Buffer.from(b.subarray(pos, pos + 8)).toString('latin1');
-  if (!/^[0-9a-fA-F]{8}$/.test(s)) {
-    throw new ImageError('invalid-format', `cpio: ${field} (at offset ${pos}) is '${s}', not 8 hex digits`, {
-      format: 'cpio',
-      field,
-      offset: pos,
-      value: s,
-    });
-  }
-  return parseInt(s, 16);
-}
-
-const align4 = (n: number) => (n + 3) & ~3;
-
-/** Parse one cpio archive at `pos`; returns the offset just past its trailer. */
-function parseCpio(b: Uint8Array, pos: number, files: string[]): number {
-  for (;;) {
-    if (pos + CPIO_HEADER > b.length) {
-      throw new ImageError('invalid-format', `cpio: archive truncated at offset ${pos} (no TRAILER!!!)`, { format: 'cpio', offset: pos });
-    }
-    const magic = Buffer.from(b.subarray(pos, pos + 6)).toString('latin1');
-    if (magic !== '070701' && magic !== '070702') {
-      throw new ImageError('invalid-format', `cpio: c_magic (at offset ${pos}) is '${magic}', expected 070701`, {
-        format: 'cpio',
-        field: 'c_magic',
-        offset: pos,
-        value: magic,
-      });
-    }
-    const filesize = hex(b, pos + 54, 'c_filesize');
-    const namesize = hex(b, pos + 94, 'c_namesize');
-    if (namesize < 1 || namesize > 4096 || pos + CPIO_HEADER + namesize > b.length) {
-      throw new ImageError('invalid-format', `cpio: c_namesize (at offset ${pos + 94}, value ${namesize}) does not fit the archive`, {
-        format: 'cpio',
-        field: 'c_namesize',
-        offset: pos + 94,
-        value: namesize,
-      });
-    }
-    const name = Buffer.from(b.subarray(pos + CPIO_HEADER, pos + CPIO_HEADER + namesize - 1)).toString('utf8');
-    const dataStart = align4(pos + CPIO_HEADER + namesize);
-    if (dataStart + filesize > b.length) {
-      throw new ImageError('invalid-format', `cpio: c_filesize (at offset ${pos + 54}, value ${filesize}) of '${name}' runs past the archive`, {
-        format: 'cpio',
-        field: 'c_filesize',
-        offset: pos + 54,
-        value: filesize,
-      });
-    }
-    pos = align4(dataStart + filesize);
-    if (name === 'TRAILER!!!') return pos;
-    files.push(name.replace(/^(\.\/|\/)+/, ''));
-  }
-}
 
 function decompress(codec: Codec, data: Uint8Array): Uint8Array {
   if (codec.name === 'gzip') {
@@ -173,41 +112,60 @@ function runTool(codec: Codec, data: Uint8Array, required: boolean): Uint8Array 
   return r.stdout;
 }
 
-/** List the files of an initramfs image. Never throws for bad contents: `problem` says what stopped the walk. */
-export function listInitrd(image: Uint8Array): InitrdContents {
+/** Where a compressed member ends, for the codecs whose end we can find. */
+function memberEnd(codec: Codec, b: Uint8Array, pos: number): number {
+  if (codec.name === 'gzip') return gzipEnd(b, pos, MAX_OUTPUT);
+  if (codec.name === 'zstd') return zstdEnd(b, pos);
+  if (codec.name === 'xz') return xzEnd(b, pos);
+  return -1;
+}
+
+/**
+ * List the files of an initramfs image; with `keep`, also return the entries
+ * it selects (the last entry of a name wins, as when the kernel unpacks).
+ * Never throws for bad contents: `problem` says what stopped the walk.
+ */
+export function listInitrd(image: Uint8Array, keep?: (name: string) => boolean): InitrdContents {
   const files: string[] = [];
   const segments: string[] = [];
-  const work: Uint8Array[] = [image];
-  try {
-    while (work.length) {
-      const b = work.shift()!;
-      let pos = 0;
-      while (pos < b.length) {
-        if (segments.length >= MAX_SEGMENTS) throw new Error(`more than ${MAX_SEGMENTS} archives`);
-        if (b[pos] === 0) {
-          pos++;
-          continue;
-        }
-        if (startsWith(b, pos, [0x30, 0x37, 0x30, 0x37, 0x30])) {
-          segments.push('cpio');
-          pos = parseCpio(b, pos, files);
-          continue;
-        }
-        const codec = CODECS.find((c) => startsWith(b, pos, c.magic));
-        if (!codec) {
-          throw new Error(`unrecognised data at offset ${pos} (bytes ${Buffer.from(b.subarray(pos, pos + 6)).toString('hex')})`);
-        }
-        segments.push(codec.name);
-        // A compressed member runs to the end of the initrd (the kernel decompresses the rest).
-        work.unshift(decompress(codec, b.subarray(pos)));
-        pos = b.length;
+  const kept = new Map<string, CpioEntry>();
+  let appendable = true;
+  const onEntry = (e: CpioEntry) => {
+    files.push(e.name);
+    if (keep?.(e.name)) kept.set(e.name, e);
+  };
+  const walk = (b: Uint8Array, depth: number): void => {
+    let pos = 0;
+    while (pos < b.length) {
+      if (segments.length >= MAX_SEGMENTS || depth > 4) throw new Error(`more than ${MAX_SEGMENTS} archives`);
+      if (b[pos] === 0) {
+        pos++;
+        continue;
       }
+      if (isCpioAt(b, pos)) {
+        segments.push('cpio');
+        pos = parseCpio(b, pos, onEntry);
+        continue;
+      }
+      const codec = CODECS.find((c) => startsWith(b, pos, c.magic));
+      if (!codec) {
+        throw new Error(`unrecognised data at offset ${pos} (bytes ${Buffer.from(b.subarray(pos, pos + 6)).toString('hex')})`);
+      }
+      segments.push(codec.name);
+      // Without a known end, a compressed member runs to the end of the initrd (the kernel decompresses the rest).
+      const end = memberEnd(codec, b, pos);
+      if (end < 0) appendable = false;
+      walk(decompress(codec, b.subarray(pos, end < 0 ? b.length : end)), depth + 1);
+      pos = end < 0 ? b.length : end;
     }
+  };
+  try {
+    walk(image, 0);
   } catch (e) {
     const msg = e instanceof ImageError ? e.message : e instanceof Error ? e.message : String(e);
-    return { files, segments, problem: msg };
+    return { files, segments, kept, appendable: false, problem: msg };
   }
-  return { files, segments };
+  return { files, segments, kept, appendable };
 }
 
 /** Module base names (without .ko / .ko.xz / ...) found among initrd paths. */

@@ -81,8 +81,10 @@ export async function prepareGuest(disk: BlockDevice, opts: PrepareGuestOptions)
   }
   const kernel = pickBootKernel(fixes.kernels);
   if (resolved.mode === 'none' || !kernel) return { fixes, mode: 'none', warnings };
-  // The guest's own arguments for this kernel survive (minus Xen-only consoles).
-  const cmdline = kernelCmdline({ root: opts.rootUuid ? `UUID=${opts.rootUuid}` : `/dev/vda${opts.rootNumber}`, extra: kernel.args });
+  // The guest's own arguments for this kernel survive (minus Xen-only consoles), plus what the
+  // fix-ups need (net.ifnames=0, rd.driver.pre=): GRUB's config, direct boot and the domain XML use this.
+  const extra = [kernel.args ?? '', ...fixes.kernelArgs].join(' ');
+  const cmdline = kernelCmdline({ root: opts.rootUuid ? `UUID=${opts.rootUuid}` : `/dev/vda${opts.rootNumber}`, extra });
   const out: PreparedGuest = { fixes, mode: resolved.mode, kernel, cmdline, warnings };
   if (opts.dryRun) return out;
   if (resolved.mode === 'grub') {
