@@ -15,9 +15,10 @@ import { raw } from './raw.js';
 import { qcow2 } from './qcow2/index.js';
 import { vdi } from './vdi/index.js';
 import { qcow } from './qcow/index.js';
+import { vmdk } from './vmdk/index.js';
 
 /** Probe order matters only if two magics could collide; raw is the fallback and stays last. */
-export const DRIVERS: FormatDriver[] = [vdi, qcow, qcow2, raw];
+export const DRIVERS: FormatDriver[] = [vdi, qcow, qcow2, vmdk, raw];
 
 export function driverByName(name: string): FormatDriver {
   const d = DRIVERS.find((x) => x.name === name);
@@ -53,6 +54,8 @@ export interface OpenImageOptions {
   backing?: boolean | string;
   /** Allow a qcow2 external data file (same directory rule as backing). */
   dataFile?: boolean;
+  /** Containers of several disks (OVA): which disk, from 0. */
+  disk?: number;
 }
 
 export interface OpenedImage {
@@ -86,6 +89,8 @@ export async function openImage(file: string, opts: OpenImageOptions = {}, depth
             return opened.image;
           }
         : undefined,
+      openExtent: extentOpener(file, opts.writable),
+      disk: opts.disk,
       openDataFile:
         opts.dataFile
           ? async (name: string) => {
@@ -109,12 +114,13 @@ export async function openImage(file: string, opts: OpenImageOptions = {}, depth
 export async function openImageOn(
   child: FileDevice,
   file: string,
-  opts: { format?: string; writable?: boolean },
+  opts: { format?: string; writable?: boolean; disk?: number },
   openBacking?: (req: BackingRequest) => Promise<Image>,
 ): Promise<OpenedImage> {
   try {
     const driver = opts.format ? driverByName(opts.format) : await detectFormat(child);
-    const image = await driver.open(child, { writable: opts.writable, path: file, openBacking });
+    const openExtent = file === '-' ? undefined : extentOpener(file, opts.writable);
+    const image = await driver.open(child, { writable: opts.writable, path: file, openBacking, openExtent, disk: opts.disk });
     return { image, driver, file: child, path: file };
   } catch (e) {
     await child.close();
@@ -125,10 +131,15 @@ export async function openImageOn(
 /** Open with a caller-supplied backing opener (used by `info` to describe an image without following its backing file). */
 export async function openImageWith(
   file: string,
-  opts: { format?: string; writable?: boolean },
+  opts: { format?: string; writable?: boolean; disk?: number },
   openBacking: (req: BackingRequest) => Promise<Image>,
 ): Promise<OpenedImage> {
   return openImageOn(await FileDevice.open(file, { writable: opts.writable }), file, opts, openBacking);
+}
+
+/** Open files a multi-file image (VMDK descriptor) names, only inside the image's own directory. */
+function extentOpener(file: string, writable?: boolean): (name: string) => Promise<BlockDevice> {
+  return async (name: string) => FileDevice.open(confine(file, name, path.dirname(path.resolve(file)), 'extent file'), { writable });
 }
 
 /** Resolve `name` relative to `file`'s directory and refuse anything outside `allowDir`. */

@@ -70,6 +70,14 @@ export interface OpenOptions {
   openBacking?: (req: BackingRequest) => Promise<Image>;
   /** Present only when the user allowed an external data file (qcow2). */
   openDataFile?: (name: string) => Promise<BlockDevice>;
+  /**
+   * Opens a file a multi-file image names as part of itself (VMDK extents),
+   * confined to the image's own directory (no `..`, no absolute path or
+   * symlink leading out). Absent when the image has no directory (a pipe).
+   */
+  openExtent?: (name: string) => Promise<BlockDevice>;
+  /** Containers holding several disks (OVA): which one, from 0. Default 0. */
+  disk?: number;
 }
 
 export interface CreateOptions {
