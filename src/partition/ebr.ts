@@ -16,7 +16,8 @@
  * costs at most 56 sector reads.
  */
 
-import { SECTOR, entryStatus, hasBootSignature, isExtendedType, parseMbr } from './mbr.js';
+import { ImageError } from '../core/errors.js';
+import { SECTOR, encodeMbr, entryStatus, hasBootSignature, isExtendedType, parseMbr } from './mbr.js';
 
 export const MAX_LOGICAL = 56;
 
@@ -124,4 +125,42 @@ export async function walkEbrChain(
     }
     ebr = ext.start + table.entries[link]!.start;
   }
+}
+
+/** A logical partition to write: where its EBR goes and what it holds (bytes, absolute). */
+export interface LogicalSpec {
+  ebr: number;
+  start: number;
+  size: number;
+  type: number;
+  bootable?: boolean;
+}
+
+/**
+ * The EBR chain for `logicals` (in chain order) inside the extended
+ * partition `ext`, as libfdisk writes it: each EBR holds its logical
+ * partition (start relative to the EBR) and, except the last, a link of
+ * type 0x05 to the next EBR (start relative to the extended partition, size
+ * from that EBR to the end of its logical partition). Boot code and disk
+ * signature are zero; CHS fields are absolute.
+ */
+export function encodeEbrChain(logicals: readonly LogicalSpec[], ext: { start: number; size: number }, diskSize: number): Array<{ offset: number; sector: Uint8Array }> {
+  const extEnd = ext.start + ext.size;
+  if (logicals.length > MAX_LOGICAL) throw new ImageError('usage', `at most ${MAX_LOGICAL} logical partitions, not ${logicals.length}`, { value: logicals.length });
+  return logicals.map((l, i) => {
+    const next = logicals[i + 1];
+    const inside = l.ebr >= ext.start && l.ebr < l.start && l.start + l.size <= extEnd && (!next || next.ebr >= l.start + l.size);
+    if (!inside) {
+      throw new ImageError('usage', `logical partition ${5 + i} [${l.start}, ${l.start + l.size}) with its EBR at ${l.ebr} does not fit extended partition [${ext.start}, ${extEnd}) in order`, {
+        value: l.start,
+      });
+    }
+    const entries = [
+      { bootable: !!l.bootable, type: l.type, start: l.start - l.ebr, size: l.size },
+      next ? { bootable: false, type: 0x05, start: next.ebr - ext.start, size: next.start + next.size - next.ebr } : undefined,
+      undefined,
+      undefined,
+    ];
+    return { offset: l.ebr, sector: encodeMbr({ signature: 0, entries, bootCode: new Uint8Array(0) }, diskSize, [l.ebr, ext.start]) };
+  });
 }

@@ -10,7 +10,12 @@
  *   - 'rest' (allowed for the last partition only) takes everything from its
  *     aligned start to the end of the disk, limited to what an MBR entry can
  *     address (2^32 sectors from the start of the disk);
- *   - at most 4 primary partitions; no extended or logical partitions.
+ *   - layoutMbr: at most 4 primary partitions;
+ *   - layoutDos: more than 4 become partitions 1-3 (primary), 4 (extended,
+ *     type 0x05) and logical partitions 5, 6, ... inside it. Each logical
+ *     partition is preceded by its EBR at an aligned offset and starts one
+ *     alignment unit after it, which is where sfdisk puts them; the extended
+ *     partition ends where the last logical partition ends.
  */
 
 import { randomBytes } from 'node:crypto';
@@ -18,6 +23,7 @@ import type { BlockDevice } from '../core/device.js';
 import { ImageError } from '../core/errors.js';
 import { detectContent } from '../fs/detect.js';
 import { GPT_SIGNATURE } from './gpt.js';
+import { MAX_LOGICAL } from './ebr.js';
 import { MAX_LBA, type Mbr, type MbrEntry, SECTOR, encodeMbr, entryStatus, hasBootSignature, parseMbr } from './mbr.js';
 import { parseMbrType } from './types.js';
 
@@ -30,8 +36,10 @@ export interface PartSpec {
 }
 
 export interface PlacedPart {
-  /** 1..4 */
+  /** 1..4 primary (or extended), 5.. logical */
   number: number;
+  /** Logical partitions: byte offset of the EBR that describes it. */
+  ebr?: number;
   /** Bytes. */
   start: number;
   /** Bytes. */
@@ -96,6 +104,46 @@ export function layoutMbr(diskSize: number, specs: PartSpec[], opts: { align?: n
     pos = start + size;
   });
   return placed;
+}
+
+export interface DosLayout {
+  /** Every partition holding data (primary 1..3/4, logical 5..), in disk order. */
+  parts: PlacedPart[];
+  /** Partition 4, the extended partition, when there are logical partitions. */
+  extended?: PlacedPart;
+}
+
+/** Lay out any number of partitions on an MBR disk: primary ones up to 4, else 3 primary and the rest logical. */
+export function layoutDos(diskSize: number, specs: PartSpec[], opts: { align?: number } = {}): DosLayout {
+  if (specs.length <= 4) return { parts: layoutMbr(diskSize, specs, opts) };
+  const align = opts.align ?? DEFAULT_ALIGN;
+  if (specs.length - 3 > MAX_LOGICAL) {
+    throw new ImageError('usage', `an MBR disk holds at most ${3 + MAX_LOGICAL} partitions; ${specs.length} were asked for`, { value: specs.length });
+  }
+  specs.slice(0, -1).forEach((sp, i) => {
+    if (sp.size === 'rest') throw new ImageError('usage', `partition ${i + 1}: 'rest' is only allowed for the last partition`);
+  });
+  const primary = layoutMbr(diskSize, specs.slice(0, 3), opts);
+  const diskEnd = Math.min(Math.floor(diskSize / SECTOR) * SECTOR, (MAX_LBA + 1) * SECTOR);
+  const last = primary[2]!;
+  const extStart = alignUp(last.start + last.size, align);
+  let pos = extStart;
+  const logicals: PlacedPart[] = [];
+  specs.slice(3).forEach((spec, i) => {
+    const number = 5 + i;
+    const ebr = alignUp(pos, align);
+    const start = alignUp(ebr + SECTOR, align);
+    const size = spec.size === 'rest' ? diskEnd - start : alignUp(spec.size, SECTOR);
+    if (!Number.isSafeInteger(size) || size <= 0 || start + size > diskEnd) {
+      throw new ImageError('usage', `partition ${number} (${spec.size === 'rest' ? 'rest' : `${spec.size} bytes`} at byte ${start}) does not fit on a ${diskSize}-byte disk`, {
+        value: spec.size,
+      });
+    }
+    logicals.push({ number, ebr, start, size, type: parseMbrType(spec.type), bootable: !!spec.bootable });
+    pos = start + size;
+  });
+  const extended: PlacedPart = { number: 4, start: extStart, size: pos - extStart, type: 0x05, bootable: false };
+  return { parts: [...primary, ...logicals], extended };
 }
 
 /** Throw unless the placed partitions fit the device, do not overlap and do not touch the MBR. */

@@ -141,7 +141,7 @@ export function encodeChs(lba: number): [number, number, number] {
   return [head, sector | ((cylinder >> 2) & 0xc0), cylinder & 0xff];
 }
 
-function checkEntry(e: MbrEntry, slot: number, diskSize: number): void {
+function checkEntry(e: MbrEntry, slot: number, diskSize: number, base: number): void {
   const bad = (field: string, value: number, why: string) =>
     new ImageError('usage', `MBR entry ${slot + 1}: ${field} ${value} ${why}`, { field, value });
   if (!Number.isInteger(e.type) || e.type < 0 || e.type > 0xff) throw bad('type', e.type, 'is not a byte');
@@ -152,16 +152,20 @@ function checkEntry(e: MbrEntry, slot: number, diskSize: number): void {
     if (!Number.isSafeInteger(v) || v < 0 || v % SECTOR !== 0) throw bad(field, v, 'is not a whole number of 512-byte sectors');
     if (v / SECTOR > MAX_LBA) throw bad(field, v, 'is beyond what an MBR entry can hold (2 TiB)');
   }
-  if (e.start + e.size > diskSize) {
-    throw bad('end', e.start + e.size, `is beyond the end of the disk (${diskSize} bytes)`);
+  if (base + e.start + e.size > diskSize) {
+    throw bad('end', base + e.start + e.size, `is beyond the end of the disk (${diskSize} bytes)`);
   }
 }
 
 /**
  * Encode a table sector. Entries are checked (whole sectors, 32-bit LBA
  * fields, inside `diskSize`); CHS fields are computed from the LBA fields.
+ *
+ * In an EBR, entry starts are relative (the logical partition to its EBR,
+ * the link to the extended partition): `bases[i]` is what entry i's start is
+ * relative to, in bytes. CHS fields are absolute, as libfdisk writes them.
  */
-export function encodeMbr(mbr: Mbr, diskSize: number): Uint8Array {
+export function encodeMbr(mbr: Mbr, diskSize: number, bases: readonly number[] = []): Uint8Array {
   if (mbr.entries.length > 4) {
     throw new ImageError('usage', `an MBR holds 4 entries, not ${mbr.entries.length}`, { value: mbr.entries.length });
   }
@@ -176,14 +180,16 @@ export function encodeMbr(mbr: Mbr, diskSize: number): Uint8Array {
   putU32(b, 440, mbr.signature);
   mbr.entries.forEach((e, i) => {
     if (!e) return;
-    checkEntry(e, i, diskSize);
+    const base = bases[i] ?? 0;
+    checkEntry(e, i, diskSize, base);
     const o = ENTRY(i);
     const first = e.start / SECTOR;
     const count = e.size / SECTOR;
+    const abs = (base + e.start) / SECTOR;
     b[o] = e.bootable ? 0x80 : 0;
-    b.set(encodeChs(first), o + 1);
+    b.set(encodeChs(abs), o + 1);
     b[o + 4] = e.type;
-    b.set(encodeChs(count > 0 ? first + count - 1 : first), o + 5);
+    b.set(encodeChs(count > 0 ? abs + count - 1 : abs), o + 5);
     putU32(b, o + 8, first);
     putU32(b, o + 12, count);
   });

@@ -6,6 +6,10 @@
  *   [0, 1 MiB)            header: MBR (+ GRUB boot code and core image in the gap)   MemoryDevice
  *   [1 MiB, +root)        partition 1: overlay( filter(input fs) ++ zeros )          OverlayDevice
  *   [.., +swap)           partition 2: swap signature page, then nothing stored       MemoryDevice (sparse)
+ *   [.., +part)           --part filesystems, each as partition 1 is: partitions 3, 4,
+ *                         or, with more than four in all, partition 3 and logical
+ *                         partitions 5, 6, ... in extended partition 4, each after
+ *                         its EBR sector (1 MiB before it)                            MemoryDevice
  *   [.., size)            trailing zeros when --size asks for more                    ZeroDevice
  *
  * - The filter hides the input's free blocks (read from its block bitmaps by
@@ -20,32 +24,29 @@
 
 import * as fs from 'node:fs';
 import * as path from 'node:path';
+import { randomBytes, randomUUID } from 'node:crypto';
 import type { BlockDevice } from '../core/device.js';
 import { ConcatDevice } from '../core/concat.js';
 import { ImageError } from '../core/errors.js';
-import { AllocationFilterDevice } from '../core/filter.js';
 import { MemoryDevice } from '../core/memory.js';
-import { OverlayDevice } from '../core/overlay.js';
-import { SliceDevice } from '../core/slice.js';
 import { ZeroDevice } from '../core/zero.js';
 import { FileDevice } from '../core/file.js';
 import { formatSize } from '../core/size.js';
+import { OutputFile } from '../core/output.js';
 import { copyDevice } from '../convert/convert.js';
 import { noProgress, type Progress } from '../convert/progress.js';
 import { createImage, type OpenedImage } from '../formats/index.js';
-import { GRUB_UNREADABLE, readExtSuperblock } from '../fs/ext-superblock.js';
-import { extUsedRanges } from '../fs/used-blocks.js';
-import { e2fsck, resize2fs, type FsckResult } from '../fs/e2fsprogs.js';
 import { encodeSwapHeader } from '../fs/swap.js';
-import { layoutMbr } from '../partition/layout.js';
-import { encodeMbr } from '../partition/mbr.js';
-import { randomBytes, randomUUID } from 'node:crypto';
-import { OutputFile } from '../core/output.js';
+import { type DosLayout, type PartSpec, type PlacedPart, layoutDos } from '../partition/layout.js';
+import { SECTOR, encodeMbr } from '../partition/mbr.js';
+import { encodeEbrChain } from '../partition/ebr.js';
 import type { BootMode } from '../guest/boot.js';
 import { directBootInstructions } from '../guest/boot.js';
 import { prepareGuest, type PreparedGuest } from '../guest/prepare.js';
 import type { DiskMapping } from '../guest/domain/convert.js';
-import { convertWrapDomain, readGuestFstab } from './domain.js';
+import { type WrapDomainResult, convertWrapDomain, readGuestFstab } from './domain.js';
+import type { FsckResult } from '../fs/e2fsprogs.js';
+import { type FsckSummary, type RepairResult, type StagedFs, finalCheck, fsckSummary, inspectFs, repairAndGrow, stageFs } from './filesystem.js';
 
 export const MIB = 1024 * 1024;
 
@@ -76,6 +77,11 @@ export interface WrapOptions {
    * A Xen guest definition (xl/xm config or libvirt XML) to convert into
    * `DST.xml`, a KVM libvirt domain pointing at the output.
    */
+  /**
+   * Extra filesystems (--part MOUNTPOINT=IMAGE[:SIZE]), each into its own
+   * partition, checked and grown as root is; the guest's fstab names them by UUID.
+   */
+  parts?: Array<{ mountpoint: string; image: OpenedImage; size?: number }>;
   domain?: {
     path: string;
     text: string;
@@ -102,6 +108,20 @@ export interface WrapReport {
     fsck: { preen: FsckSummary; final: FsckSummary };
     resized: boolean;
   };
+  /** The --part filesystems. */
+  parts?: Array<{
+    mountpoint: string;
+    source: string;
+    partition: number;
+    device: string;
+    type: string;
+    uuid: string;
+    'size-before': number;
+    'size-after': number;
+    'used-bytes': number;
+    fsck: { preen: FsckSummary; final: FsckSummary };
+    resized: boolean;
+  }>;
   swap?: { uuid: string; size: number };
   guest?: {
     'is-guest': boolean;
@@ -117,19 +137,20 @@ export interface WrapReport {
   seconds: number;
 }
 
-interface FsckSummary {
-  'exit-code': number;
-  status: string[];
-  output: string;
-}
-
-const summary = (r: FsckResult): FsckSummary => ({ 'exit-code': r.exitCode, status: r.status, output: r.output });
-
 const alignUp = (n: number, a: number) => Math.ceil(n / a) * a;
 const alignDown = (n: number, a: number) => Math.floor(n / a) * a;
 
-/** Work out partition sizes from the options; throws a usage error when they cannot fit. */
-export function planLayout(fsBytes: number, opts: Pick<WrapOptions, 'swap' | 'size' | 'rootSize'>): {
+/**
+ * Work out partition sizes from the options; throws a usage error when they
+ * cannot fit. `extra` are the sizes of the --part partitions (MiB-aligned
+ * bytes): with more than four partitions in all, each logical one costs one
+ * more MiB for its EBR.
+ */
+export function planLayout(
+  fsBytes: number,
+  opts: Pick<WrapOptions, 'swap' | 'size' | 'rootSize'>,
+  extra: number[] = [],
+): {
   diskSize: number;
   rootSize: number;
   swapSize: number;
@@ -137,6 +158,8 @@ export function planLayout(fsBytes: number, opts: Pick<WrapOptions, 'swap' | 'si
   const swapSize = opts.swap ? alignUp(opts.swap, MIB) : 0;
   if (opts.swap && opts.swap < 40 * 1024) throw new ImageError('usage', `--swap ${opts.swap} is too small (at least 40 KiB, as mkswap requires)`);
   if (opts.size !== undefined && opts.rootSize !== undefined) throw new ImageError('usage', '--size and --root-size exclude each other');
+  const count = 1 + (swapSize ? 1 : 0) + extra.length;
+  const fixed = MIB + swapSize + extra.reduce((s, x) => s + x, 0) + (count > 4 ? (count - 3) * MIB : 0);
   let rootSize = alignUp(fsBytes, MIB);
   if (opts.rootSize !== undefined) {
     if (opts.rootSize < fsBytes) {
@@ -144,12 +167,15 @@ export function planLayout(fsBytes: number, opts: Pick<WrapOptions, 'swap' | 'si
     }
     rootSize = alignUp(opts.rootSize, MIB);
   }
-  let diskSize = MIB + rootSize + swapSize;
+  let diskSize = fixed + rootSize;
   if (opts.size !== undefined) {
-    const room = alignDown(opts.size - MIB - swapSize, MIB);
+    const room = alignDown(opts.size - fixed, MIB);
     if (room < fsBytes) {
-      const need = MIB + alignUp(fsBytes, MIB) + swapSize;
-      throw new ImageError('usage', `--size ${formatSize(opts.size)} is too small: the filesystem and swap need at least ${formatSize(need)} (${need} bytes)`);
+      const need = fixed + alignUp(fsBytes, MIB);
+      throw new ImageError(
+        'usage',
+        `--size ${formatSize(opts.size)} is too small: the filesystem${extra.length ? 's' : ''} and swap need at least ${formatSize(need)} (${need} bytes)`,
+      );
     }
     rootSize = room;
     diskSize = opts.size;
@@ -157,122 +183,256 @@ export function planLayout(fsBytes: number, opts: Pick<WrapOptions, 'swap' | 'si
   return { diskSize, rootSize, swapSize };
 }
 
+/** An extra filesystem's partition size: at least the filesystem, SIZE when --part asks for more. */
+export function partSize(fsBytes: number, part: { mountpoint: string; size?: number }): number {
+  if (part.size !== undefined && part.size < fsBytes) {
+    throw new ImageError('usage', `--part ${part.mountpoint}: size ${formatSize(part.size)} is smaller than its filesystem (${formatSize(fsBytes)})`, { value: part.size });
+  }
+  return alignUp(Math.max(fsBytes, part.size ?? 0), MIB);
+}
+
+/** A region of the composed disk. */
+interface Piece {
+  offset: number;
+  dev: BlockDevice;
+}
+
+/** Concatenate pieces at their offsets, zeros between them and up to `size`. */
+function composeDisk(size: number, pieces: Piece[]): ConcatDevice {
+  const devices: BlockDevice[] = [];
+  let pos = 0;
+  for (const p of [...pieces].sort((a, b) => a.offset - b.offset)) {
+    if (p.offset < pos) throw new Error(`wrap: disk pieces overlap at byte ${p.offset}`);
+    if (p.offset > pos) devices.push(new ZeroDevice(p.offset - pos));
+    devices.push(p.dev);
+    pos = p.offset + p.dev.size;
+  }
+  if (pos > size) throw new Error(`wrap: disk pieces end at ${pos}, beyond the disk (${size})`);
+  if (pos < size) devices.push(new ZeroDevice(size - pos));
+  return new ConcatDevice(devices);
+}
+
+/** The partition table sectors: the MBR (in the header before partition 1) and the EBR chain. */
+async function tablePieces(diskSize: number, layout: DosLayout, headerSize: number): Promise<{ header: MemoryDevice; ebrs: Piece[] }> {
+  const primary = layout.parts.filter((p) => p.number <= 4);
+  if (layout.extended) primary.push(layout.extended);
+  const entries = [1, 2, 3, 4].map((n) => {
+    const p = primary.find((x) => x.number === n);
+    return p && { bootable: p.bootable, type: p.type, start: p.start, size: p.size };
+  });
+  const header = new MemoryDevice(headerSize);
+  await header.write(encodeMbr({ signature: randomBytes(4).readUInt32LE(0), entries, bootCode: new Uint8Array(440) }, diskSize), 0);
+  const ebrs: Piece[] = [];
+  if (layout.extended) {
+    const logicals = layout.parts.filter((p) => p.number > 4).map((p) => ({ ebr: p.ebr!, start: p.start, size: p.size, type: p.type }));
+    for (const e of encodeEbrChain(logicals, layout.extended, diskSize)) {
+      const dev = new MemoryDevice(SECTOR);
+      await dev.write(e.sector, 0);
+      ebrs.push({ offset: e.offset, dev });
+    }
+  }
+  return { header, ebrs };
+}
+
 export async function wrapImage(src: OpenedImage, opts: WrapOptions): Promise<WrapReport> {
   const t0 = performance.now();
   const log = opts.log ?? (() => {});
   const progress = opts.progress ?? noProgress;
   const warnings: string[] = [];
-  const input = src.image;
+  const grow = opts.grow ?? true;
 
-  // 1. What is the input?
-  const sb = await readExtSuperblock(input);
-  if (!sb) throw await notExtError(input, src.path);
-  if (sb.size > input.size) {
-    throw new ImageError('invalid-format', `the ext filesystem claims ${sb.size} bytes but the image holds only ${input.size}: truncated input?`, {
-      path: src.path,
-      field: 's_blocks_count',
-      value: sb.blocksCount,
-    });
-  }
-  const unreadable = sb.features.filter((f) => GRUB_UNREADABLE.includes(f));
+  // 1. What are the inputs?
+  const { sb, grubUnreadable: unreadable } = await inspectFs(src.image, src.path, warnings);
   if (unreadable.length) {
     warnings.push(`the filesystem has ${unreadable.join(', ')}: GRUB 2.06 cannot read it; it needs direct kernel boot, or the feature(s) disabled`);
   }
-  if (sb.features.includes('needs_recovery')) warnings.push('the filesystem journal needs recovery (the guest was not shut down cleanly): e2fsck replays it in the output');
+  const extras = [];
+  for (const p of opts.parts ?? []) {
+    const { sb: psb } = await inspectFs(p.image.image, p.image.path, warnings);
+    extras.push({ ...p, sb: psb, partSize: partSize(psb.size, p) });
+  }
+  checkMountpoints(extras.map((p) => p.mountpoint));
 
-  // 2. Layout.
-  const plan = planLayout(sb.size, opts);
-  const specs = [{ size: plan.rootSize, type: 0x83, bootable: true }];
+  // 2. Layout: root 1, swap 2, then each --part (logical partitions from 5 when more than four in all).
+  const plan = planLayout(sb.size, opts, extras.map((p) => p.partSize));
+  const specs: PartSpec[] = [{ size: plan.rootSize, type: 0x83, bootable: true }];
   if (plan.swapSize) specs.push({ size: plan.swapSize, type: 0x82, bootable: false });
-  const parts = layoutMbr(plan.diskSize, specs, { align: MIB });
+  for (const p of extras) specs.push({ size: p.partSize, type: 0x83, bootable: false });
+  const layout = layoutDos(plan.diskSize, specs, { align: MIB });
+  const parts = layout.parts;
   const rootPart = parts[0]!;
-  const swapPart = parts[1];
-  log(`layout: disk ${formatSize(plan.diskSize)}, root ${formatSize(rootPart.size)} at ${rootPart.start}${swapPart ? `, swap ${formatSize(swapPart.size)} at ${swapPart.start}` : ''}`);
+  const swapPart = plan.swapSize ? parts[1] : undefined;
+  const extraParts = parts.slice(plan.swapSize ? 2 : 1);
+  log(`layout: disk ${formatSize(plan.diskSize)}, ${parts.map((p) => `${p.number}: ${formatSize(p.size)} at ${p.start}`).join(', ')}`);
 
   // 3. Compose the disk.
-  const fsView = new SliceDevice(input, 0, sb.size);
-  progress.start('scan', 1);
-  const used = await extUsedRanges(fsView);
-  const usedBytes = used.reduce((s, r) => s + r.length, 0);
-  progress.finish();
-  log(`filesystem: ${sb.type}, ${formatSize(sb.size)}, ${formatSize(usedBytes)} in use`);
-  const filtered = new AllocationFilterDevice(fsView, used);
-  const rootBase = rootPart.size > sb.size ? new ConcatDevice([filtered, new ZeroDevice(rootPart.size - sb.size)]) : filtered;
-  const root = new OverlayDevice(rootBase, await scratchStore(opts.output));
-  const header = new MemoryDevice(rootPart.start);
-  const mbr = encodeMbr(
-    { signature: randomBytes(4).readUInt32LE(0), entries: [...parts.map((p) => ({ bootable: p.bootable, type: p.type, start: p.start, size: p.size })), undefined, undefined].slice(0, 4), bootCode: new Uint8Array(440) },
-    plan.diskSize,
-  );
-  await header.write(mbr, 0);
-  const devices: BlockDevice[] = [header, root];
+  const root = await stageFs(src.image, sb, rootPart.size, await scratchStore(opts.output), progress);
+  log(`filesystem: ${sb.type}, ${formatSize(sb.size)}, ${formatSize(root.usedBytes)} in use`);
+  const staged: Array<(typeof extras)[number] & { part: PlacedPart; staged: StagedFs }> = [];
+  for (const [i, p] of extras.entries()) {
+    staged.push({ ...p, part: extraParts[i]!, staged: await stageFs(p.image.image, p.sb, extraParts[i]!.size, await scratchStore(opts.output), progress) });
+  }
+  const { header, ebrs } = await tablePieces(plan.diskSize, layout, rootPart.start);
+  const pieces: Piece[] = [{ offset: 0, dev: header }, { offset: rootPart.start, dev: root.dev }, ...ebrs];
   let swapUuid: string | undefined;
   if (swapPart) {
-    if (swapPart.start !== rootPart.start + rootPart.size) devices.push(new ZeroDevice(swapPart.start - rootPart.start - rootPart.size));
     const swap = new MemoryDevice(swapPart.size);
     swapUuid = randomUUID();
     await swap.write(encodeSwapHeader(swapPart.size, { uuid: swapUuid }), 0);
-    devices.push(swap);
+    pieces.push({ offset: swapPart.start, dev: swap });
   }
-  const used2 = devices.reduce((s, d) => s + d.size, 0);
-  if (used2 < plan.diskSize) devices.push(new ZeroDevice(plan.diskSize - used2));
-  const disk = new ConcatDevice(devices);
+  for (const s of staged) pieces.push({ offset: s.part.start, dev: s.staged.dev });
+  const disk = composeDisk(plan.diskSize, pieces);
+  const overlays = [root.dev, ...staged.map((s) => s.staged.dev)];
 
-  // 4. Filesystem: repair what -p repairs, grow, check again read-only.
-  progress.start('fsck', 1);
-  const preen = await e2fsck(root, { mode: 'preen' });
-  progress.finish();
-  log(`e2fsck -fp: exit ${preen.exitCode} (${preen.status.join(', ')})`);
-  if (preen.exitCode & ~3) {
-    throw new ImageError('corrupt', `e2fsck could not repair the filesystem automatically (exit ${preen.exitCode}); run 'e2fsck -f' on a copy of the input:\n${preen.output.trim()}`, {
-      path: src.path,
-    });
-  }
-  if (preen.exitCode & 1) warnings.push(`e2fsck repaired the filesystem in the output (the input is unchanged):\n${preen.output.trim()}`);
-  let resized = false;
-  let sizeAfter = sb.size;
-  if ((opts.grow ?? true) && rootPart.size - sb.size >= MIB) {
-    progress.start('resize', 1);
-    const r = await resize2fs(root);
-    progress.finish();
-    if (r.exitCode !== 0) throw new ImageError('corrupt', `resize2fs failed (exit ${r.exitCode}):\n${r.output.trim()}`, { path: src.path });
-    resized = r.newSize !== r.oldSize;
-    sizeAfter = r.newSize;
-    log(`resize2fs: ${formatSize(r.oldSize)} -> ${formatSize(r.newSize)}`);
-  }
+  try {
+    // 4. Filesystems: repair what -p repairs, grow.
+    const rootFix = await repairAndGrow(root.dev, sb, { file: src.path, grow, progress, log, warnings });
+    const extraFix: RepairResult[] = [];
+    for (const s of staged) extraFix.push(await repairAndGrow(s.staged.dev, s.sb, { file: s.image.path, grow, progress, log, warnings }));
 
-  // 5. The guest: fstab, consoles, boot configs; GRUB into the header or a kernel for direct boot.
-  let guest: PreparedGuest | undefined;
-  const fstab = opts.domain ? await readGuestFstab(root) : null;
-  if (opts.guest) {
-    guest = await prepareGuest(disk, {
-      fsDev: root,
-      rootStart: rootPart.start,
-      rootNumber: rootPart.number,
-      rootUuid: sb.uuid,
-      swapUuid,
-      swapNumber: swapPart?.number,
-      boot: opts.guest.boot,
-      grubBlocked: unreadable.length ? `GRUB 2.06 cannot read a filesystem with ${unreadable.join(', ')}` : undefined,
-    });
-    warnings.push(...guest.warnings);
-    log(`guest: ${guest.fixes.changes.length} file(s) changed, boot ${guest.mode}`);
-  }
+    // 5. The guest: fstab, consoles, boot configs; GRUB into the header or a kernel for direct boot.
+    let guest: PreparedGuest | undefined;
+    const fstab = opts.domain ? await readGuestFstab(root.dev) : null;
+    if (opts.guest) {
+      guest = await prepareGuest(disk, {
+        fsDev: root.dev,
+        rootStart: rootPart.start,
+        rootNumber: rootPart.number,
+        rootUuid: sb.uuid,
+        swapUuid,
+        swapNumber: swapPart?.number,
+        mounts: staged.map((s) => ({ mountpoint: s.mountpoint, uuid: s.sb.uuid, device: `/dev/vda${s.part.number}` })),
+        boot: opts.guest.boot,
+        grubBlocked: unreadable.length ? `GRUB 2.06 cannot read a filesystem with ${unreadable.join(', ')}` : undefined,
+      });
+      warnings.push(...guest.warnings);
+      log(`guest: ${guest.fixes.changes.length} file(s) changed, boot ${guest.mode}`);
+    }
 
-  const final = await e2fsck(root, { mode: 'check' });
-  log(`e2fsck -fn: exit ${final.exitCode}`);
-  if (final.exitCode !== 0) {
-    throw new ImageError('corrupt', `the filesystem is still not clean after repair (e2fsck -fn exit ${final.exitCode}):\n${final.output.trim()}`, {
-      path: src.path,
-    });
-  }
+    // 6. Read-only checks: every filesystem must be clean now.
+    const final = await finalCheck(root.dev, src.path, log);
+    const extraFinal: FsckResult[] = [];
+    for (const s of staged) extraFinal.push(await finalCheck(s.staged.dev, s.image.path, log));
 
-  // 6. Write the disk, then the files beside it; all appear together at the end.
+    // 7. Write the disk, then the files beside it; all appear together at the end.
+    const out = await writeOutputs(src, opts, disk, plan.diskSize, guest, (direct) =>
+      opts.domain
+        ? convertWrapDomain({
+            text: opts.domain.text,
+            sourceName: opts.domain.path,
+            disk: { path: path.resolve(opts.output), format: opts.format },
+            root: { source: src.path, number: rootPart.number },
+            swap: swapPart ? { number: swapPart.number } : undefined,
+            parts: staged.map((s) => ({ mountpoint: s.mountpoint, source: s.image.path, number: s.part.number })),
+            fstab,
+            extraDisks: opts.domain.disks,
+            bridges: opts.domain.bridges,
+            networks: opts.domain.networks,
+            boot: {
+              boot: guest?.mode === 'direct' ? 'direct' : 'grub',
+              kernel: direct?.kernel,
+              initrd: direct?.initrd,
+              cmdline: direct ? guest?.cmdline : undefined,
+              machine: WRAP_MACHINE,
+            },
+          })
+        : undefined,
+    );
+    const direct = out.direct;
+    return {
+      source: src.path,
+      'source-format': src.driver.name,
+      output: opts.output,
+      'output-format': opts.format,
+      'disk-size': plan.diskSize,
+      partitions: [...parts, ...(layout.extended ? [layout.extended] : [])]
+        .sort((a, b) => a.number - b.number)
+        .map((p) => ({
+          number: p.number,
+          start: p.start,
+          size: p.size,
+          type: p.type.toString(16),
+          bootable: p.bootable,
+          content: p === rootPart ? sb.type : p === swapPart ? 'swap' : p === layout.extended ? 'extended' : `${staged.find((s) => s.part === p)!.sb.type} ${staged.find((s) => s.part === p)!.mountpoint}`,
+        })),
+      filesystem: {
+        type: sb.type,
+        uuid: sb.uuid,
+        'size-before': sb.size,
+        'size-after': rootFix.sizeAfter,
+        'used-bytes': root.usedBytes,
+        fsck: { preen: fsckSummary(rootFix.preen), final: fsckSummary(final) },
+        resized: rootFix.resized,
+      },
+      ...(staged.length
+        ? {
+            parts: staged.map((s, i) => ({
+              mountpoint: s.mountpoint,
+              source: s.image.path,
+              partition: s.part.number,
+              device: `/dev/vda${s.part.number}`,
+              type: s.sb.type,
+              uuid: s.sb.uuid,
+              'size-before': s.sb.size,
+              'size-after': extraFix[i]!.sizeAfter,
+              'used-bytes': s.staged.usedBytes,
+              fsck: { preen: fsckSummary(extraFix[i]!.preen), final: fsckSummary(extraFinal[i]!) },
+              resized: extraFix[i]!.resized,
+            })),
+          }
+        : {}),
+      ...(swapPart && swapUuid ? { swap: { uuid: swapUuid, size: swapPart.size } } : {}),
+      ...(guest
+        ? {
+            guest: {
+              'is-guest': guest.fixes.isGuest,
+              changes: guest.fixes.changes.map((c) => ({ path: c.path, diff: c.diff })),
+              boot: { mode: guest.mode, kernel: guest.kernel?.kernel, initrd: guest.kernel?.initrd, cmdline: guest.cmdline, 'core-size': guest.coreSize },
+              ...(direct && guest.cmdline
+                ? (() => {
+                    const i = directBootInstructions({ disk: path.resolve(opts.output), format: opts.format, kernelPath: direct.kernel, initrdPath: direct.initrd, cmdline: guest.cmdline });
+                    return { direct: { kernel: direct.kernel, initrd: direct.initrd, 'qemu-args': i.qemuArgs, 'libvirt-os': i.libvirtOs } };
+                  })()
+                : {}),
+            },
+          }
+        : {}),
+      ...(out.domain ? { domain: out.domain } : {}),
+      'bytes-copied': out.copied,
+      'allocated-size': out.allocated,
+      warnings,
+      seconds: (performance.now() - t0) / 1000,
+    };
+  } finally {
+    for (const o of overlays) await o.close();
+  }
+}
+
+/** Mount points of --part: absolute, not '/', each once. */
+function checkMountpoints(mps: string[]): void {
+  for (const [i, m] of mps.entries()) {
+    if (!/^\/[^\s]+$/.test(m) || m === '/' || /\/$/.test(m) || /(^|\/)\.\.?(\/|$)/.test(m)) {
+      throw new ImageError('usage', `--part ${m}: the mount point must be an absolute path other than / (e.g. /var)`, { value: m });
+    }
+    if (mps.indexOf(m) !== i) throw new ImageError('usage', `--part ${m} is given twice`, { value: m });
+  }
+}
+
+/** Write the disk and the files beside it (kernel, initrd, domain XML); commit them together. */
+async function writeOutputs(
+  src: OpenedImage,
+  opts: WrapOptions,
+  disk: BlockDevice,
+  diskSize: number,
+  guest: PreparedGuest | undefined,
+  makeDomain: (direct: { kernel: string; initrd?: string } | undefined) => WrapDomainResult | undefined,
+): Promise<{ copied: number; allocated: number; direct?: { kernel: string; initrd?: string }; domain?: WrapReport['domain'] }> {
   const created = await createImage(
     opts.output,
     opts.format,
-    { size: plan.diskSize, options: opts.options ?? {}, compress: opts.compress },
-    { force: opts.force, inputs: [src.path] },
+    { size: diskSize, options: opts.options ?? {}, compress: opts.compress },
+    { force: opts.force, inputs: [src.path, ...(opts.parts ?? []).map((p) => p.image.path)] },
   );
   let copied = 0;
   const sides: OutputFile[] = [];
@@ -284,7 +444,7 @@ export async function wrapImage(src: OpenedImage, opts: WrapOptions): Promise<Wr
       targetGranularity: info['cluster-size'],
       targetIsZero: created.zeroInit,
       concurrency: opts.compress ? 8 : 4,
-      progress,
+      progress: opts.progress ?? noProgress,
     });
     copied = stats.writtenBytes;
     await created.image.flush();
@@ -297,26 +457,8 @@ export async function wrapImage(src: OpenedImage, opts: WrapOptions): Promise<Wr
       sides.push(await sideFile(direct.kernel, guest.files.kernel, opts.force));
       if (direct.initrd) sides.push(await sideFile(direct.initrd, guest.files.initrd!, opts.force));
     }
-    if (opts.domain) {
-      const converted = convertWrapDomain({
-        text: opts.domain.text,
-        sourceName: opts.domain.path,
-        disk: { path: path.resolve(opts.output), format: opts.format },
-        root: { source: src.path, number: rootPart.number },
-        swap: swapPart ? { number: swapPart.number } : undefined,
-        parts: [],
-        fstab,
-        extraDisks: opts.domain.disks,
-        bridges: opts.domain.bridges,
-        networks: opts.domain.networks,
-        boot: {
-          boot: guest?.mode === 'direct' ? 'direct' : 'grub',
-          kernel: direct?.kernel,
-          initrd: direct?.initrd,
-          cmdline: direct ? guest?.cmdline : undefined,
-          machine: WRAP_MACHINE,
-        },
-      });
+    const converted = makeDomain(direct);
+    if (converted) {
       domain = { path: `${opts.output}.xml`, warnings: converted.warnings, consumed: converted.consumed };
       sides.push(await sideFile(domain.path, new TextEncoder().encode(converted.xml), opts.force));
     }
@@ -327,8 +469,6 @@ export async function wrapImage(src: OpenedImage, opts: WrapOptions): Promise<Wr
     await created.output.abort();
     for (const s of sides) await s.abort();
     throw e;
-  } finally {
-    await root.close();
   }
   let allocated = 0;
   try {
@@ -336,51 +476,7 @@ export async function wrapImage(src: OpenedImage, opts: WrapOptions): Promise<Wr
   } catch {
     /* block device */
   }
-  return {
-    source: src.path,
-    'source-format': src.driver.name,
-    output: opts.output,
-    'output-format': opts.format,
-    'disk-size': plan.diskSize,
-    partitions: parts.map((p) => ({
-      number: p.number,
-      start: p.start,
-      size: p.size,
-      type: p.type.toString(16),
-      bootable: p.bootable,
-      content: p === rootPart ? sb.type : 'swap',
-    })),
-    filesystem: {
-      type: sb.type,
-      uuid: sb.uuid,
-      'size-before': sb.size,
-      'size-after': sizeAfter,
-      'used-bytes': usedBytes,
-      fsck: { preen: summary(preen), final: summary(final) },
-      resized,
-    },
-    ...(swapPart && swapUuid ? { swap: { uuid: swapUuid, size: swapPart.size } } : {}),
-    ...(guest
-      ? {
-          guest: {
-            'is-guest': guest.fixes.isGuest,
-            changes: guest.fixes.changes.map((c) => ({ path: c.path, diff: c.diff })),
-            boot: { mode: guest.mode, kernel: guest.kernel?.kernel, initrd: guest.kernel?.initrd, cmdline: guest.cmdline, 'core-size': guest.coreSize },
-            ...(direct && guest.cmdline
-              ? (() => {
-                  const i = directBootInstructions({ disk: path.resolve(opts.output), format: opts.format, kernelPath: direct.kernel, initrdPath: direct.initrd, cmdline: guest.cmdline });
-                  return { direct: { kernel: direct.kernel, initrd: direct.initrd, 'qemu-args': i.qemuArgs, 'libvirt-os': i.libvirtOs } };
-                })()
-              : {}),
-          },
-        }
-      : {}),
-    ...(domain ? { domain } : {}),
-    'bytes-copied': copied,
-    'allocated-size': allocated,
-    warnings,
-    seconds: (performance.now() - t0) / 1000,
-  };
+  return { copied, allocated, direct, domain };
 }
 
 /**
@@ -413,23 +509,4 @@ async function sideFile(file: string, data: Uint8Array, force?: boolean): Promis
     throw e;
   }
   return out;
-}
-
-async function notExtError(input: BlockDevice, file: string): Promise<ImageError> {
-  const head = new Uint8Array(Math.min(input.size, 4096));
-  await input.read(head, 0);
-  const hasMbr = head.length >= 512 && head[510] === 0x55 && head[511] === 0xaa;
-  const gpt = head.length >= 520 && Buffer.from(head.subarray(512, 520)).toString('latin1') === 'EFI PART';
-  if (gpt || hasMbr) {
-    return new ImageError(
-      'usage',
-      `${file} already has a partition table (${gpt ? 'GPT' : 'MBR'}): wrap takes a bare ext2/3/4 filesystem; see 'imgtool part list ${file}'`,
-      { path: file },
-    );
-  }
-  return new ImageError('invalid-format', `${file} is not an ext2/3/4 filesystem (no ext superblock magic at byte 1080); see 'imgtool part list ${file}'`, {
-    path: file,
-    field: 's_magic',
-    offset: 1080,
-  });
 }

@@ -1,7 +1,7 @@
 import { type CommandSpec, OUTPUT_OPTION, flag, list, printJson, str, wantsJson } from '../command.js';
 import { BACKING_OPTIONS, FORCE_OPTION, FORMAT_OPTION, PROGRESS_OPTIONS, openFromArgs, progressFromArgs } from '../common.js';
 import { parseKeyValues, parseSize, formatSize } from '../../core/size.js';
-import { formatFromExtension } from '../../formats/index.js';
+import { formatFromExtension, openImage } from '../../formats/index.js';
 import * as fs from 'node:fs';
 import { ImageError, ioError } from '../../core/errors.js';
 import type { BootMode } from '../../guest/boot.js';
@@ -37,12 +37,23 @@ function domainFile(args: ParsedArgs): WrapOptions['domain'] {
   };
 }
 
+/** `--part MOUNTPOINT=IMAGE[:SIZE]` → its parts (SIZE only when the suffix parses as a size). */
+export function parsePartArg(arg: string): { mountpoint: string; path: string; size?: number } {
+  const eq = arg.indexOf('=');
+  if (eq <= 0 || eq === arg.length - 1) throw new ImageError('usage', `--part wants MOUNTPOINT=IMAGE[:SIZE] (e.g. /var=var.img:2G), not '${arg}'`);
+  const mountpoint = arg.slice(0, eq);
+  const rest = arg.slice(eq + 1);
+  const m = /^(.+):(\d+(?:\.\d+)?[kKmMgGtTpPeE]?)$/.exec(rest);
+  return m ? { mountpoint, path: m[1]!, size: parseSize(m[2]!, `--part ${mountpoint}`) } : { mountpoint, path: rest };
+}
+
 const shellQuote = (s: string) => (/^[\w@%+=:,./-]+$/.test(s) ? s : `'${s.replace(/'/g, `'\\''`)}'`);
 
 export const wrapCommand: CommandSpec = {
   name: 'wrap',
   summary: 'turn a bare ext2/3/4 filesystem (a Xen guest disk) into a partitioned, bootable KVM disk',
-  usage: 'wrap SRC -o DST [-f FMT] [-O FMT] [--swap SIZE] [--size TOTAL | --root-size SIZE] [--no-grow] [--boot MODE] [--no-guest] [--domain XEN.cfg] [-c] [-p] [--force]',
+  usage:
+    'wrap SRC -o DST [-f FMT] [-O FMT] [--swap SIZE] [--part MOUNTPOINT=IMG[:SIZE]]... [--size TOTAL | --root-size SIZE] [--no-grow] [--boot MODE] [--no-guest] [--domain XEN.cfg [--disk PATH[:FMT]]... [--bridge XEN=KVM]... [--network XEN=NET]...] [-c] [-p] [--force]',
   positionals: { min: 1, max: 1 },
   options: [
     { name: 'target', short: 'o', type: 'string', valueName: 'DST', description: 'the output disk (a file, or a host block device with --force)' },
@@ -50,6 +61,7 @@ export const wrapCommand: CommandSpec = {
     { name: 'output-format', short: 'O', type: 'string', valueName: 'FMT', description: 'output format; from the extension of DST when omitted' },
     { name: 'options', type: 'string', multiple: true, valueName: 'KEY=VALUE,...', description: "output format options, as convert's -o" },
     { name: 'swap', type: 'string', valueName: 'SIZE', description: 'add a swap partition of this size (partition 2)' },
+    { name: 'part', type: 'string', multiple: true, valueName: 'MOUNTPOINT=IMG[:SIZE]', description: 'another filesystem of the guest (e.g. /var=var.img:4G) into its own partition, grown to SIZE' },
     { name: 'size', type: 'string', valueName: 'TOTAL', description: 'total disk size; partition 1 takes what the swap leaves' },
     { name: 'root-size', type: 'string', valueName: 'SIZE', description: 'size of partition 1 (at least the filesystem)' },
     { name: 'no-grow', type: 'boolean', description: 'do not grow the filesystem to fill partition 1' },
@@ -66,11 +78,14 @@ export const wrapCommand: CommandSpec = {
     OUTPUT_OPTION,
   ],
   details: `The disk: an MBR with partition 1 (Linux, bootable) at 1 MiB holding the filesystem and,
-with --swap, partition 2 (Linux swap) with a fresh swap signature; both aligned to 1 MiB.
-Only the blocks the filesystem uses are copied. The filesystem is checked and repaired
-(as e2fsck -p) and grown (resize2fs) in the output; the input is never written.
+with --swap, partition 2 (Linux swap) with a fresh swap signature; all aligned to 1 MiB.
+Each --part MOUNTPOINT=IMG[:SIZE] adds a filesystem (any image format) in the next
+partition (3, 4; with more than four partitions in all, partition 3 and logical
+partitions 5, 6, ... in an extended partition 4), sized to the filesystem or SIZE.
+Only the blocks each filesystem uses are copied. Each is checked and repaired (as
+e2fsck -p) and grown (resize2fs) in the output; the inputs are never written.
 
-Guest conversion (unless --no-guest): /etc/fstab names the new filesystem and swap by UUID,
+Guest conversion (unless --no-guest): /etc/fstab names the new filesystems and swap by UUID,
 xvc0/hvc0 consoles become tty1 and ttyS0, boot configs lose Xen-only arguments; warnings
 for a Xen-only kernel or an initrd without virtio drivers. A filesystem that is not a
 bootable guest is wrapped as plain data with a warning.
@@ -86,6 +101,13 @@ Boot (--boot):
 Examples:
   imgtool wrap xen.img --swap 1G -o kvm.qcow2
   imgtool wrap xen.img --swap 1G -o kvm.qcow2 --domain /etc/xen/guest.cfg   # also kvm.qcow2.xml
+  imgtool wrap root.img --part /var=var.img --part /home=home.img:20G --swap 1G -o kvm.qcow2
+
+With --domain, the Xen disks the wrap consumed (the root filesystem's, the swap disk the
+guest's fstab names when --swap makes a new swap partition, each --part's) become the one
+new disk; other disks are kept at their Xen path with a warning (map their converted
+images with --disk, in order). --bridge and --network map interfaces as in
+'imgtool domain convert'. The domain keeps the Xen uuid (or gets a fresh one).
   imgtool wrap /dev/vg0/guest --size 20G --swap 2G -o guest.vdi -p
   imgtool wrap xen.img -o /dev/vg1/kvm-guest -O raw --force
 
@@ -100,7 +122,9 @@ the partial output is removed); 130 interrupted.`,
     const format = str(args, 'output-format') ?? formatFromExtension(dst) ?? (dst.startsWith('/dev/') ? 'raw' : undefined);
     if (!format) throw new ImageError('usage', `cannot tell the output format from '${dst}': name it with -O (raw, qcow, qcow2, vdi)`);
     const opened = await openFromArgs(src, args);
+    const parts: NonNullable<WrapOptions['parts']> = [];
     try {
+      for (const p of list(args, 'part').map(parsePartArg)) parts.push({ mountpoint: p.mountpoint, size: p.size, image: await openImage(p.path) });
       const sizeOpt = (name: string) => {
         const v = str(args, name);
         return v === undefined ? undefined : parseSize(v, `--${name}`);
@@ -117,6 +141,7 @@ the partial output is removed); 130 interrupted.`,
         force: flag(args, 'force'),
         progress: progressFromArgs(args, ctx),
         guest: flag(args, 'no-guest') ? false : { boot: bootMode(str(args, 'boot') ?? 'auto') },
+        parts,
         domain: domainFile(args),
       });
       if (json) {
@@ -125,6 +150,9 @@ the partial output is removed); 130 interrupted.`,
         const lines = [`${report.output}: ${report['output-format']}, ${formatSize(report['disk-size'])}`];
         for (const p of report.partitions) {
           lines.push(`  partition ${p.number}: ${formatSize(p.size).padStart(10)} at ${formatSize(p.start)}  ${p.content}${p.bootable ? ' (boot)' : ''}`);
+        }
+        for (const p of report.parts ?? []) {
+          lines.push(`  ${p.mountpoint}: ${p.type} ${p.uuid} on ${p.device}${p.resized ? `, grown ${formatSize(p['size-before'])} -> ${formatSize(p['size-after'])}` : ''}`);
         }
         const f = report.filesystem;
         lines.push(
@@ -147,6 +175,7 @@ the partial output is removed); 130 interrupted.`,
       }
     } finally {
       await opened.image.close();
+      for (const p of parts) await p.image.image.close();
     }
     return 0;
   },
