@@ -92,6 +92,28 @@ export interface WrapOptions {
   };
 }
 
+export interface FsReport {
+  type: string;
+  uuid: string;
+  'size-before': number;
+  'size-after': number;
+  'used-bytes': number;
+  fsck: { preen: FsckSummary; final: FsckSummary };
+  resized: boolean;
+}
+
+function fsReport(sb: { type: string; uuid: string; size: number }, usedBytes: number, fix: RepairResult, final: FsckResult): FsReport {
+  return {
+    type: sb.type,
+    uuid: sb.uuid,
+    'size-before': sb.size,
+    'size-after': fix.sizeAfter,
+    'used-bytes': usedBytes,
+    fsck: { preen: fsckSummary(fix.preen), final: fsckSummary(final) },
+    resized: fix.resized,
+  };
+}
+
 export interface WrapReport {
   source: string;
   'source-format': string;
@@ -99,29 +121,9 @@ export interface WrapReport {
   'output-format': string;
   'disk-size': number;
   partitions: Array<{ number: number; start: number; size: number; type: string; bootable: boolean; content: string }>;
-  filesystem: {
-    type: string;
-    uuid: string;
-    'size-before': number;
-    'size-after': number;
-    'used-bytes': number;
-    fsck: { preen: FsckSummary; final: FsckSummary };
-    resized: boolean;
-  };
+  filesystem: FsReport;
   /** The --part filesystems. */
-  parts?: Array<{
-    mountpoint: string;
-    source: string;
-    partition: number;
-    device: string;
-    type: string;
-    uuid: string;
-    'size-before': number;
-    'size-after': number;
-    'used-bytes': number;
-    fsck: { preen: FsckSummary; final: FsckSummary };
-    resized: boolean;
-  }>;
+  parts?: Array<FsReport & { mountpoint: string; source: string; partition: number; device: string }>;
   swap?: { uuid: string; size: number };
   guest?: {
     'is-guest': boolean;
@@ -356,15 +358,7 @@ export async function wrapImage(src: OpenedImage, opts: WrapOptions): Promise<Wr
           bootable: p.bootable,
           content: p === rootPart ? sb.type : p === swapPart ? 'swap' : p === layout.extended ? 'extended' : `${staged.find((s) => s.part === p)!.sb.type} ${staged.find((s) => s.part === p)!.mountpoint}`,
         })),
-      filesystem: {
-        type: sb.type,
-        uuid: sb.uuid,
-        'size-before': sb.size,
-        'size-after': rootFix.sizeAfter,
-        'used-bytes': root.usedBytes,
-        fsck: { preen: fsckSummary(rootFix.preen), final: fsckSummary(final) },
-        resized: rootFix.resized,
-      },
+      filesystem: fsReport(sb, root.usedBytes, rootFix, final),
       ...(staged.length
         ? {
             parts: staged.map((s, i) => ({
@@ -372,13 +366,7 @@ export async function wrapImage(src: OpenedImage, opts: WrapOptions): Promise<Wr
               source: s.image.path,
               partition: s.part.number,
               device: `/dev/vda${s.part.number}`,
-              type: s.sb.type,
-              uuid: s.sb.uuid,
-              'size-before': s.sb.size,
-              'size-after': extraFix[i]!.sizeAfter,
-              'used-bytes': s.staged.usedBytes,
-              fsck: { preen: fsckSummary(extraFix[i]!.preen), final: fsckSummary(extraFinal[i]!) },
-              resized: extraFix[i]!.resized,
+              ...fsReport(s.sb, s.staged.usedBytes, extraFix[i]!, extraFinal[i]!),
             })),
           }
         : {}),
