@@ -90,20 +90,5 @@ export async function writeToStdout(
   return written;
 }
 
-/** A raw image as a stream: the device's bytes in order, holes as zeros. */
-export async function* rawStream(source: BlockDevice, chunkSize = 1 << 20): AsyncGenerator<Uint8Array> {
-  const zero = new Uint8Array(chunkSize);
-  for (let pos = 0; pos < source.size; ) {
-    const e = await source.status(pos, Math.min(source.size - pos, 64 * chunkSize));
-    const end = pos + e.length;
-    while (pos < end) {
-      const n = Math.min(chunkSize, end - pos);
-      if (e.kind === 'data') {
-        const buf = new Uint8Array(n); // a fresh buffer: the consumer may hold it until drained
-        await source.read(buf, pos);
-        yield buf;
-      } else yield zero.subarray(0, n);
-      pos += n;
-    }
-  }
-}
+/** The raw stream writer lives with the raw driver (src/formats must not import src/convert). */
+export { rawStream } from '../formats/raw.js';

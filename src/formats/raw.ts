@@ -7,7 +7,6 @@
 import { type BlockDevice, type Extent, checkRange } from '../core/device.js';
 import type { CreateOptions, FormatDriver, Image, ImageInfo, OpenOptions } from './types.js';
 import { ImageError } from '../core/errors.js';
-import { rawStream } from '../convert/stream.js';
 
 /** The size is fixed at open/create: a growable child must not grow through the image. */
 class RawImage implements Image {
@@ -69,3 +68,21 @@ export const raw: FormatDriver = {
   createOptions: {},
   stream: (source: BlockDevice) => rawStream(source),
 };
+
+/** A raw image as a stream: the device's bytes in order, holes as zeros. */
+export async function* rawStream(source: BlockDevice, chunkSize = 1 << 20): AsyncGenerator<Uint8Array> {
+  const zero = new Uint8Array(chunkSize);
+  for (let pos = 0; pos < source.size; ) {
+    const e = await source.status(pos, Math.min(source.size - pos, 64 * chunkSize));
+    const end = pos + e.length;
+    while (pos < end) {
+      const n = Math.min(chunkSize, end - pos);
+      if (e.kind === 'data') {
+        const buf = new Uint8Array(n); // a fresh buffer: the consumer may hold it until drained
+        await source.read(buf, pos);
+        yield buf;
+      } else yield zero.subarray(0, n);
+      pos += n;
+    }
+  }
+}
