@@ -1,0 +1,183 @@
+/**
+ * The shared engine for mapped formats, driven by a toy format whose table
+ * is a Map: reads, status, writes with copy-on-write of partial clusters,
+ * zero writes, compressed clusters, data-before-metadata order, concurrent
+ * writers inside one new cluster, the bounded table cache.
+ */
+import { describe, expect, it } from 'vitest';
+import { deflateRawSync } from 'node:zlib';
+import { extents } from '../src/core/device.js';
+import { ImageError } from '../src/core/errors.js';
+import { MemoryDevice } from '../src/core/memory.js';
+import { MappedDevice, TableCache, type Mapping, type MappedFormat } from '../src/formats/engine/index.js';
+import { pattern } from './helpers/devices.js';
+
+const CS = 4096;
+
+type Entry = { host: number } | 'zero' | { host: number; stored: number };
+
+/** A toy mapped format: one Map entry per cluster, clusters appended to the container. */
+class Toy implements MappedFormat {
+  readonly name = 'toy';
+  readonly clusterSize = CS;
+  readonly table = new Map<number, Entry>();
+  readonly log: string[] = [];
+  next = 0;
+  constructor(
+    readonly size: number,
+    private readonly zeroable = true,
+  ) {}
+  async lookup(offset: number, length: number): Promise<Mapping> {
+    const c = Math.floor(offset / CS);
+    const within = offset - c * CS;
+    const n = Math.min(length, CS - within);
+    const e = this.table.get(c);
+    if (e === undefined) return { kind: 'unallocated', length: n };
+    if (e === 'zero') return { kind: 'zero', length: n };
+    if ('stored' in e) return { kind: 'compressed', length: n, host: e.host, stored: e.stored, codec: 'deflate' };
+    return { kind: 'data', length: n, host: e.host + within };
+  }
+  async allocate(): Promise<number> {
+    const h = this.next;
+    this.next += CS;
+    this.log.push(`allocate ${h}`);
+    return h;
+  }
+  async commit(offset: number, host: number): Promise<void> {
+    this.log.push(`commit ${host}`);
+    this.table.set(Math.floor(offset / CS), { host });
+  }
+  async markZero(offset: number): Promise<boolean> {
+    if (!this.zeroable) return false;
+    this.table.set(Math.floor(offset / CS), 'zero');
+    return true;
+  }
+}
+
+/** A container that logs writes, to check data lands before the table points at it. */
+function loggingContainer(toy: Toy): MemoryDevice {
+  const dev = new MemoryDevice(0, { growable: true });
+  const write = dev.write.bind(dev);
+  dev.write = async (buf, offset) => {
+    toy.log.push(`data ${offset}`);
+    return write(buf, offset);
+  };
+  return dev;
+}
+
+describe('shared engine', () => {
+  it('random writes, zero writes and partial clusters read back like a plain memory device', async () => {
+    for (const zeroable of [true, false]) {
+      const size = 40 * CS + 100;
+      const toy = new Toy(size, zeroable);
+      const dev = new MappedDevice(toy, { container: new MemoryDevice(0, { growable: true }), writable: true, zeroInit: true });
+      const ref = new Uint8Array(size);
+      let seed = 7;
+      const rnd = (n: number) => ((seed = (seed * 1103515245 + 12345) >>> 0) >>> 8) % n;
+      for (let k = 0; k < 200; k++) {
+        const off = rnd(size);
+        const len = 1 + rnd(Math.min(3 * CS, size - off));
+        if (rnd(4) === 0) {
+          await dev.writeZeroes(off, len);
+          ref.fill(0, off, off + len);
+        } else {
+          const data = pattern(len, k + 1);
+          await dev.write(data, off);
+          ref.set(data, off);
+        }
+      }
+      const got = new Uint8Array(size);
+      await dev.read(got, 0);
+      expect(Buffer.compare(got, ref)).toBe(0);
+      let covered = 0;
+      for await (const e of extents(dev)) covered += e.length;
+      expect(covered).toBe(size);
+      if (zeroable) expect([...toy.table.values()]).toContain('zero');
+    }
+  });
+
+  it('copy-on-write fills a partial cluster from the backing file, then data is written before the table entry', async () => {
+    const backing = MemoryDevice.from(pattern(8 * CS, 99));
+    const toy = new Toy(8 * CS);
+    const dev = new MappedDevice(toy, { container: loggingContainer(toy), writable: true, backing });
+    await dev.write(pattern(100, 5), 3 * CS + 1000);
+    const got = new Uint8Array(CS);
+    await dev.read(got, 3 * CS);
+    const want = pattern(8 * CS, 99).slice(3 * CS, 4 * CS);
+    want.set(pattern(100, 5), 1000);
+    expect(Buffer.compare(got, want)).toBe(0);
+    expect(toy.log).toEqual(['allocate 0', 'data 0', 'commit 0']);
+    // Unallocated runs report the backing file's status; allocated ones report data.
+    expect((await dev.status(0, CS)).kind).toBe('data');
+    expect((await dev.status(3 * CS, CS)).kind).toBe('data');
+  });
+
+  it('two writers to disjoint halves of one new cluster both land (allocation is serialised, the second sees the first)', async () => {
+    const toy = new Toy(4 * CS);
+    const dev = new MappedDevice(toy, { container: new MemoryDevice(0, { growable: true }), writable: true });
+    const a = pattern(CS / 2, 1);
+    const b = pattern(CS / 2, 2);
+    await Promise.all([dev.write(a, CS), dev.write(b, CS + CS / 2)]);
+    const got = new Uint8Array(CS);
+    await dev.read(got, CS);
+    expect(Buffer.compare(got.subarray(0, CS / 2), a)).toBe(0);
+    expect(Buffer.compare(got.subarray(CS / 2), b)).toBe(0);
+    expect(toy.next).toBe(CS); // one cluster allocated, not two
+  });
+
+  it('reads compressed clusters (any part of them) and rewrites them as data on a partial write', async () => {
+    const plain = pattern(CS, 42);
+    const stored = deflateRawSync(plain);
+    const container = new MemoryDevice(0, { growable: true });
+    await container.write(stored, 0);
+    const toy = new Toy(2 * CS);
+    toy.next = CS;
+    toy.table.set(0, { host: 0, stored: stored.length });
+    const dev = new MappedDevice(toy, { container, writable: true });
+    const part = new Uint8Array(300);
+    await dev.read(part, 1000);
+    expect(Buffer.compare(part, plain.subarray(1000, 1300))).toBe(0);
+    expect((await dev.status(0, CS)).kind).toBe('data');
+    await dev.write(new Uint8Array([1, 2, 3]), 10);
+    const all = new Uint8Array(CS);
+    await dev.read(all, 0);
+    const want = plain.slice();
+    want.set([1, 2, 3], 10);
+    expect(Buffer.compare(all, want)).toBe(0);
+  });
+
+  it('corrupt compressed data is an ImageError naming the cluster, not a crash', async () => {
+    const container = MemoryDevice.from(new Uint8Array(64).fill(0xff));
+    const toy = new Toy(CS);
+    toy.table.set(0, { host: 0, stored: 64 });
+    const dev = new MappedDevice(toy, { container });
+    const err = await dev.read(new Uint8Array(10), 0).catch((e: unknown) => e);
+    expect(err).toBeInstanceOf(ImageError);
+    expect((err as ImageError).kind).toBe('corrupt');
+    expect((err as ImageError).context.field).toBe('compressed cluster');
+  });
+
+  it('a read-only image refuses writes', async () => {
+    const dev = new MappedDevice(new Toy(CS), { container: new MemoryDevice(0) });
+    await expect(dev.write(new Uint8Array(1), 0)).rejects.toBeInstanceOf(ImageError);
+  });
+});
+
+describe('table cache', () => {
+  it('holds at most its capacity, drops the least recently used, and loads a key once for concurrent callers', async () => {
+    const c = new TableCache<number>(2);
+    let loads = 0;
+    const load = (v: number) => async () => {
+      loads++;
+      return v;
+    };
+    const [x, y] = await Promise.all([c.get(1, load(10)), c.get(1, load(10))]);
+    expect([x, y, loads]).toEqual([10, 10, 1]);
+    await c.get(2, load(20));
+    await c.get(1, load(10)); // 1 is now most recent
+    await c.get(3, load(30)); // evicts 2
+    expect(c.size).toBe(2);
+    expect(c.peek(2)).toBeUndefined();
+    expect(c.peek(1)).toBe(10);
+  });
+});
