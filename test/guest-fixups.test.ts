@@ -121,6 +121,36 @@ describe('fstab', () => {
     );
   });
 
+  it('rewrites the entries of filesystems on the new disk (wrap --part) by mount point to UUID=, keeping type and options', () => {
+    const w: string[] = [];
+    const text = [
+      '/dev/xvda1 / ext4 defaults 0 1',
+      '/dev/xvda3\t/var\text3\tdefaults,noatime\t0\t2',
+      'LABEL=home /home/ ext4 nodev,nosuid 0 2',
+      '/dev/xvdc1 /srv ext4 defaults 0 2',
+      '/dev/xvda2 none swap sw 0 0',
+      '',
+    ].join('\n');
+    const mounts = [
+      { mountpoint: '/var', uuid: '11111111-2222-3333-4444-555555555555', device: '/dev/vda5' },
+      { mountpoint: '/home', uuid: '66666666-7777-8888-9999-aaaaaaaaaaaa', device: '/dev/vda6' },
+      { mountpoint: '/opt', uuid: 'bbbbbbbb-cccc-dddd-eeee-ffffffffffff', device: '/dev/vda7' },
+    ];
+    const out = fixFstabText(text, { root: `UUID=${ROOT_UUID}`, swap: `UUID=${SWAP_UUID}`, mounts }, w);
+    expect(out.split('\n')).toEqual([
+      `UUID=${ROOT_UUID} / ext4 defaults 0 1`,
+      'UUID=11111111-2222-3333-4444-555555555555\t/var\text3\tdefaults,noatime\t0\t2',
+      'UUID=66666666-7777-8888-9999-aaaaaaaaaaaa /home/ ext4 nodev,nosuid 0 2',
+      // Not on the new disk: today's behaviour (a virtio name and a warning).
+      '/dev/vdc1 /srv ext4 defaults 0 2',
+      `UUID=${SWAP_UUID} none swap sw 0 0`,
+      '',
+    ]);
+    expect(w.join('\n')).toMatch(/\/dev\/xvdc1 \(\/srv\) is not part of the wrapped disk; renamed to \/dev\/vdc1/);
+    expect(w.join('\n')).toMatch(/\/etc\/fstab has no entry for \/opt: the filesystem on \/dev\/vda7 \(UUID=bbbbbbbb-cccc-dddd-eeee-ffffffffffff\) is not mounted/);
+    expect(w).toHaveLength(2);
+  });
+
   it('leaves LABEL= and UUID= roots alone', () => {
     const w: string[] = [];
     const text = 'LABEL=root / ext4 defaults 0 1\n';
@@ -139,6 +169,35 @@ describe('consoles and boot configs (text)', () => {
     const out = fixInittabText('1:2345:respawn:/sbin/mingetty tty1\nco:2345:respawn:/sbin/mingetty hvc0\n', []);
     expect(out).toContain('co:2345:respawn:/sbin/agetty -L ttyS0 115200 vt100');
     expect(out.match(/tty1/g)).toHaveLength(1);
+  });
+
+  it('gives ttyS0 one getty when the inittab has gettys on both hvc0 and xvc0, and keeps tty1', () => {
+    const w: string[] = [];
+    const text = 'id:2:initdefault:\n1:2345:respawn:/sbin/getty 38400 tty1\nh0:2345:respawn:/sbin/getty 38400 hvc0\nx0:2345:respawn:/sbin/getty 38400 xvc0\n';
+    expect(fixInittabText(text, w)).toBe(
+      'id:2:initdefault:\n1:2345:respawn:/sbin/getty 38400 tty1\nh0:2345:respawn:/sbin/getty 115200 ttyS0\n' +
+        '# imgtool: ttyS0 has a getty already (this one ran on xvc0): x0:2345:respawn:/sbin/getty 38400 xvc0\n',
+    );
+    expect(w.join()).toMatch(/the getty on xvc0 \(id x0\) is commented out/);
+  });
+
+  it('comments out a Xen console getty when the inittab already runs one on ttyS0', () => {
+    const text = 'T0:23:respawn:/sbin/getty -L ttyS0 9600 vt100\nco:2345:respawn:/sbin/getty 38400 hvc0\n';
+    const out = fixInittabText(text, []);
+    expect(out).toBe('T0:23:respawn:/sbin/getty -L ttyS0 9600 vt100\n# imgtool: ttyS0 has a getty already (this one ran on hvc0): co:2345:respawn:/sbin/getty 38400 hvc0\n');
+  });
+
+  it('adds the arguments the fix-ups need to kernel lines, kopt and GRUB_CMDLINE_LINUX (added when missing), once', () => {
+    const add = ['net.ifnames=0', 'biosdevname=0'];
+    expect(fixBootConfigText('/etc/default/grub', 'GRUB_CMDLINE_LINUX_DEFAULT="quiet"\nGRUB_CMDLINE_LINUX=""\n', 'UUID=u', add)).toBe(
+      'GRUB_CMDLINE_LINUX_DEFAULT="quiet"\nGRUB_CMDLINE_LINUX="net.ifnames=0 biosdevname=0"\n',
+    );
+    expect(fixBootConfigText('/etc/default/grub', 'GRUB_CMDLINE_LINUX="net.ifnames=0 quiet"\n', 'UUID=u', add)).toBe('GRUB_CMDLINE_LINUX="net.ifnames=0 quiet biosdevname=0"\n');
+    expect(fixBootConfigText('/etc/default/grub', 'GRUB_TIMEOUT=5\n', 'UUID=u', add)).toBe('GRUB_TIMEOUT=5\nGRUB_CMDLINE_LINUX="net.ifnames=0 biosdevname=0"\n');
+    expect(fixBootConfigText('/boot/grub/menu.lst', '# kopt=root=/dev/xvda1 ro\n\tkernel /vmlinuz root=/dev/xvda1 ro\n', 'UUID=u', add)).toBe(
+      '# kopt=root=UUID=u ro net.ifnames=0 biosdevname=0\n\tkernel /vmlinuz root=UUID=u ro net.ifnames=0 biosdevname=0\n',
+    );
+    expect(fixBootConfigText('/boot/grub/grub.cfg', '\tlinux /vmlinuz root=UUID=u ro net.ifnames=0 biosdevname=0\n', 'UUID=u', add)).toBe('\tlinux /vmlinuz root=UUID=u ro net.ifnames=0 biosdevname=0\n');
   });
 
   it('leaves an inittab without Xen consoles byte-identical', () => {

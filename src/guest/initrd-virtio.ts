@@ -149,8 +149,10 @@ function closure(names: string[], dep: Map<string, DepEntry>): string[] {
   return order;
 }
 
-function findDepmod(): string | undefined {
-  for (const dir of (process.env.PATH ?? '').split(':').concat(['/usr/sbin', '/sbin', '/usr/bin', '/bin'])) {
+const DEPMOD_DIRS = () => (process.env.PATH ?? '').split(':').concat(['/usr/sbin', '/sbin', '/usr/bin', '/bin']);
+
+function findDepmod(dirs: string[]): string | undefined {
+  for (const dir of dirs) {
     const p = path.join(dir || '.', 'depmod');
     if (fs.existsSync(p)) return p;
   }
@@ -161,8 +163,8 @@ function findDepmod(): string | undefined {
  * Run the host's depmod over a scratch module tree holding `files` (paths
  * relative to lib/modules/VERSION); returns the index files it wrote.
  */
-export function depmodIndexes(version: string, files: Map<string, Uint8Array>): Map<string, Uint8Array> {
-  const depmod = findDepmod();
+export function depmodIndexes(version: string, files: Map<string, Uint8Array>, searchDirs = DEPMOD_DIRS()): Map<string, Uint8Array> {
+  const depmod = findDepmod(searchDirs);
   if (!depmod) {
     throw new ImageError(
       'unsupported',
@@ -217,7 +219,7 @@ export async function planInitrd(read: GuestReader, image: Uint8Array, opts: Pla
   const result: InitrdPlan = { storage };
   const fail = (why: string): InitrdPlan => ({ ...result, problem: why });
   if (!contents.appendable) {
-    const why = contents.problem ? `${opts.initrd} could not be read (${contents.problem})` : `${opts.initrd} ends in ${contents.segments.at(-1)} data whose end imgtool cannot find`;
+    const why = contents.problem ? `${opts.initrd} could not be read (${contents.problem})` : `${opts.initrd} holds ${contents.openEnded} data whose end imgtool cannot find`;
     return opts.addVirtio ? fail(`${why}: nothing can be appended to it`) : result;
   }
 

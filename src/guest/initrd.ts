@@ -49,6 +49,8 @@ export interface InitrdContents {
    * compressed member's end is known (not lz4, lzo, bzip2 or lzma).
    */
   appendable: boolean;
+  /** The codec whose end could not be found (why appendable is false), e.g. 'lz4'. */
+  openEnded?: string;
 }
 
 interface Codec {
@@ -129,7 +131,7 @@ export function listInitrd(image: Uint8Array, keep?: (name: string) => boolean):
   const files: string[] = [];
   const segments: string[] = [];
   const kept = new Map<string, CpioEntry>();
-  let appendable = true;
+  let openEnded: string | undefined;
   const onEntry = (e: CpioEntry) => {
     files.push(e.name);
     if (keep?.(e.name)) kept.set(e.name, e);
@@ -154,7 +156,7 @@ export function listInitrd(image: Uint8Array, keep?: (name: string) => boolean):
       segments.push(codec.name);
       // Without a known end, a compressed member runs to the end of the initrd (the kernel decompresses the rest).
       const end = memberEnd(codec, b, pos);
-      if (end < 0) appendable = false;
+      if (end < 0) openEnded ??= codec.name;
       walk(decompress(codec, b.subarray(pos, end < 0 ? b.length : end)), depth + 1);
       pos = end < 0 ? b.length : end;
     }
@@ -163,9 +165,9 @@ export function listInitrd(image: Uint8Array, keep?: (name: string) => boolean):
     walk(image, 0);
   } catch (e) {
     const msg = e instanceof ImageError ? e.message : e instanceof Error ? e.message : String(e);
-    return { files, segments, kept, appendable: false, problem: msg };
+    return { files, segments, kept, appendable: false, openEnded, problem: msg };
   }
-  return { files, segments, kept, appendable };
+  return { files, segments, kept, appendable: openEnded === undefined, openEnded };
 }
 
 /** Module base names (without .ko / .ko.xz / ...) found among initrd paths. */
