@@ -25,6 +25,7 @@ import {
   resolveBootMode,
 } from '../src/guest/boot.js';
 import { MAX_CORE_SECTORS, readBootFields } from '../src/guest/grub.js';
+import { prepareGuest } from '../src/guest/prepare.js';
 import { must, run, tempDir } from './helpers/peers.js';
 
 const t = tempDir('imgtool-gboot-');
@@ -83,6 +84,30 @@ describe('kernels and boot mode', () => {
     expect(kernelCmdline({ root: '/dev/vda1', extra: 'root=/dev/xvda1 rw console=hvc0 xencons=tty quiet console=ttyS0,9600 console=xvc0,38400' })).toBe(
       'root=/dev/vda1 rw quiet console=tty0 console=ttyS0,115200',
     );
+  });
+
+  it('adds the arguments the fix-ups need once, and prepareGuest puts them on the command line of both boot modes', async () => {
+    expect(kernelCmdline({ root: 'UUID=a', extra: 'quiet net.ifnames=0 net.ifnames=0 biosdevname=0' })).toBe('root=UUID=a ro quiet net.ifnames=0 biosdevname=0 console=tty0 console=ttyS0,115200');
+    const fsImg = makeFs({
+      'etc/fstab': '/dev/xvda1 / ext4 defaults 0 1\n',
+      'etc/network/interfaces': 'auto eth0\niface eth0 inet dhcp\n',
+      'boot/vmlinuz-6.1.0-9-amd64': fakeBzImage(),
+      'boot/config-6.1.0-9-amd64': 'CONFIG_VIRTIO_BLK=y\nCONFIG_VIRTIO_PCI=y\n',
+      'boot/grub/menu.lst': 'title D\n\tkernel /boot/vmlinuz-6.1.0-9-amd64 root=/dev/xvda1 ro quiet\n',
+    });
+    const { disk, start, fsSize } = makeDisk(fsImg);
+    const dev = await FileDevice.open(disk);
+    try {
+      const fsDev = new SliceDevice(dev, start, fsSize);
+      for (const boot of ['grub', 'direct'] as const) {
+        const p = await prepareGuest(dev, { fsDev, rootStart: start, rootNumber: 1, rootUuid: 'abcd-1234', boot, dryRun: true });
+        expect(p.mode).toBe(boot);
+        expect(p.fixes.kernelArgs).toEqual(['net.ifnames=0', 'biosdevname=0']);
+        expect(p.cmdline).toBe('root=UUID=abcd-1234 ro quiet net.ifnames=0 biosdevname=0 console=tty0 console=ttyS0,115200');
+      }
+    } finally {
+      await dev.close();
+    }
   });
 
   it('resolves auto to grub, direct or none from what the guest and the host have', () => {

@@ -69,13 +69,13 @@ function fakeBzImage(): Uint8Array {
   return b;
 }
 
-/** A newc cpio made by busybox cpio from the given paths (relative). */
-function cpio(files: string[]): Buffer {
+/** A newc cpio made by busybox cpio from the given paths (relative); `contents` overrides what a file holds. */
+function cpio(files: string[], contents: Record<string, string> = {}): Buffer {
   const n = ++counter;
   const dir = t.path(`cpio${n}`);
   for (const f of files) {
     mkdirSync(dirname(join(dir, f)), { recursive: true });
-    writeFileSync(join(dir, f), `contents of ${f}\n`);
+    writeFileSync(join(dir, f), contents[f] ?? `contents of ${f}\n`);
   }
   return exec(peer('busybox'), ['sh', '-c', `cd '${dir}' && find . | busybox cpio -o -H newc 2>/dev/null`], { maxBuffer: 64 << 20 });
 }
@@ -453,6 +453,77 @@ describe('fixGuest on a filesystem', () => {
     expect(r.kernels[0]!.hasVirtio).toBe(true);
     expect(debugfsCat(img, '/etc/fstab')).toContain(`UUID=${ROOT_UUID}`);
     fsckClean(img);
+  });
+
+  it('gives ttyS0 one upstart getty job when the guest has jobs for both hvc0 and xvc0', async () => {
+    const job = (tty: string) => `start on stopped rc RUNLEVEL=[2345]\nrespawn\nexec /sbin/getty -8 38400 ${tty}\n`;
+    const img = makeFs({ ...XEN_GUEST, 'etc/init/xvc0.conf': job('xvc0'), 'etc/event.d/hvc0': job('hvc0'), 'etc/event.d/xvc0': job('xvc0'), 'etc/event.d/serial': job('ttyS0') });
+    const r = await fix(img, { rootUuid: ROOT_UUID, swapUuid: SWAP_UUID });
+    expect(debugfsLs(img, '/etc/init')).not.toMatch(/hvc0|xvc0/);
+    expect(debugfsCat(img, '/etc/init/ttyS0.conf')).toBe(job('ttyS0').replace('38400', '115200'));
+    // event.d already had a ttyS0 getty (in 'serial'): both Xen jobs go.
+    const eventd = debugfsLs(img, '/etc/event.d');
+    expect(eventd).not.toMatch(/hvc0|xvc0|ttyS0/);
+    expect(eventd).toContain('serial');
+    expect(r.warnings.filter((w) => /ttyS0 already has a getty/.test(w))).toHaveLength(3);
+    fsckClean(img);
+  });
+
+  it('adds the virtio modules to an initramfs-tools initrd without them, keeps the original, and is idempotent', async () => {
+    const V = '5.10.0-1-amd64';
+    const moddir = `lib/modules/${V}`;
+    const initrd = gzipSync(
+      cpio(['init', 'conf/initramfs.conf', 'conf/modules', 'conf/conf.d/resume', `${moddir}/kernel/drivers/block/xen-blkfront.ko`], {
+        'conf/modules': 'xen-blkfront\n',
+        'conf/conf.d/resume': 'RESUME=/dev/xvda2\n',
+      }),
+    );
+    const img = makeFs({
+      ...XEN_GUEST,
+      'etc/network/interfaces': 'auto eth0\niface eth0 inet dhcp\n',
+      'etc/initramfs-tools/conf.d/resume': 'RESUME=/dev/xvda2\n',
+      'etc/default/grub': 'GRUB_CMDLINE_LINUX=""\n',
+      [`boot/initrd.img-${V}`]: initrd,
+      [`${moddir}/modules.dep`]: 'kernel/drivers/virtio/virtio.ko:\nkernel/drivers/virtio/virtio_pci.ko: kernel/drivers/virtio/virtio.ko\nkernel/drivers/block/virtio_blk.ko: kernel/drivers/virtio/virtio.ko\n',
+      [`${moddir}/kernel/drivers/virtio/virtio.ko`]: 'virtio',
+      [`${moddir}/kernel/drivers/virtio/virtio_pci.ko`]: 'virtio_pci',
+      [`${moddir}/kernel/drivers/block/virtio_blk.ko`]: 'virtio_blk',
+    });
+    const r = await fix(img, { rootUuid: ROOT_UUID, swapUuid: SWAP_UUID });
+    expect(r.warnings).toEqual([]);
+    expect(r.kernels[0]).toMatchObject({ hasVirtio: true });
+    expect(r.kernelArgs).toEqual(['net.ifnames=0', 'biosdevname=0']);
+    const change = r.changes.find((c) => c.path === `/boot/initrd.img-${V}`)!;
+    expect(change.diff).toContain('+ modules: virtio.ko, virtio_pci.ko, virtio_blk.ko');
+    expect(change.diff).toContain(`+++ b/boot/initrd.img-${V}:conf/conf.d/resume`);
+    fsckClean(img);
+    // The host's view: the backup is the original, the initrd is the original plus an archive cpio reads.
+    const dump = (p: string) => {
+      const out = t.path(`dump-${++counter}`);
+      must('debugfs', ['-R', `dump ${p} ${out}`, img]);
+      return readFileSync(out);
+    };
+    expect(dump(`/boot/initrd.img-${V}.imgtool-orig`).equals(initrd)).toBe(true);
+    const now = dump(`/boot/initrd.img-${V}`);
+    expect(now.subarray(0, initrd.length).equals(initrd)).toBe(true);
+    const tail = t.path('tail.cpio');
+    writeFileSync(tail, now.subarray((initrd.length + 3) & ~3));
+    const names = must('sh', ['-c', `cpio -t --quiet <'${tail}'`]).split('\n');
+    expect(names).toEqual(expect.arrayContaining([`${moddir}/kernel/drivers/block/virtio_blk.ko`, `${moddir}/modules.dep`, 'conf/modules', 'conf/conf.d/resume']));
+    expect(must('sh', ['-c', `cpio -i --quiet --to-stdout conf/conf.d/resume <'${tail}'`])).toBe(`RESUME=UUID=${SWAP_UUID}\n`);
+    expect(debugfsCat(img, '/etc/initramfs-tools/conf.d/resume')).toBe(`RESUME=UUID=${SWAP_UUID}\n`);
+    expect(debugfsCat(img, '/etc/default/grub')).toBe('GRUB_CMDLINE_LINUX="net.ifnames=0 biosdevname=0"\n');
+    expect(debugfsCat(img, '/boot/grub/grub.conf')).toContain(`root=UUID=${ROOT_UUID} ro console=tty0 console=ttyS0,115200 net.ifnames=0 biosdevname=0\n`);
+    // A second run sees the modules (in the appended archive) and changes nothing.
+    const again = await fix(img, { rootUuid: ROOT_UUID, swapUuid: SWAP_UUID });
+    expect(again.changes).toEqual([]);
+    expect(again.kernels[0]!.hasVirtio).toBe(true);
+  });
+
+  it('refuses mounts whose UUID or mount point is not plain', async () => {
+    const img = makeFs(XEN_GUEST);
+    await expect(fix(img, { dryRun: true, mounts: [{ mountpoint: '/var', uuid: 'x y', device: '/dev/vda5' }] })).rejects.toThrow(/not a filesystem UUID/);
+    await expect(fix(img, { dryRun: true, mounts: [{ mountpoint: '/', uuid: 'abcd-1234', device: '/dev/vda5' }] })).rejects.toThrow(/not a mount point other than \//);
   });
 
   it('refuses a device that holds no ext filesystem, naming the magic field', async () => {
