@@ -3,12 +3,22 @@
  * imgtool's command-line entry. Errors print one line (`imgtool: ...`) and
  * exit with the code for their kind (see EXIT_CODES in core/errors.ts);
  * stack traces only with --debug. Ctrl-C and SIGTERM remove partial outputs.
+ *
+ * Text that reaches the terminal is escaped (core/escape.ts): the error line
+ * as one line, everything else written as strings through `terminalSafe`.
+ *
+ * Ending: the process exits as soon as the command is done and its output
+ * has drained, whatever handles (a worker, a timer) might still be open; a
+ * signal always ends it, by re-raising the signal with its default action
+ * after clean-up, which works even when a thread of libuv's pool is stuck in
+ * a system call (process.exit would wait for that thread forever).
  */
 
 import { COMMANDS } from './commands/index.js';
 import { commandHelp, parseCommandArgs, type CliContext, type CommandSpec } from './command.js';
 import { EXIT_CODES, ImageError } from '../core/errors.js';
 import { cleanupPendingOutputs } from '../core/output.js';
+import { escapeLine, terminalSafe } from '../core/escape.js';
 
 const VERSION = '0.1.0';
 
@@ -67,18 +77,39 @@ export async function main(argv: string[], ctx: CliContext): Promise<number> {
   return found.spec.run(args, ctx);
 }
 
+/** Resolve once everything written to `stream` has been handed to the OS (pipes are asynchronous in Node). */
+function drained(stream: NodeJS.WriteStream): Promise<void> {
+  if (stream.destroyed || stream.writableLength === 0) return Promise.resolve();
+  return new Promise((resolve) => {
+    const done = () => resolve();
+    stream.once('drain', done);
+    stream.once('error', done);
+    stream.once('close', done);
+  });
+}
+
+/** Clean up, say why, and die by the signal itself (the shell shows 128 + its number: 130, 143). */
+function endBySignal(sig: NodeJS.Signals): void {
+  cleanupPendingOutputs();
+  try {
+    process.stderr.write(`\nimgtool: interrupted (${sig}); partial output removed\n`);
+  } catch {
+    /* a closed terminal: nothing to say it on */
+  }
+  process.removeAllListeners(sig); // back to the default action
+  process.kill(process.pid, sig);
+}
+
 async function cli(): Promise<void> {
   const argv = process.argv.slice(2);
   const debug = argv.includes('--debug');
-  const ctx: CliContext = { stdout: process.stdout, stderr: process.stderr, isTTY: !!process.stderr.isTTY, debug };
-  const onSignal = (sig: NodeJS.Signals) => {
-    cleanupPendingOutputs();
-    process.stderr.write(`\nimgtool: interrupted (${sig}); partial output removed\n`);
-    process.exit(sig === 'SIGINT' ? 130 : 143);
+  const ctx: CliContext = {
+    stdout: terminalSafe(process.stdout),
+    stderr: terminalSafe(process.stderr),
+    isTTY: !!process.stderr.isTTY,
+    debug,
   };
-  process.on('SIGINT', onSignal);
-  process.on('SIGTERM', onSignal);
-  process.on('SIGHUP', onSignal);
+  for (const sig of ['SIGINT', 'SIGTERM', 'SIGHUP'] as const) process.on(sig, endBySignal);
   // A closed pipe on stdout (imgtool ... | head) is not an error worth a trace.
   process.stdout.on('error', (e: NodeJS.ErrnoException) => {
     if (e.code === 'EPIPE') {
@@ -92,18 +123,21 @@ async function cli(): Promise<void> {
   } catch (e) {
     cleanupPendingOutputs();
     if (e instanceof ImageError) {
-      process.stderr.write(`imgtool: ${e.describe()}\n`);
-      if (debug) process.stderr.write(`${e.stack}\n`);
+      ctx.stderr.write(`imgtool: ${escapeLine(e.describe())}\n`);
+      if (debug) ctx.stderr.write(`${e.stack}\n`);
       code = EXIT_CODES[e.kind];
     } else {
       const err = e as Error;
-      process.stderr.write(`imgtool: internal error: ${err?.message ?? String(e)}\n`);
-      if (debug) process.stderr.write(`${err?.stack}\n`);
-      else process.stderr.write('imgtool: run again with --debug for details\n');
+      ctx.stderr.write(`imgtool: internal error: ${escapeLine(err?.message ?? String(e))}\n`);
+      if (debug) ctx.stderr.write(`${err?.stack}\n`);
+      else ctx.stderr.write('imgtool: run again with --debug for details\n');
       code = EXIT_CODES.internal;
     }
   }
-  process.exitCode = code;
+  // Exit now: a handle left open somewhere (a worker, a timer) must not keep
+  // a finished command alive. Wait only for our own output to drain.
+  await Promise.all([drained(process.stdout), drained(process.stderr)]);
+  process.exit(code);
 }
 
 // Run when executed directly (bin or `node dist/cli/main.js`), not when imported by tests.

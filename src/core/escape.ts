@@ -26,11 +26,17 @@ const UNSAFE_KEEP_LINES = /[\u0000-\u0008\u000b-\u001f\u007f-\u009f\u200b-\u200f
 
 const NAMED: Record<string, string> = { '\n': '\\n', '\r': '\\r', '\t': '\\t' };
 
+/**
+ * C0 controls as `\xHH` (or `\n`, `\r`, `\t`); DEL and everything above as
+ * `\uHHHH`, which is also a valid JSON escape of the same character: JSON.stringify
+ * leaves DEL, C1 controls and bidi characters raw, and escaping them this way
+ * keeps a JSON document parseable and its values exact.
+ */
 function escapeChar(c: string): string {
   const named = NAMED[c];
   if (named) return named;
   const code = c.charCodeAt(0);
-  return code <= 0xff ? `\\x${code.toString(16).padStart(2, '0')}` : `\\u${code.toString(16).padStart(4, '0')}`;
+  return code < 0x20 ? `\\x${code.toString(16).padStart(2, '0')}` : `\\u${code.toString(16).padStart(4, '0')}`;
 }
 
 /** One line, safe for a terminal: no control or reordering character survives. */
@@ -41,6 +47,30 @@ export function escapeLine(s: string): string {
 /** Lines of text, safe for a terminal: newlines and tabs kept, other controls escaped. */
 export function escapeText(s: string): string {
   return s.replace(UNSAFE_KEEP_LINES, escapeChar);
+}
+
+/**
+ * A stream whose string writes are made safe for a terminal (`escapeText`;
+ * a `\r` that starts a write, as a progress bar redraws its line, is kept);
+ * Buffer writes (image data on a pipe) pass through untouched. The CLI's
+ * standard output and error go through this, so a string that escaped every
+ * other check still cannot move the cursor or hide text.
+ */
+export function terminalSafe<T extends NodeJS.WritableStream>(stream: T): T {
+  const write = (chunk: unknown, ...rest: unknown[]): boolean => {
+    if (typeof chunk === 'string') {
+      const lead = chunk.startsWith('\r') ? '\r' : '';
+      chunk = lead + escapeText(chunk.slice(lead.length));
+    }
+    return (stream.write as (...a: unknown[]) => boolean).call(stream, chunk, ...rest);
+  };
+  return new Proxy(stream, {
+    get(target, prop) {
+      if (prop === 'write') return write;
+      const v = Reflect.get(target, prop, target);
+      return typeof v === 'function' ? v.bind(target) : v;
+    },
+  });
 }
 
 /**
