@@ -88,6 +88,8 @@ describe('kernels and boot mode', () => {
 
   it('adds the arguments the fix-ups need once, and prepareGuest puts them on the command line of both boot modes', async () => {
     expect(kernelCmdline({ root: 'UUID=a', extra: 'quiet net.ifnames=0 net.ifnames=0 biosdevname=0' })).toBe('root=UUID=a ro quiet net.ifnames=0 biosdevname=0 console=tty0 console=ttyS0,115200');
+    expect(kernelCmdline({ root: 'UUID=a', extra: 'resume=/dev/xvda2 quiet', resume: 'UUID=s' })).toBe('root=UUID=a ro resume=UUID=s quiet console=tty0 console=ttyS0,115200');
+    expect(kernelCmdline({ root: 'UUID=a', extra: 'resume=/dev/xvda2 quiet' })).toBe('root=UUID=a ro quiet console=tty0 console=ttyS0,115200');
     const fsImg = makeFs({
       'etc/fstab': '/dev/xvda1 / ext4 defaults 0 1\n',
       'etc/network/interfaces': 'auto eth0\niface eth0 inet dhcp\n',

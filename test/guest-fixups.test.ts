@@ -200,6 +200,12 @@ describe('consoles and boot configs (text)', () => {
     expect(fixBootConfigText('/boot/grub/grub.cfg', '\tlinux /vmlinuz root=UUID=u ro net.ifnames=0 biosdevname=0\n', 'UUID=u', add)).toBe('\tlinux /vmlinuz root=UUID=u ro net.ifnames=0 biosdevname=0\n');
   });
 
+  it('points resume= on a Xen disk at the new swap, or drops it when there is none', () => {
+    expect(fixKernelArgs('\tlinux /vmlinuz root=/dev/xvda1 resume=/dev/xvda2 quiet', 'UUID=r', false, [], 'UUID=s')).toBe('\tlinux /vmlinuz root=UUID=r resume=UUID=s quiet');
+    expect(fixKernelArgs('GRUB_CMDLINE_LINUX="resume=/dev/xvda2 rhgb"', 'UUID=r', true)).toBe('GRUB_CMDLINE_LINUX=" rhgb"');
+    expect(fixBootConfigText('/etc/default/grub', 'GRUB_CMDLINE_LINUX_DEFAULT="quiet resume=/dev/sda2"\n', 'UUID=r', [], 'UUID=s')).toBe('GRUB_CMDLINE_LINUX_DEFAULT="quiet resume=UUID=s"\n');
+  });
+
   it('leaves an inittab without Xen consoles byte-identical', () => {
     const text = 'id:2:initdefault:\n1:2345:respawn:/sbin/getty 38400 tty1\n';
     expect(fixInittabText(text, [])).toBe(text);

@@ -390,13 +390,15 @@ export function isXenConsoleArg(arg: string): boolean {
 
 /**
  * The kernel command line for KVM: root=..., the caller's extra arguments
- * without Xen console arguments (and without root= or consoles of its own),
- * then console=tty0 console=ttyS0,115200 (the last console is /dev/console).
+ * without Xen console arguments (and without root= or consoles of its own,
+ * each once, a resume= on a Xen disk pointed at the new swap), then
+ * console=tty0 console=ttyS0,115200 (the last console is /dev/console).
  */
-export function kernelCmdline(opts: { root: string; extra?: string }): string {
+export function kernelCmdline(opts: { root: string; extra?: string; /** The new swap ('UUID=...'): a resume= naming a Xen disk becomes it (or goes). */ resume?: string }): string {
   const root = opts.root.startsWith('root=') ? opts.root.slice(5) : opts.root;
   const extra = (opts.extra ?? '')
     .split(/\s+/)
+    .map((a) => (/^resume=\/dev\/(?:xvd|sd|hd)[a-z]+\d*$/.test(a) ? (opts.resume ? `resume=${opts.resume}` : '') : a))
     .filter((a) => a && !isXenConsoleArg(a) && !/^(root|BOOT_IMAGE)=/.test(a) && !/^console=(tty0|ttyS0)(,.*)?$/.test(a))
     .filter((a, i, all) => all.indexOf(a) === i);
   const args = [`root=${root}`];

@@ -547,8 +547,10 @@ function addKernelArgs(line: string, add: string[], quoted: boolean): string {
  * Fix kernel arguments inside one line; `quoted` = they sit inside "..."
  * (default/grub); `add`: arguments appended when missing (net.ifnames=0, ...).
  */
-export function fixKernelArgs(line: string, rootArg: string, quoted: boolean, add: string[] = []): string {
+export function fixKernelArgs(line: string, rootArg: string, quoted: boolean, add: string[] = [], resumeArg?: string): string {
   let out = line.replace(/(^|[\s"'])root=\/dev\/(?:xvd|sd|hd)[a-z]+\d*(?=[\s"']|$)/g, (_m, pre: string) => `${pre}root=${rootArg}`);
+  // resume= naming a Xen disk: the new swap, or nothing (the initrd would wait for it at every boot).
+  out = out.replace(/(\s*)(?<=^|[\s"'])resume=\/dev\/(?:xvd|sd|hd)[a-z]+\d*(?=[\s"']|$)/g, (_m, sp: string) => (resumeArg ? `${sp}resume=${resumeArg}` : ''));
   let removed = false;
   out = out.replace(/(\s*)(?<=^|[\s"'])(xencons=[^\s"']*|console=[^\s"']*)(?=[\s"']|$)/g, (m, _sp: string, arg: string) => {
     if (!isXenConsoleArg(arg)) return m;
@@ -567,7 +569,7 @@ export function fixKernelArgs(line: string, rootArg: string, quoted: boolean, ad
  * kernel line (in /etc/default/grub: to GRUB_CMDLINE_LINUX, which is added
  * when missing, so the guest's own update-grub keeps them).
  */
-export function fixBootConfigText(path: string, text: string, rootArg: string, add: string[] = []): string {
+export function fixBootConfigText(path: string, text: string, rootArg: string, add: string[] = [], resumeArg?: string): string {
   const isDefault = path === '/etc/default/grub';
   let sawCmdline = false;
   const out = text
@@ -575,16 +577,16 @@ export function fixBootConfigText(path: string, text: string, rootArg: string, a
     .map((line) => {
       // Debian's grub-legacy update-grub regenerates menu.lst entries from the '# kopt=' comment.
       const kopt = isDefault ? null : /^(#\s*kopt=)(.*)$/.exec(line);
-      if (kopt) return kopt[1] + fixKernelArgs(` ${kopt[2]}`, rootArg, false, add).replace(/^ /, '');
+      if (kopt) return kopt[1] + fixKernelArgs(` ${kopt[2]}`, rootArg, false, add, resumeArg).replace(/^ /, '');
       if (/^\s*#/.test(line)) return line;
       if (isDefault) {
         if (/^\s*GRUB_CMDLINE_LINUX=/.test(line)) {
           sawCmdline = true;
-          return fixKernelArgs(line, rootArg, true, add);
+          return fixKernelArgs(line, rootArg, true, add, resumeArg);
         }
-        return /^\s*GRUB_CMDLINE_LINUX\w*=/.test(line) ? fixKernelArgs(line, rootArg, true) : line;
+        return /^\s*GRUB_CMDLINE_LINUX\w*=/.test(line) ? fixKernelArgs(line, rootArg, true, [], resumeArg) : line;
       }
-      if (/^\s*(kernel|linux|linux16|linuxefi)\s/.test(line)) return fixKernelArgs(line, rootArg, false, add);
+      if (/^\s*(kernel|linux|linux16|linuxefi)\s/.test(line)) return fixKernelArgs(line, rootArg, false, add, resumeArg);
       return line;
     })
     .join('\n');
@@ -594,7 +596,7 @@ export function fixBootConfigText(path: string, text: string, rootArg: string, a
 
 const BOOT_CONFIGS = ['/boot/grub/menu.lst', '/boot/grub/grub.conf', '/boot/grub/grub.cfg', '/boot/grub2/grub.cfg', '/etc/default/grub'];
 
-async function fixBootConfigs(plan: Plan, rootArg: string, add: string[]): Promise<void> {
+async function fixBootConfigs(plan: Plan, rootArg: string, add: string[], resumeArg?: string): Promise<void> {
   const seen = new Set<string>();
   for (const p of BOOT_CONFIGS) {
     const real = await plan.resolve(p);
@@ -602,7 +604,7 @@ async function fixBootConfigs(plan: Plan, rootArg: string, add: string[]): Promi
     seen.add(real);
     const text = await plan.read(real);
     if (text === null) continue;
-    await plan.write(real, text, fixBootConfigText(p, text, rootArg, add));
+    await plan.write(real, text, fixBootConfigText(p, text, rootArg, add, resumeArg));
   }
 }
 
@@ -772,7 +774,7 @@ export async function fixGuest(fsDev: BlockDevice, opts: GuestFixOptions): Promi
       await fixResume(plan, resume);
       const initrds = await fixInitrds(plan, kernels, resume);
       kernelArgs.push(...initrds.args);
-      await fixBootConfigs(plan, specs.root, kernelArgs);
+      await fixBootConfigs(plan, specs.root, kernelArgs, specs.swap);
       await kernelWarnings(plan, kernels, initrds.plans, fstab, warnings);
       if (await plan.exists('/etc/udev/rules.d/70-persistent-net.rules')) {
         warnings.push('/etc/udev/rules.d/70-persistent-net.rules pins network interface names to Xen MAC addresses: the KVM NIC may come up as eth1; delete the file if so');

@@ -84,7 +84,8 @@ export async function prepareGuest(disk: BlockDevice, opts: PrepareGuestOptions)
   // The guest's own arguments for this kernel survive (minus Xen-only consoles), plus what the
   // fix-ups need (net.ifnames=0, rd.driver.pre=): GRUB's config, direct boot and the domain XML use this.
   const extra = [kernel.args ?? '', ...fixes.kernelArgs].join(' ');
-  const cmdline = kernelCmdline({ root: opts.rootUuid ? `UUID=${opts.rootUuid}` : `/dev/vda${opts.rootNumber}`, extra });
+  const resume = opts.swapUuid ? `UUID=${opts.swapUuid}` : opts.swapNumber ? `/dev/vda${opts.swapNumber}` : undefined;
+  const cmdline = kernelCmdline({ root: opts.rootUuid ? `UUID=${opts.rootUuid}` : `/dev/vda${opts.rootNumber}`, extra, resume });
   const out: PreparedGuest = { fixes, mode: resolved.mode, kernel, cmdline, warnings };
   if (opts.dryRun) return out;
   if (resolved.mode === 'grub') {
