@@ -7,6 +7,7 @@
 
 import { parseArgs } from 'node:util';
 import { ImageError } from '../core/errors.js';
+import { escapeLine } from '../core/escape.js';
 
 export interface OptionSpec {
   /** Long name without dashes: `format` for --format. */
@@ -131,4 +132,13 @@ export function wantsJson(args: ParsedArgs): boolean {
 
 export function printJson(ctx: CliContext, value: unknown): void {
   ctx.stdout.write(JSON.stringify(value, null, 4) + '\n');
+}
+
+/**
+ * Print a warning (or another note) on standard error as one line. The text
+ * may carry strings from an image, a guest or a config: it is escaped as one
+ * line, so a name holding a newline cannot forge a second message.
+ */
+export function warn(ctx: CliContext, message: string, label: 'warning' | 'hint' | 'note' = 'warning'): void {
+  ctx.stderr.write(`imgtool: ${label}: ${escapeLine(message)}\n`);
 }

@@ -5,7 +5,7 @@
  */
 
 import * as fs from 'node:fs';
-import { type CliContext, type CommandSpec, OUTPUT_OPTION, flag, list, printJson, str, wantsJson } from '../command.js';
+import { type CliContext, type CommandSpec, OUTPUT_OPTION, flag, list, printJson, str, wantsJson, warn } from '../command.js';
 import { BACKING_OPTIONS, FORCE_OPTION, FORMAT_OPTION, openFromArgs } from '../common.js';
 import type { BlockDevice } from '../../core/device.js';
 import { ImageError } from '../../core/errors.js';
@@ -73,8 +73,8 @@ function renderDisk(path: string, d: DiskInfo): string {
 }
 
 function printNotes(ctx: CliContext, d: { warnings: string[]; hint?: string }): void {
-  for (const w of d.warnings) ctx.stderr.write(`imgtool: warning: ${w}\n`);
-  if (d.hint) ctx.stderr.write(`imgtool: hint: ${d.hint}\n`);
+  for (const w of d.warnings) warn(ctx, w);
+  if (d.hint) warn(ctx, d.hint, 'hint');
 }
 
 export const partListCommand: CommandSpec = {
@@ -314,8 +314,8 @@ image; 5 I/O error.`,
         if (p.kind === 'extended') throw new ImageError('usage', `partition ${n} is an extended partition (a container for logical partitions)`, { path });
         if (p.end > image.size) throw new ImageError('usage', `partition ${n} runs past the end of the image`, { path });
         refuseContent(p.content, `partition ${n}`, force);
-        if (disk.scheme === 'mbr' && p.type !== '82') ctx.stderr.write(`imgtool: note: partition ${n} has type ${p.type} (${p.typeName}), not 82 (Linux swap)\n`);
-        if (disk.scheme === 'gpt' && p.type !== '0657FD6D-A4AB-43C4-84E5-0933C84B4F4F') ctx.stderr.write(`imgtool: note: partition ${n} has type ${p.typeName}, not Linux swap\n`);
+        if (disk.scheme === 'mbr' && p.type !== '82') warn(ctx, `partition ${n} has type ${p.type} (${p.typeName}), not 82 (Linux swap)`, 'note');
+        if (disk.scheme === 'gpt' && p.type !== '0657FD6D-A4AB-43C4-84E5-0933C84B4F4F') warn(ctx, `partition ${n} has type ${p.typeName}, not Linux swap`, 'note');
         dev = new SliceDevice(image, p.start, p.size);
         target = `partition ${n}`;
       } else {
