@@ -518,6 +518,8 @@ describe('fixGuest on a filesystem', () => {
     expect(names).toEqual(expect.arrayContaining([`${moddir}/kernel/drivers/block/virtio_blk.ko`, `${moddir}/modules.dep`, 'conf/modules', 'conf/conf.d/resume']));
     expect(must('sh', ['-c', `cpio -i --quiet --to-stdout conf/conf.d/resume <'${tail}'`])).toBe(`RESUME=UUID=${SWAP_UUID}\n`);
     expect(debugfsCat(img, '/etc/initramfs-tools/conf.d/resume')).toBe(`RESUME=UUID=${SWAP_UUID}\n`);
+    // The guest's own update-initramfs keeps them.
+    expect(debugfsCat(img, '/etc/initramfs-tools/modules')).toBe('# modules\nvirtio_pci\nvirtio_blk\nvirtio_scsi\nvirtio_net\n');
     expect(debugfsCat(img, '/etc/default/grub')).toBe('GRUB_CMDLINE_LINUX="net.ifnames=0 biosdevname=0"\n');
     expect(debugfsCat(img, '/boot/grub/grub.conf')).toContain(`root=UUID=${ROOT_UUID} ro console=tty0 console=ttyS0,115200 net.ifnames=0 biosdevname=0\n`);
     // A second run sees the modules (in the appended archive) and changes nothing.

@@ -27,7 +27,7 @@ import { type ExtFs, isFsError, withExtFs } from '../fs/ext.js';
 import { readExtSuperblock } from '../fs/ext-superblock.js';
 import { type KernelInfo, MAX_INITRD, exists, isXenConsoleArg, kernelsIn, pickBootKernel, readGuestFile } from './boot.js';
 import { unifiedDiff } from './diff.js';
-import { type InitrdPatch, type InitrdPlan, builtinModules, fixResumeText, planInitrd, storageAdvice, storageIn } from './initrd-virtio.js';
+import { type InitrdPatch, type InitrdPlan, VIRTIO_MODULES, builtinModules, fixResumeText, planInitrd, storageAdvice, storageIn } from './initrd-virtio.js';
 import { KEEP_ETH_NAMES, filesNamingEth } from './network.js';
 
 export interface GuestFixOptions {
@@ -669,9 +669,25 @@ async function fixInitrds(plan: Plan, kernels: KernelInfo[], resume: string): Pr
       k.hasVirtio = true;
       k.notes = [...(k.notes ?? []), `virtio modules added to ${k.initrd} (the original is kept as ${p.patch.backup})`];
       for (const a of p.patch.kernelArgs) if (!args.includes(a)) args.push(a);
+      await keepVirtioOnRebuild(plan, p.patch.flavour);
     }
   }
   return { plans, args };
+}
+
+/** The guest's own initramfs tool keeps the virtio modules when it rebuilds the initrd (kernel updates). */
+async function keepVirtioOnRebuild(plan: Plan, flavour: string): Promise<void> {
+  if (flavour === 'initramfs-tools') {
+    const p = await plan.resolve('/etc/initramfs-tools/modules');
+    const text = await plan.read(p);
+    if (text === null) return;
+    const listed = new Set(text.split('\n').map((l) => l.trim().split(/\s+/)[0]));
+    const missing = VIRTIO_MODULES.filter((m) => !listed.has(m));
+    if (missing.length) await plan.write(p, text, `${text}${text === '' || text.endsWith('\n') ? '' : '\n'}${missing.join('\n')}\n`);
+  } else if (flavour === 'dracut' && (await plan.isDir('/etc/dracut.conf.d'))) {
+    const p = '/etc/dracut.conf.d/imgtool-virtio.conf';
+    if (!(await plan.exists(p))) await plan.write(p, null, `# added by imgtool: the disk is virtio under KVM\nadd_drivers+=" ${VIRTIO_MODULES.join(' ')} "\n`, 0o644);
+  }
 }
 
 /** initramfs-tools' RESUME= in the guest's /etc/initramfs-tools/conf.d: the new swap, or none. */
