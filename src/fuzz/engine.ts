@@ -196,7 +196,7 @@ export async function runFuzz(o: FuzzOptions): Promise<FuzzReport> {
           st.byClass.differs = (st.byClass.differs ?? 0) + 1;
         }
         if (d.outcome === 'imgtool-rejects') {
-          const key = (r.error?.field ? `error field ${r.error.field}` : `error: ${r.error?.message.slice(0, 60)}`).replace(/\d+/g, 'N');
+          const key = refusalKey(r.error);
           st.strict.set(key, (st.strict.get(key) ?? 0) + 1);
           for (const k of new Set(mutations.map(mutationKey))) st.strictMutations.set(k, (st.strictMutations.get(k) ?? 0) + 1);
           if (d.harmless) st.strictHarmless++;
@@ -268,6 +268,12 @@ async function differential(
   }
   if (c.sizeA !== c.sizeB) return { outcome: 'size-differs', detail: `virtual size: imgtool ${c.sizeA}, qemu-img ${c.sizeB}` };
   return { outcome: 'same' };
+}
+
+/** What imgtool's refusal names, with indexes and quoted names folded: "field L2 entry N of the table at N". */
+function refusalKey(e: ErrorReport | undefined): string {
+  const text = e?.field ? `field ${e.field}` : `${e?.kind ?? e?.name}: ${(e?.message ?? '').replace(/'[^']*'/g, "'...'").replace(/ \(resolved.*$/, '').slice(0, 70)}`;
+  return text.replace(/\[\d+\]/g, '[N]').replace(/\b\d+\b/g, 'N');
 }
 
 /** Did mutation `m` change any byte of [offset, offset + size)? */

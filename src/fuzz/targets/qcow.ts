@@ -5,10 +5,26 @@
  */
 
 import { HEADER_SIZE, OFF, parseHeader } from '../../formats/qcow/header.js';
-import type { FuzzTarget, Layout, Seed, SeedContext, TableSpec } from '../types.js';
+import type { FuzzTarget, Layout, RegionSpec, Seed, SeedContext, TableSpec } from '../types.js';
+import { readUint } from '../mutate.js';
 import { BIT, clipTable, fromOffsetTable, u64be } from './layout.js';
 
 const SIZE = 4 * 1024 * 1024;
+
+/**
+ * The data of compressed clusters (bit 63 set; offset in bits 0..62-cluster_bits,
+ * length in the next cluster_bits bits, as header.ts describes), as regions.
+ */
+function compressedClusters(b: Uint8Array, t: TableSpec, clusterBits: number, regions: RegionSpec[]): void {
+  for (let i = 0; i < t.count && regions.length < 16; i++) {
+    const e = readUint(b, t.offset + i * 8, 8, 'be');
+    if (e >> 63n === 0n) continue;
+    const offBits = BigInt(63 - clusterBits);
+    const offset = Number(e & ((1n << offBits) - 1n));
+    const length = Number((e >> offBits) & ((1n << BigInt(clusterBits)) - 1n));
+    if (offset < b.length && length > 0) regions.push({ name: 'compressed cluster', offset, length: Math.min(length, b.length - offset) });
+  }
+}
 
 export async function qcowLayout(b: Uint8Array): Promise<Layout> {
   const h = parseHeader(b);
@@ -22,7 +38,10 @@ export async function qcowLayout(b: Uint8Array): Promise<Layout> {
     for (let i = 0; i < l1.count && tables.length < 64; i++) {
       const off = u64be(b, l1.offset + i * 8);
       const t = off ? clipTable({ name: `L2 ${i}`, offset: off, count: 2 ** h.l2Bits, entrySize: 8, endian: 'be', pointsTo: 'offset', flags: [BIT(63), BIT(62), BIT(9)] }, b.length) : undefined;
-      if (t) tables.push(t);
+      if (t) {
+        tables.push(t);
+        compressedClusters(b, t, h.clusterBits, regions);
+      }
     }
   }
   if (h.backingFileOffset) regions.push({ name: 'backing file name', offset: Number(h.backingFileOffset), length: h.backingFileSize });

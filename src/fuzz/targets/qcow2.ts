@@ -7,7 +7,7 @@
 
 import { MemoryDevice } from '../../core/memory.js';
 import { readHeader, type Qcow2Header } from '../../formats/qcow2/header.js';
-import { stdOffset } from '../../formats/qcow2/l2.js';
+import { compressedDesc, stdOffset } from '../../formats/qcow2/l2.js';
 import type { FieldSpec, FuzzTarget, Layout, RegionSpec, Seed, SeedContext, TableSpec } from '../types.js';
 import { BIT, be, clipTable, u32be, u64be } from './layout.js';
 
@@ -90,6 +90,23 @@ function snapshots(b: Uint8Array, h: Qcow2Header, fields: FieldSpec[], tables: T
   }
 }
 
+/** The data of the first compressed clusters (decoder input: deflate or zstd), as regions. */
+function compressedClusters(b: Uint8Array, h: Qcow2Header, tables: TableSpec[], regions: RegionSpec[]): void {
+  let n = 0;
+  for (const t of tables) {
+    if (!t.name.startsWith('L2')) continue;
+    for (let i = 0; i < t.count && n < 8; i++) {
+      const at = t.offset + i * t.entrySize;
+      const hi = u32(b, at);
+      if ((hi & 0x40000000) === 0) continue;
+      const d = compressedDesc(hi, u32(b, at + 4), h.clusterBits);
+      if (d.offset < 0 || d.offset >= b.length) continue;
+      regions.push({ name: 'compressed cluster', offset: d.offset, length: Math.min(d.length, b.length - d.offset) });
+      n++;
+    }
+  }
+}
+
 export async function qcow2Layout(b: Uint8Array): Promise<Layout> {
   const h = await readHeader(MemoryDevice.from(b, { readOnly: true }));
   const cs = 2 ** h.clusterBits;
@@ -116,6 +133,7 @@ export async function qcow2Layout(b: Uint8Array): Promise<Layout> {
     }
   }
   snapshots(b, h, fields, tables, regions);
+  compressedClusters(b, h, tables, regions);
   return { fields, tables, regions, unit: cs };
 }
 
