@@ -10,7 +10,8 @@
  *          fstab (`/dev/xvda1 /`) or the config's root=, and where that is
  *          missing or ambiguous, the disk whose path is wrap's input;
  *   swap   (only when wrap made a swap partition) the Xen disk the guest's
- *          fstab swaps on, else one whose path says swap;
+ *          fstab swaps on (/dev/xvda2), else one whose path says swap and
+ *          that the fstab mounts nowhere else;
  *   --part each extra filesystem: the Xen disk whose path is the part's
  *          input, else the one the guest's fstab mounts there.
  *
@@ -136,7 +137,9 @@ export function convertWrapDomain(req: WrapDomainRequest): WrapDomainResult {
     };
     for (const p of req.parts) merge(byPath(p.source)[0] ?? byFstab(p.mountpoint)[0], p.number);
     if (req.swap) {
-      const swap = byFstab('swap')[0] ?? (fstab.length ? undefined : hard.find((d) => !taken.has(d) && /swap/i.test(d.path ?? '')));
+      // The disk the fstab swaps on; else (swap by UUID=, or no fstab) one whose path says swap and that the fstab mounts nowhere else.
+      const mountedElsewhere = (d: GuestDisk) => fstab.some((e) => e.mountpoint !== 'swap' && sameDevice(d.target, e.spec));
+      const swap = byFstab('swap')[0] ?? hard.find((d) => !taken.has(d) && /swap/i.test(d.path ?? '') && !mountedElsewhere(d));
       merge(swap, req.swap.number);
     }
   } else {
