@@ -61,7 +61,7 @@ export function formatSummary(r: FuzzReport): string {
   for (const [fmt, s] of r.stats) {
     if (s.diff['imgtool-rejects'] === 0) continue;
     out.push('', `${fmt}: imgtool refuses, qemu-img reads: ${s.diff['imgtool-rejects']} (qemu's data equals the unmutated seed's in ${s.strictHarmless})`);
-    out.push('  by the field imgtool names:', X);
+    out.push('  by the field imgtool names:', ...top(s.strict, 20), '  by the mutation:', ...top(s.strictMutations, 20));
   }
   if (r.modifiedSeeds.length) out.push('', `MODIFIED seed or backing files: ${r.modifiedSeeds.join(', ')}`);
   out.push('', `${failures(r)} failures (crash, hang, memory, modified, differs)`);
