@@ -5,6 +5,7 @@ import { flag, str } from './command.js';
 import { openImage, openImageOn, openImageWith, type OpenedImage } from '../formats/index.js';
 import { openStdin } from '../convert/stream.js';
 import { ImageError } from '../core/errors.js';
+import { escapeLine } from '../core/escape.js';
 import { makeProgress, type Progress, type ProgressMode } from '../convert/progress.js';
 import type { CliContext } from './command.js';
 import type { Image, ImageInfo } from '../formats/types.js';
@@ -39,7 +40,7 @@ export function progressFromArgs(args: ParsedArgs, ctx: CliContext): Progress {
 /** A stand-in backing image for metadata-only opens: its reads fail with a clear message. */
 function missingBacking(name: string, path: string): Image {
   const fail = async (): Promise<never> => {
-    throw new ImageError('unsupported', `${path} has a backing file '${name}'; pass --backing to read through it`, {
+    throw new ImageError('unsupported', `${path} has a backing file '${escapeLine(name)}'; pass --backing to read through it`, {
       path,
       field: 'backing_file',
       value: name,
@@ -77,7 +78,7 @@ export async function openFromArgs(
   if (!backing && str(args, 'backing-dir')) throw new ImageError('usage', '--backing-dir needs --backing');
   if (opts.metadataOnly && !backing) {
     // Route through openImage with an opener that never touches the file system.
-    return openImageWith(path, { format: str(args, 'format'), writable: opts.writable }, async (req) =>
+    return openImageWith(path, { format: str(args, 'format'), writable: opts.writable, dataFile: flag(args, 'data-file') }, async (req) =>
       missingBacking(req.name, path),
     );
   }

@@ -18,6 +18,7 @@
 
 import * as fs from 'node:fs';
 import * as fsp from 'node:fs/promises';
+import { escapeLine } from './escape.js';
 import { execFile } from 'node:child_process';
 import { type BlockDevice, type Extent, checkRange, checkWritable } from './device.js';
 import { ImageError, ioError } from './errors.js';
@@ -27,6 +28,14 @@ export interface FileOpenOptions {
   /** Create a new file (fails if it exists). Implies writable and growable. */
   create?: boolean;
   growable?: boolean;
+  /**
+   * Accept only a regular file or a block device, and say what the file is
+   * for in the refusal (`'backing file'`). The open itself does not block
+   * (O_NONBLOCK: a FIFO would otherwise wait for a writer forever); the
+   * flag is harmless for the files we keep (Linux ignores it for regular
+   * files and block devices).
+   */
+  fileOrBlockOnly?: string;
 }
 
 export class FileDevice implements BlockDevice {
@@ -54,15 +63,23 @@ export class FileDevice implements BlockDevice {
 
   static async open(path: string, opts: FileOpenOptions = {}): Promise<FileDevice> {
     const writable = !!(opts.writable || opts.create);
-    const flags = opts.create ? 'wx+' : writable ? 'r+' : 'r';
+    const flags = opts.fileOrBlockOnly
+      ? (writable ? fs.constants.O_RDWR : fs.constants.O_RDONLY) | fs.constants.O_NONBLOCK
+      : opts.create ? 'wx+' : writable ? 'r+' : 'r';
     let fd: number;
     try {
       fd = await new Promise<number>((res, rej) => fs.open(path, flags, 0o644, (e, f) => (e ? rej(e) : res(f))));
     } catch (e) {
+      // A socket cannot be opened at all (ENXIO): say what it is.
+      const st = opts.fileOrBlockOnly ? fs.statSync(path, { throwIfNoEntry: false }) : undefined;
+      if (st?.isSocket()) throw notFileOrBlock(opts.fileOrBlockOnly!, path, st);
       throw ioError(e, 'open', path);
     }
     try {
       const st = fs.fstatSync(fd);
+      if (opts.fileOrBlockOnly && !st.isFile() && !st.isBlockDevice()) {
+        throw notFileOrBlock(opts.fileOrBlockOnly, path, st);
+      }
       if (st.isDirectory()) throw new ImageError('usage', `${path} is a directory`, { path });
       const isBlock = st.isBlockDevice();
       const size = isBlock ? blockDeviceSize(fd, st, path) : st.size;
@@ -290,6 +307,19 @@ function blockDeviceSize(fd: number, st: fs.Stats, path: string): number {
     else hi = mid;
   }
   return lo + 1;
+}
+
+function notFileOrBlock(role: string, path: string, st: fs.Stats): ImageError {
+  const kind = st.isFIFO()
+    ? 'a FIFO'
+    : st.isSocket()
+      ? 'a socket'
+      : st.isCharacterDevice()
+        ? 'a character device'
+        : st.isDirectory()
+          ? 'a directory'
+          : 'not a regular file';
+  return new ImageError('unsupported', `${role} ${escapeLine(path)} is ${kind}, not a regular file or block device`, { path });
 }
 
 /** Stat a path without opening it; undefined when it does not exist. */

@@ -10,6 +10,7 @@ import type { BlockDevice } from '../core/device.js';
 import { FileDevice } from '../core/file.js';
 import { ImageError } from '../core/errors.js';
 import { OutputFile } from '../core/output.js';
+import { escapeLine } from '../core/escape.js';
 import type { BackingRequest, CreateOptions, FormatDriver, Image, ImageInfo } from './types.js';
 import { raw } from './raw.js';
 import { qcow2 } from './qcow2/index.js';
@@ -69,7 +70,15 @@ const MAX_CHAIN = 16;
 
 /** Open an image file of any format. The file is opened read-only unless `writable`. */
 export async function openImage(file: string, opts: OpenImageOptions = {}, depth = 0): Promise<OpenedImage> {
-  const child = await FileDevice.open(file, { writable: opts.writable });
+  return openChain(file, opts, depth);
+}
+
+/**
+ * openImage for any image of a chain: a backing file (`role`) must be a
+ * regular file or a block device, and opening it never blocks (a FIFO).
+ */
+async function openChain(file: string, opts: OpenImageOptions, depth: number, role?: string): Promise<OpenedImage> {
+  const child = await FileDevice.open(file, { writable: opts.writable, fileOrBlockOnly: role });
   try {
     const driver = opts.format ? driverByName(opts.format) : await detectFormat(child);
     const allowDir =
@@ -85,19 +94,14 @@ export async function openImage(file: string, opts: OpenImageOptions = {}, depth
               throw new ImageError('unsupported', `backing chain deeper than ${MAX_CHAIN} images`, { path: file });
             }
             const target = confine(file, req.name, allowDir, 'backing file');
-            const opened = await openImage(target, { format: req.format, backing: allowDir }, depth + 1);
+            const format = backingFormat(file, req);
+            const opened = await openChain(target, { format, backing: allowDir }, depth + 1, 'backing file');
             return opened.image;
           }
         : undefined,
       openExtent: extentOpener(file, opts.writable),
       disk: opts.disk,
-      openDataFile:
-        opts.dataFile
-          ? async (name: string) => {
-              const target = confine(file, name, path.dirname(path.resolve(file)), 'data file');
-              return FileDevice.open(target, { writable: opts.writable });
-            }
-          : undefined,
+      openDataFile: opts.dataFile ? dataFileOpener(file, opts.writable) : undefined,
     });
     return { image, driver, file: child, path: file };
   } catch (e) {
@@ -114,13 +118,14 @@ export async function openImage(file: string, opts: OpenImageOptions = {}, depth
 export async function openImageOn(
   child: FileDevice,
   file: string,
-  opts: { format?: string; writable?: boolean; disk?: number },
+  opts: { format?: string; writable?: boolean; disk?: number; dataFile?: boolean },
   openBacking?: (req: BackingRequest) => Promise<Image>,
 ): Promise<OpenedImage> {
   try {
     const driver = opts.format ? driverByName(opts.format) : await detectFormat(child);
     const openExtent = file === '-' ? undefined : extentOpener(file, opts.writable);
-    const image = await driver.open(child, { writable: opts.writable, path: file, openBacking, openExtent, disk: opts.disk });
+    const openDataFile = opts.dataFile && file !== '-' ? dataFileOpener(file, opts.writable) : undefined;
+    const image = await driver.open(child, { writable: opts.writable, path: file, openBacking, openExtent, disk: opts.disk, openDataFile });
     return { image, driver, file: child, path: file };
   } catch (e) {
     await child.close();
@@ -131,7 +136,7 @@ export async function openImageOn(
 /** Open with a caller-supplied backing opener (used by `info` to describe an image without following its backing file). */
 export async function openImageWith(
   file: string,
-  opts: { format?: string; writable?: boolean; disk?: number },
+  opts: { format?: string; writable?: boolean; disk?: number; dataFile?: boolean },
   openBacking: (req: BackingRequest) => Promise<Image>,
 ): Promise<OpenedImage> {
   return openImageOn(await FileDevice.open(file, { writable: opts.writable }), file, opts, openBacking);
@@ -142,21 +147,47 @@ function extentOpener(file: string, writable?: boolean): (name: string) => Promi
   return async (name: string) => FileDevice.open(confine(file, name, path.dirname(path.resolve(file)), 'extent file'), { writable });
 }
 
+/** Opens a qcow2 external data file: in the image's directory, a regular file or block device. */
+function dataFileOpener(file: string, writable?: boolean): (name: string) => Promise<BlockDevice> {
+  return async (name: string) => {
+    const target = confine(file, name, path.dirname(path.resolve(file)), 'data file');
+    return FileDevice.open(target, { writable, fileOrBlockOnly: 'data file' });
+  };
+}
+
+/**
+ * The driver name an image gives for its backing file, checked: a name
+ * imgtool does not know is a fault of the image (invalid input), named
+ * with the field and its offset.
+ */
+function backingFormat(file: string, req: BackingRequest): string | undefined {
+  if (req.format === undefined || DRIVERS.some((d) => d.name === req.format)) return req.format;
+  const f = req.formatField;
+  throw new ImageError(
+    'invalid-format',
+    `${escapeLine(file)}: backing file format '${escapeLine(req.format)}'${f ? ` (${f.field} at offset ${f.offset})` : ''} is not a format imgtool knows (${DRIVERS.map((x) => x.name).join(', ')})`,
+    { path: file, field: f?.field, offset: f?.offset, value: req.format },
+  );
+}
+
 /** Resolve `name` relative to `file`'s directory and refuse anything outside `allowDir`. */
 function confine(file: string, name: string, allowDir: string, what: string): string {
+  const shown = escapeLine(name);
   if (/^[a-z][a-z0-9+.-]*:/i.test(name) && !name.startsWith('/')) {
-    throw new ImageError('unsupported', `${what} '${name}' is not a local file`, { path: file, value: name });
+    throw new ImageError('unsupported', `${what} '${shown}' is not a local file`, { path: file, value: name });
   }
   const resolved = path.resolve(path.dirname(path.resolve(file)), name);
   let real: string;
   try {
     real = fs.realpathSync(resolved);
   } catch {
-    throw new ImageError('io', `${what} '${name}' (resolved to ${resolved}) does not exist`, { path: file, value: name });
+    throw new ImageError('io', `${what} '${shown}' (resolved to ${escapeLine(resolved)}) does not exist`, { path: file, value: name });
   }
   const allowReal = fs.realpathSync(allowDir);
-  if (real !== allowReal && !real.startsWith(allowReal + path.sep)) {
-    throw new ImageError('usage', `${what} '${name}' resolves to ${real}, outside the allowed directory ${allowReal}`, {
+  // The root directory already ends with a separator: '/' allows '/x', not only '//x'.
+  const prefix = allowReal.endsWith(path.sep) ? allowReal : allowReal + path.sep;
+  if (real !== allowReal && !real.startsWith(prefix)) {
+    throw new ImageError('usage', `${what} '${shown}' resolves to ${escapeLine(real)}, outside the allowed directory ${allowReal}`, {
       path: file,
       value: name,
     });

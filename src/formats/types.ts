@@ -55,6 +55,8 @@ export interface BackingRequest {
   name: string;
   /** The format the image names for it, if any. */
   format?: string;
+  /** Where the image stores `format` (for the error when it is not a format imgtool knows). */
+  formatField?: { field: string; offset: number };
 }
 
 export interface OpenOptions {

@@ -2,6 +2,7 @@ import { type CommandSpec, OUTPUT_OPTION, printJson, wantsJson } from '../comman
 import { BACKING_OPTIONS, FORMAT_OPTION, openFromArgs } from '../common.js';
 import { describe } from '../../formats/index.js';
 import { formatSize } from '../../core/size.js';
+import { escapeLine } from '../../core/escape.js';
 
 export const infoCommand: CommandSpec = {
   name: 'info',
@@ -24,15 +25,15 @@ Example:
         return 0;
       }
       const lines = [
-        `image: ${info.filename}`,
+        `image: ${escapeLine(info.filename)}`,
         `file format: ${info.format}`,
         `virtual size: ${formatSize(info['virtual-size'])} (${info['virtual-size']} bytes)`,
         `disk size: ${formatSize(info['actual-size'])}`,
       ];
       if (info['cluster-size'] !== undefined) lines.push(`cluster_size: ${info['cluster-size']}`);
       if (info['backing-filename']) {
-        lines.push(`backing file: ${info['backing-filename']}`);
-        if (info['backing-filename-format']) lines.push(`backing file format: ${info['backing-filename-format']}`);
+        lines.push(`backing file: ${escapeLine(info['backing-filename'])}`);
+        if (info['backing-filename-format']) lines.push(`backing file format: ${escapeLine(info['backing-filename-format'])}`);
       }
       if (info['dirty-flag']) lines.push('dirty flag: yes');
       if (info.snapshots?.length) {
@@ -41,13 +42,13 @@ Example:
           const date = new Date(s['date-sec'] * 1000).toISOString().replace('T', ' ').slice(0, 19);
           const clock = s['vm-clock-sec'];
           const hms = `${String(Math.floor(clock / 3600)).padStart(4, '0')}:${String(Math.floor(clock / 60) % 60).padStart(2, '0')}:${String(clock % 60).padStart(2, '0')}.${String(Math.floor(s['vm-clock-nsec'] / 1e6)).padStart(3, '0')}`;
-          lines.push(`${s.id.padEnd(10)}${s.name.padEnd(18)}${formatSize(s['vm-state-size']).padStart(7)} ${date} ${hms} ${s.icount ?? ''}`);
+          lines.push(`${escapeLine(s.id).padEnd(10)}${escapeLine(s.name).padEnd(18)}${formatSize(s['vm-state-size']).padStart(7)} ${date} ${hms} ${s.icount ?? ''}`);
         }
       }
       const fs = info['format-specific'];
       if (fs) {
         lines.push('Format specific information:');
-        for (const [k, v] of Object.entries(fs.data)) lines.push(`    ${k}: ${typeof v === 'object' ? JSON.stringify(v) : String(v)}`);
+        for (const [k, v] of Object.entries(fs.data)) lines.push(`    ${k}: ${escapeLine(typeof v === 'object' ? JSON.stringify(v) : String(v))}`);
       }
       ctx.stdout.write(lines.join('\n') + '\n');
     } finally {

@@ -13,6 +13,7 @@
 
 import type { BlockDevice } from '../../core/device.js';
 import { ImageError } from '../../core/errors.js';
+import { escapeLine } from '../../core/escape.js';
 import type { CreateOptions, FormatDriver, Image, OpenOptions } from '../types.js';
 import { isQcow1 } from './header.js';
 import { QcowImage, createQcow, readHeader, readL1 } from './image.js';
@@ -32,7 +33,7 @@ export const qcow: FormatDriver = {
         if (!opts.openBacking) {
           throw new ImageError(
             'unsupported',
-            `qcow: ${opts.path ?? 'the image'} has a backing file '${g.backingName}': pass --backing to read through it`,
+            `qcow: ${opts.path ?? 'the image'} has a backing file '${escapeLine(g.backingName)}': pass --backing to read through it`,
             { format: 'qcow', field: 'backing_file', value: g.backingName },
           );
         }

@@ -101,6 +101,8 @@ export interface Qcow2Header {
   // From extensions and the backing name area.
   backingFile?: string;
   backingFormat?: string;
+  /** Byte offset of the backing format extension's data (for messages). */
+  backingFormatOffset?: number;
   dataFile?: string;
   featureNames: FeatureName[];
   hasBitmaps: boolean;
@@ -235,6 +237,7 @@ export async function readHeader(child: BlockDevice): Promise<Qcow2Header> {
     switch (type) {
       case EXT_BACKING_FORMAT:
         h.backingFormat = latin(body);
+        h.backingFormatOffset = data;
         break;
       case EXT_DATA_FILE:
         h.dataFile = latin(body);

@@ -22,6 +22,7 @@
 import { type BlockDevice, type Extent, checkRange, checkWritable, isZero } from '../../core/device.js';
 import { Mutex } from '../../core/mutex.js';
 import { ImageError, fieldError } from '../../core/errors.js';
+import { escapeLine } from '../../core/escape.js';
 import type { Image, ImageInfo, OpenOptions } from '../types.js';
 import { TableCache } from './cache.js';
 import { deflateCluster, inflateCluster, zstdCluster, zstdCompressCluster } from './compress.js';
@@ -1211,7 +1212,7 @@ export async function openQcow2(child: BlockDevice, opts: OpenOptions, extras: Q
   try {
     if (h.incompatible & INCOMPAT_DATA_FILE) {
       if (!opts.openDataFile) {
-        throw new ImageError('unsupported', `${where}qcow2 image stores its data in an external data file${h.dataFile ? ` '${h.dataFile}'` : ''}; pass --data-file to read it`, { path: opts.path, format: FORMAT });
+        throw new ImageError('unsupported', `${where}qcow2 image stores its data in an external data file${h.dataFile ? ` '${escapeLine(h.dataFile)}'` : ''}; pass --data-file to read it`, { path: opts.path, format: FORMAT });
       }
       if (h.dataFile === undefined) {
         throw new ImageError('unsupported', `${where}qcow2 image uses an external data file but does not name it`, { path: opts.path, format: FORMAT });
@@ -1221,9 +1222,10 @@ export async function openQcow2(child: BlockDevice, opts: OpenOptions, extras: Q
     }
     if (h.backingFile !== undefined) {
       if (!opts.openBacking) {
-        throw new ImageError('unsupported', `${where}qcow2 image has a backing file ${h.backingFile}; pass --backing to read through it`, { path: opts.path, format: FORMAT });
+        throw new ImageError('unsupported', `${where}qcow2 image has a backing file ${escapeLine(h.backingFile)}; pass --backing to read through it`, { path: opts.path, format: FORMAT });
       }
-      backing = await opts.openBacking({ name: h.backingFile, format: h.backingFormat });
+      const formatField = h.backingFormatOffset === undefined ? undefined : { field: 'backing format extension (0xe2792aca)', offset: h.backingFormatOffset };
+      backing = await opts.openBacking({ name: h.backingFile, format: h.backingFormat, formatField });
     }
   } catch (e) {
     if (opened) await opened.close().catch(() => {});
