@@ -3,10 +3,11 @@
  * mke2fs -d, corrupted at places the host's own debugfs/dumpe2fs name, and
  * the host's e2fsck as the judge.
  */
-import { copyFileSync, mkdirSync, openSync, writeSync, closeSync, readFileSync, symlinkSync, writeFileSync, ftruncateSync, readSync } from 'node:fs';
+import { copyFileSync, existsSync, mkdirSync, openSync, writeSync, closeSync, readFileSync, readdirSync, rmSync, symlinkSync, writeFileSync, ftruncateSync, readSync } from 'node:fs';
 import { createHash } from 'node:crypto';
 import { join } from 'node:path';
-import { execFileSync } from 'node:child_process';
+import { execFileSync, spawn } from 'node:child_process';
+import { gunzipSync } from 'node:zlib';
 import { must, peer, run } from './helpers/peers.js';
 
 /** Deterministic bytes. */
@@ -204,4 +205,88 @@ export function mbrDisk(path: string, p1MiB: number): MbrDisk {
 /** debugfs -R 'cat PATH' on an image file: the file's bytes. */
 export function debugfsCat(img: string, path: string): Buffer {
   return execFileSync(peer('debugfs'), ['-R', `cat ${path}`, img], { maxBuffer: 64 << 20, stdio: ['ignore', 'pipe', 'ignore'] });
+}
+
+/** Where `npm run setup` (wasm/build.sh) leaves e2fsprogs' source: the .orig tarball holds its test images. */
+export const E2FSPROGS_SOURCE = new URL('../wasm/src/e2fsprogs_1.47.0.orig.tar.gz', import.meta.url).pathname;
+const IMAGES_CACHE = new URL('./.cache/e2fsprogs-1.47.0-f-images/', import.meta.url).pathname;
+
+export interface E2fsprogsImage {
+  /** The test's name, e.g. f_dup_de. */
+  name: string;
+  /** Its image.gz (in test/.cache, unpacked from the source tarball; never written to). */
+  gz: string;
+}
+
+/**
+ * e2fsprogs 1.47.0's own e2fsck test images (tests/f_*\/image.gz, 185 of
+ * them), unpacked once from the source tarball wasm/build.sh downloaded. A
+ * missing tarball fails the test (it is a peer's data, as the peers are):
+ * `npm run setup` fetches it (`bash wasm/build.sh --force` when the build is
+ * already up to date).
+ */
+export function e2fsprogsTestImages(): E2fsprogsImage[] {
+  if (!existsSync(E2FSPROGS_SOURCE)) {
+    throw new Error(`e2fsprogs' source ${E2FSPROGS_SOURCE} is missing: run 'npm run setup' (or 'bash wasm/build.sh --force' if the build is up to date)`);
+  }
+  const root = join(IMAGES_CACHE, 'e2fsprogs-1.47.0', 'tests');
+  const stamp = join(IMAGES_CACHE, '.unpacked');
+  if (!existsSync(stamp)) {
+    rmSync(IMAGES_CACHE, { recursive: true, force: true });
+    mkdirSync(IMAGES_CACHE, { recursive: true });
+    execFileSync('tar', ['-xzf', E2FSPROGS_SOURCE, '-C', IMAGES_CACHE, '--wildcards', 'e2fsprogs-1.47.0/tests/f_*/image.gz'], { stdio: 'pipe' });
+    writeFileSync(stamp, '');
+  }
+  return readdirSync(root)
+    .filter((n) => n.startsWith('f_') && existsSync(join(root, n, 'image.gz')))
+    .sort()
+    .map((name) => ({ name, gz: join(root, name, 'image.gz') }));
+}
+
+/** Decompress an e2fsprogs test image into a new file `dst`. */
+export function gunzipTo(gz: string, dst: string): string {
+  writeFileSync(dst, gunzipSync(readFileSync(gz)));
+  return dst;
+}
+
+export interface HostLoopingFsck {
+  /** e2fsck's exit status, or 'loop' when it restarted `restarts` times (it was killed then). */
+  status: number | 'loop';
+  output: string;
+}
+
+/**
+ * The host's e2fsck (flags like -fn) on a file, stopped once it has
+ * restarted from the beginning `maxRestarts` times: on some images it
+ * restarts forever (its legitimate runs restart at most a few times).
+ */
+export function hostFsckUntilLoop(img: string, flags: string, maxRestarts = 20): Promise<HostLoopingFsck> {
+  return new Promise((resolve, reject) => {
+    const child = spawn(peer('e2fsck'), [flags, img], { stdio: ['ignore', 'pipe', 'pipe'] });
+    let output = '';
+    let restarts = 0;
+    let looped = false;
+    const timer = setTimeout(() => child.kill('SIGKILL'), 120_000);
+    const take = (d: Buffer) => {
+      const s = d.toString('latin1');
+      if (output.length < 1 << 20) output += s;
+      restarts += s.split('Restarting e2fsck from the beginning').length - 1;
+      if (restarts >= maxRestarts && !looped) {
+        looped = true;
+        child.kill('SIGKILL');
+      }
+    };
+    child.stdout.on('data', take);
+    child.stderr.on('data', take);
+    child.on('error', (e) => {
+      clearTimeout(timer);
+      reject(e);
+    });
+    child.on('close', (status, signal) => {
+      clearTimeout(timer);
+      if (looped) resolve({ status: 'loop', output });
+      else if (signal) reject(new Error(`host e2fsck ${flags} ${img} killed by ${signal} (timeout)`));
+      else resolve({ status: status ?? -1, output });
+    });
+  });
 }

@@ -75,7 +75,7 @@ export type ToolWorkerMessage =
   | { t: 'out'; fd: 1 | 2; bytes: Uint8Array }
   | { t: 'trace'; text: string }
   | { t: 'exit'; code: number }
-  | { t: 'fail'; message: string; stack?: string };
+  | { t: 'fail'; message: string; name?: string; stack?: string };
 
 export function toolWorkerMain(wt: typeof WorkerThreads, nodeWasi: typeof NodeWasi, crypto: typeof NodeCrypto): void {
   const port = wt.parentPort!;
@@ -502,6 +502,7 @@ export function toolWorkerMain(wt: typeof WorkerThreads, nodeWasi: typeof NodeWa
     port.postMessage({ t: 'exit', code } satisfies ToolWorkerMessage);
   } catch (e) {
     const err = e as Error;
-    port.postMessage({ t: 'fail', message: err?.message ?? String(e), stack: err?.stack } satisfies ToolWorkerMessage);
+    // name: RuntimeError for a WebAssembly trap, RangeError for a stack overflow or a failed memory allocation.
+    port.postMessage({ t: 'fail', message: err?.message ?? String(e), name: err?.name, stack: err?.stack } satisfies ToolWorkerMessage);
   }
 }

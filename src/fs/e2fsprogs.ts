@@ -23,7 +23,11 @@
  *    rejects with that error: e2fsck -y would otherwise "repair" around the
  *    failed read by rewriting blocks.
  *  - A worker that dies or traps rejects the promise; nothing can hang
- *    waiting for it.
+ *    waiting for it. e2fsck restarting forever with the same messages is
+ *    stopped (src/fs/tool-output.ts).
+ *  - Every run ends with its worker terminated and no device request in
+ *    flight, whether it succeeded, failed or was aborted: no thread or
+ *    message port outlives the returned promise, and the process can exit.
  *
  * Exit status of e2fsck (bits, as e2fsck(8)): 0 clean, 1 errors corrected,
  * 2 corrected and the system should be rebooted, 4 errors left uncorrected,
@@ -39,6 +43,7 @@ import type { BlockDevice } from '../core/device.js';
 import { ImageError } from '../core/errors.js';
 import { readExtSuperblock } from './ext-superblock.js';
 import { toolWorkerMain, wasmApi, type ToolWorkerData, type ToolWorkerMessage, type WasmModule } from './e2fsprogs-worker.js';
+import { type LoopInfo, ToolOutput } from './tool-output.js';
 
 export type Tool = 'e2fsck' | 'resize2fs' | 'mke2fs';
 export type FsckMode = 'check' | 'preen' | 'repair'; // -n, -p, -y; always -f (full check)
@@ -193,12 +198,14 @@ async function superblockAt(dev: BlockDevice, at: number): Promise<RawSuperblock
 }
 
 /**
- * The superblock to judge the filesystem by: the primary, or (when
- * `allowBackup`, for e2fsck which finds backups itself) the first backup
- * e2fsck would try. Throws when the device holds no ext filesystem or one
- * with features e2fsprogs 1.47 does not know.
+ * Why e2fsprogs can do nothing with `dev`, judged from its superblock: the
+ * device is too small, no superblock has the ext magic (with `allowBackup`,
+ * as for e2fsck, which finds backups itself, neither the primary nor group
+ * 1's copy for any block size), or the filesystem has features e2fsprogs
+ * 1.47 does not know. `outcome` ends the message (what happened to the tool).
+ * Returns the superblock to judge the filesystem by when there is no such problem.
  */
-async function requireExt(dev: BlockDevice, tool: Tool, allowBackup: boolean): Promise<RawSuperblock> {
+async function extProblem(dev: BlockDevice, tool: Tool, allowBackup: boolean, outcome: string): Promise<{ error: ImageError } | { sb: RawSuperblock }> {
   let sb = await superblockAt(dev, SB_OFFSET);
   if (!sb && allowBackup) {
     // e2fsck's backup search: group 1's superblock for each block size.
@@ -210,27 +217,23 @@ async function requireExt(dev: BlockDevice, tool: Tool, allowBackup: boolean): P
   if (!sb) {
     const at = SB_OFFSET + SB_MAGIC;
     if (dev.size < SB_OFFSET + 1024) {
-      throw new ImageError('invalid-format', `not an ext2/3/4 filesystem: the device (${dev.size} bytes) is too small to hold a superblock; ${tool} not run`, {
-        value: dev.size,
-      });
+      return {
+        error: new ImageError('invalid-format', `not an ext2/3/4 filesystem: the device (${dev.size} bytes) is too small to hold a superblock; ${outcome}`, {
+          value: dev.size,
+        }),
+      };
     }
     const b = new Uint8Array(2);
     await dev.read(b, at);
     const found = `0x${(b[0]! | (b[1]! << 8)).toString(16).padStart(4, '0')}`;
-    throw new ImageError(
-      'invalid-format',
-      `not an ext2/3/4 filesystem: the superblock magic s_magic at offset ${at} has value ${found}, not 0xef53` +
-        `${allowBackup ? ', and no backup superblock was found' : ''}; ${tool} not run`,
-      { field: 's_magic', offset: at, value: found },
-    );
-  }
-  const log = sb.view.getUint32(SB_LOG_BLOCK_SIZE, true);
-  if (log > 6) {
-    throw new ImageError('invalid-format', `ext superblock: s_log_block_size (at offset ${sb.at + SB_LOG_BLOCK_SIZE}, value ${log}) is out of range (0..6)`, {
-      field: 's_log_block_size',
-      offset: sb.at + SB_LOG_BLOCK_SIZE,
-      value: log,
-    });
+    return {
+      error: new ImageError(
+        'invalid-format',
+        `not an ext2/3/4 filesystem: the superblock magic s_magic at offset ${at} has value ${found}, not 0xef53` +
+          `${allowBackup ? ', and no backup superblock was found' : ''}; ${outcome}`,
+        { field: 's_magic', offset: at, value: found },
+      ),
+    };
   }
   const bad: string[] = [];
   for (const kind of ['compat', 'incompat', 'roCompat'] as const) {
@@ -243,13 +246,33 @@ async function requireExt(dev: BlockDevice, tool: Tool, allowBackup: boolean): P
   }
   if (bad.length) {
     const field = 's_feature_*';
-    throw new ImageError('unsupported', `the filesystem has features e2fsprogs 1.47 does not support (${bad.join(', ')}); ${tool} not run`, {
-      field,
-      offset: sb.at + SB_FEATURES.compat,
-      value: bad.join(','),
+    return {
+      error: new ImageError('unsupported', `the filesystem has features e2fsprogs 1.47 does not support (${bad.join(', ')}); ${outcome}`, {
+        field,
+        offset: sb.at + SB_FEATURES.compat,
+        value: bad.join(','),
+      }),
+    };
+  }
+  return { sb };
+}
+
+/**
+ * Before resize2fs (which, unlike e2fsck, never falls back to a backup
+ * superblock and changes the filesystem): a primary superblock it can work
+ * from, with a block size in range.
+ */
+async function requireExt(dev: BlockDevice, tool: Tool): Promise<void> {
+  const p = await extProblem(dev, tool, false, `${tool} not run`);
+  if ('error' in p) throw p.error;
+  const log = p.sb.view.getUint32(SB_LOG_BLOCK_SIZE, true);
+  if (log > 6) {
+    throw new ImageError('invalid-format', `ext superblock: s_log_block_size (at offset ${p.sb.at + SB_LOG_BLOCK_SIZE}, value ${log}) is out of range (0..6); ${tool} not run`, {
+      field: 's_log_block_size',
+      offset: p.sb.at + SB_LOG_BLOCK_SIZE,
+      value: log,
     });
   }
-  return sb;
 }
 
 /** Filesystem size in bytes from the primary superblock, or undefined. */
@@ -287,6 +310,12 @@ interface RunResult {
 /**
  * Run `tool` with `args` (argv[0] included; the device path is `dev` below)
  * on `dev`. Writable runs flush the device at the end.
+ *
+ * When the returned promise settles, however it settles (the tool's exit, a
+ * crash, a device error, an abort, a loop), the worker thread has been
+ * terminated and no write or flush of this run is still in progress: nothing
+ * of the run keeps the process alive or changes the device afterwards (a
+ * read still in progress may complete; its bytes are dropped).
  */
 async function runTool(
   tool: Tool,
@@ -297,14 +326,17 @@ async function runTool(
   if (opts.writable && dev.readOnly) {
     throw new ImageError('usage', `${tool}: the device is read-only (open the image writable, or run on an overlay)`, { operation: 'write' });
   }
-  if (opts.signal?.aborted) throw new ImageError('interrupted', `${tool} cancelled before it started`);
-  const module = await loadModule(tool);
-  const devPath = devicePath(opts.name);
-  const ctlBuf = new SharedArrayBuffer(32);
   const chunk = opts.chunkSize ?? CHUNK;
   if (!Number.isSafeInteger(chunk) || chunk < 512 || chunk > 256 << 20) {
     throw new ImageError('usage', `${tool}: chunk size ${chunk} must be between 512 bytes and 256 MiB`, { value: chunk });
   }
+  const cancelled = () => new ImageError('interrupted', `${tool} cancelled before it started`);
+  if (opts.signal?.aborted) throw cancelled();
+  const module = await loadModule(tool);
+  // Checked again: the signal may have fired while the module was compiled.
+  if (opts.signal?.aborted) throw cancelled();
+  const devPath = devicePath(opts.name);
+  const ctlBuf = new SharedArrayBuffer(32);
   const dataBuf = new SharedArrayBuffer(chunk);
   const ctl = new Int32Array(ctlBuf);
   const ctlF64 = new Float64Array(ctlBuf);
@@ -331,9 +363,10 @@ async function runTool(
     let settled = false;
     let exited = false; // the tool has returned its exit code
     let wrote = false;
+    /** The write or flush being served, if any. */
+    let inflight: Promise<void> = Promise.resolve();
 
-    const append = (fd: 1 | 2, text: string) => {
-      if (!text) return;
+    const printed = new ToolOutput((fd, text) => {
       opts.onOutput?.(text);
       if (output.length + text.length <= MAX_OUTPUT) {
         output += text;
@@ -342,19 +375,21 @@ async function runTool(
         truncated = true;
         output += '\n[imgtool: output truncated]\n';
       }
-    };
-    const finish = (fn: () => void) => {
+    });
+
+    /** Settle once: stop the worker, let a write in progress finish, then resolve or reject. */
+    const finish = (outcome: { value: RunResult } | { error: unknown }) => {
       if (settled) return;
       settled = true;
       opts.signal?.removeEventListener('abort', onAbort);
-      fn();
+      if ('error' in outcome) printed.end();
+      const stopped = worker.terminate().then(
+        () => undefined,
+        () => undefined,
+      );
+      void Promise.all([stopped, inflight]).then(() => ('error' in outcome ? reject(outcome.error) : resolve(outcome.value)));
     };
-    const fail = (err: unknown) => {
-      finish(() => {
-        void worker.terminate();
-        reject(err);
-      });
-    };
+    const fail = (error: unknown) => finish({ error });
     const onAbort = () => fail(new ImageError('interrupted', `${tool} was cancelled${wrote ? ' after it had written to the device' : ''}`));
     opts.signal?.addEventListener('abort', onAbort, { once: true });
 
@@ -413,45 +448,94 @@ async function runTool(
     worker.on('message', (m: ToolWorkerMessage) => {
       if (settled) return;
       switch (m.t) {
-        case 'io':
-          void serve();
+        case 'io': {
+          const op = ctl[CTL_OP];
+          const served = serve();
+          // A write or flush must be over before the run settles (the caller may close the device);
+          // a read may finish later (its bytes are dropped): a stuck read then cannot hold up an abort.
+          if (op === OP_WRITE || op === OP_FLUSH) inflight = served;
           break;
+        }
         case 'out':
-          append(m.fd, decoders[m.fd].decode(m.bytes, { stream: true }));
+          printed.write(m.fd, decoders[m.fd].decode(m.bytes, { stream: true }));
+          if (printed.loop) fail(loopError(tool, printed.loop, opts.writable));
           break;
         case 'trace':
           process.stderr.write(`[${tool}] ${m.text}\n`);
           break;
         case 'exit': {
           exited = true;
-          append(1, decoders[1].decode());
-          append(2, decoders[2].decode());
+          printed.write(1, decoders[1].decode());
+          printed.write(2, decoders[2].decode());
+          printed.end();
           const code = m.code;
           const done = async () => {
             if (opts.writable && wrote) await dev.flush();
           };
-          done().then(
-            () => finish(() => resolve({ exitCode: code, output, stdout: streams[1], stderr: streams[2] })),
+          inflight = done().then(
+            () => finish({ value: { exitCode: code, output, stdout: streams[1], stderr: streams[2] } }),
             (e) => fail(e),
           );
           break;
         }
         case 'fail':
-          fail(crashError(tool, m.message, output));
+          fail(crashError(tool, m, output));
           break;
       }
     });
-    worker.on('error', (e) => fail(crashError(tool, e?.message ?? String(e), output)));
+    worker.on('error', (e: Error & { code?: string }) => fail(crashError(tool, { message: e?.message ?? String(e), name: e?.name, code: e?.code }, output)));
     worker.on('exit', (code) => {
       if (!settled && !exited) fail(new ImageError('io', `${tool}: its worker thread exited (code ${code}) before the tool finished`));
     });
   });
 }
 
-/** A trap or a dead worker: memory exhaustion gets its own clear message. */
-function crashError(tool: Tool, message: string, output: string): Error {
-  if (/memory|allocation/i.test(message)) return memoryError(tool, message, output);
-  return new ImageError('io', `${tool} (WebAssembly) crashed: ${message}${tail(output)}`);
+/**
+ * A tool that crashed: a WebAssembly trap (an out-of-bounds memory access,
+ * `unreachable` after abort(), a stack overflow) or a failure of the worker
+ * running it. Not an ImageError: it is no verdict on the image but a defect
+ * in the tool (the host's e2fsprogs often crashes the same way: e2fsck 1.47.0
+ * segfaults on its own test image f_h_badroot). The CLI reports it as an
+ * internal error (imgtool fsck: e2fsck's exit code 8, operational error).
+ */
+export class ToolCrashError extends Error {
+  constructor(
+    readonly tool: Tool,
+    message: string,
+  ) {
+    super(message);
+    this.name = 'ToolCrashError';
+  }
+}
+
+/** What the worker reports when the tool did not return. */
+interface WorkerFailure {
+  message: string;
+  /** The error's constructor name: RuntimeError for a WebAssembly trap. */
+  name?: string;
+  code?: string;
+}
+
+/** Memory exhaustion is an ImageError with advice; everything else a crash. */
+function crashError(tool: Tool, f: WorkerFailure, output: string): Error {
+  const message = f.message.trim();
+  const outOfMemory =
+    f.code === 'ERR_WORKER_OUT_OF_MEMORY' || (f.name === 'RangeError' && /out of memory|cannot allocate|maximum memory size|could not allocate/i.test(message));
+  if (outOfMemory) return memoryError(tool, message, output);
+  if (f.name === 'RuntimeError') return new ToolCrashError(tool, `${tool} crashed (WebAssembly trap: ${message})${tail(output)}`);
+  if (f.name === 'RangeError' && /call stack/i.test(message)) return new ToolCrashError(tool, `${tool} crashed (stack overflow: ${message})${tail(output)}`);
+  return new ToolCrashError(tool, `${tool} crashed (its worker failed: ${f.name ? `${f.name}: ` : ''}${message})${tail(output)}`);
+}
+
+/** e2fsck restarted with the same messages again and again. */
+function loopError(tool: Tool, loop: LoopInfo, writable: boolean): ImageError {
+  return new ImageError(
+    'corrupt',
+    `${tool} is looping: it restarted ${loop.rounds} times in a row printing the same messages each time (last: ${loop.sample}); stopped it. ` +
+      (writable
+        ? 'The repair it restarts for does not take: this filesystem needs more than e2fsck can repair'
+        : 'A check (-n) cannot make the repair it restarts for: repair a copy (-y) to see whether that ends it'),
+  );
 }
 
 function tail(output: string): string {
@@ -499,19 +583,28 @@ const MODE_FLAG: Record<FsckMode, string> = { check: '-n', preen: '-p', repair: 
 
 /**
  * `e2fsck -f` with -n (check), -p (preen) or -y (repair) on `dev`.
- * 'check' never writes. The result carries e2fsck's exit code and output;
- * errors before or around the run (not an ext filesystem, unsupported
- * features, device failures, memory exhaustion) throw ImageError.
+ * 'check' never writes. The result carries e2fsck's exit code and output.
+ * e2fsck decides about the filesystem (a damaged primary superblock is its to
+ * repair from a backup); ImageError is thrown for what happens around it: a
+ * device failure, memory exhaustion, e2fsck looping (see tool-output.ts),
+ * and, when e2fsck gives up (exit 8), the reason imgtool can name: no ext
+ * superblock anywhere, or features e2fsprogs 1.47 does not know. A crash of
+ * the tool (a WebAssembly trap) throws ToolCrashError.
  */
 export async function e2fsck(dev: BlockDevice, opts: { mode: FsckMode; extraArgs?: string[] } & ToolRunOptions): Promise<FsckResult> {
   const flag = MODE_FLAG[opts.mode];
   if (!flag) throw new ImageError('usage', `e2fsck mode must be check, preen or repair, not '${String(opts.mode)}'`);
-  await requireExt(dev, 'e2fsck', true);
+  // No pre-check: e2fsck judges the superblock itself (it repairs a damaged
+  // primary from a backup). Its operational errors are explained afterwards.
   const r = await runTool('e2fsck', dev, (p) => ['e2fsck', '-f', flag, ...(opts.extraArgs ?? []), p], {
     ...opts,
     writable: opts.mode !== 'check',
   });
   if (isOutOfMemory(r.exitCode, r.output)) throw memoryError('e2fsck', 'malloc failed', r.output);
+  if (r.exitCode & 8) {
+    const p = await extProblem(dev, 'e2fsck', true, `e2fsck gave up (exit ${r.exitCode})`);
+    if ('error' in p) throw p.error;
+  }
   return { exitCode: r.exitCode, status: fsckStatus(r.exitCode), output: r.output, stdout: r.stdout, stderr: r.stderr };
 }
 
@@ -523,7 +616,7 @@ export async function e2fsck(dev: BlockDevice, opts: { mode: FsckMode; extraArgs
  * result's exitCode is resize2fs's (0 success, 1 failure; see output).
  */
 export async function resize2fs(dev: BlockDevice, opts: { size?: number; force?: boolean } & ToolRunOptions = {}): Promise<ResizeResult> {
-  await requireExt(dev, 'resize2fs', false);
+  await requireExt(dev, 'resize2fs');
   const oldSize = (await fsSize(dev))!;
   if (opts.size !== undefined) {
     if (!Number.isSafeInteger(opts.size) || opts.size <= 0) {

@@ -12,14 +12,21 @@ import { ImageError } from '../../core/errors.js';
 import { SliceDevice } from '../../core/slice.js';
 import { formatSize } from '../../core/size.js';
 import { DRIVERS } from '../../formats/index.js';
-import { type FsckMode, e2fsck } from '../../fs/e2fsprogs.js';
+import { detectContent } from '../../fs/detect.js';
+import { type FsckMode, ToolCrashError, e2fsck } from '../../fs/e2fsprogs.js';
 import { inspectDisk } from '../../partition/inspect.js';
 
 export const PARTITION_OPTION: OptionSpec = {
   name: 'partition',
   type: 'string',
   valueName: 'N',
-  description: 'the filesystem in partition N of an MBR or GPT disk (as Linux numbers them: 1-4 primary, 5+ logical)',
+  description: 'the filesystem in partition N of an MBR or GPT disk (as Linux numbers them: 1-4 primary, 5+ logical); 0 means the whole image',
+};
+
+export const WHOLE_OPTION: OptionSpec = {
+  name: 'whole',
+  type: 'boolean',
+  description: 'the filesystem is the whole image, whatever partition table it seems to have (same as --partition 0)',
 };
 
 /** The filesystem to work on: the whole image, or partition N. */
@@ -34,28 +41,37 @@ export interface Target {
   name: string;
 }
 
+const EXT_TYPES: readonly string[] = ['ext2', 'ext3', 'ext4'];
+
 /**
  * Pick the filesystem's device: partition N (a bounds-checked window), or
- * the whole image when it has no partition table. A partitioned disk
- * without --partition is an error that lists its partitions.
+ * the whole image: with --whole or --partition 0 always, and without a
+ * choice when the image has no partition table, or a table with no
+ * partitions over an ext superblock (a bare filesystem whose block 0 ends in
+ * 55 AA by chance: blkid reports both, e2fsck checks the filesystem). A disk
+ * with partitions and no choice is an error that lists them.
  */
-export async function selectTarget(image: BlockDevice, imagePath: string, partArg: string | undefined): Promise<Target> {
+export async function selectTarget(image: BlockDevice, imagePath: string, partArg: string | undefined, whole = false): Promise<Target> {
   const base = path.basename(imagePath);
+  const wholeImage: Target = { dev: image, offset: 0, size: image.size, name: base };
+  if (partArg !== undefined && !/^\d+$/.test(partArg)) throw new ImageError('usage', `--partition must be a partition number, not '${partArg}'`, { value: partArg });
+  const n = partArg === undefined ? undefined : Number(partArg);
+  if (whole && n !== undefined && n !== 0) throw new ImageError('usage', `--whole and --partition ${n} contradict each other`, { value: n });
+  if (whole || n === 0) return wholeImage;
   const disk = await inspectDisk(image, { partitioninfo: false });
-  if (partArg === undefined) {
-    if (disk.scheme === 'none') return { dev: image, offset: 0, size: image.size, name: base };
+  if (n === undefined) {
+    if (disk.scheme === 'none') return wholeImage;
+    if (disk.partitions.length === 0 && EXT_TYPES.includes((await detectContent(image)).type)) return wholeImage;
     const list = disk.partitions
       .filter((p) => p.kind !== 'extended')
       .map((p) => `${p.number} (${p.content.type === 'unknown' ? 'unknown content' : p.content.type}, ${formatSize(p.size)})`)
       .join(', ');
     throw new ImageError(
       'usage',
-      `${imagePath} has ${disk.scheme === 'mbr' ? 'an MBR' : 'a GPT'} partition table: choose the filesystem with --partition N (partitions: ${list || 'none'})`,
+      `${imagePath} has ${disk.scheme === 'mbr' ? 'an MBR' : 'a GPT'} partition table: choose the filesystem with --partition N (partitions: ${list || 'none'}), or --whole for the whole image`,
       { path: imagePath },
     );
   }
-  if (!/^\d+$/.test(partArg)) throw new ImageError('usage', `--partition must be a partition number, not '${partArg}'`, { value: partArg });
-  const n = Number(partArg);
   if (disk.scheme === 'none') {
     throw new ImageError('usage', `${imagePath} has no partition table: omit --partition to use the whole image`, { path: imagePath });
   }
@@ -117,7 +133,7 @@ function modeFromArgs(args: ParsedArgs): FsckMode {
 export const fsckCommand: CommandSpec = {
   name: 'fsck',
   summary: 'check or repair the ext2/3/4 filesystem of an image (e2fsck -f, built in)',
-  usage: 'fsck [-n | -p | -y] [-f FMT] [--partition N] [--output json] IMG',
+  usage: 'fsck [-n | -p | -y] [-f FMT] [--partition N | --whole] [--output json] IMG',
   positionals: { min: 1, max: 1 },
   preprocess: fsckPreprocess,
   options: [
@@ -126,6 +142,7 @@ export const fsckCommand: CommandSpec = {
     { name: 'yes', short: 'y', type: 'boolean', description: 'repair: answer yes to every question' },
     FORMAT_OPTION,
     PARTITION_OPTION,
+    WHOLE_OPTION,
     OUTPUT_OPTION,
     ...BACKING_OPTIONS,
   ],
@@ -135,8 +152,9 @@ need no conversion, no loop device and no root. The image is opened for writing 
 -p and -y. e2fsck's habits work: -fn, -fy and -fp are force + mode (the check is always
 full); -f FMT names the image format as in every imgtool command.
 
-A disk with a partition table needs --partition N; the tools see exactly that partition and
-can touch nothing outside it.
+A disk with partitions needs --partition N; the tools see exactly that partition and can
+touch nothing outside it. --whole (or --partition 0) takes the whole image as the filesystem;
+so does a bare filesystem whose first sector merely looks like an empty MBR.
 
 Examples:
   imgtool fsck disk.qcow2                      # check (read-only), whole-image filesystem
@@ -147,13 +165,20 @@ Exit codes are e2fsck's (added together): 0 no errors; 1 errors corrected; 2 cor
 reboot if mounted; 4 errors left uncorrected; 8 operational error; 16 usage error;
 32 cancelled. imgtool's own errors map onto them: a bad option or partition number is 16;
 an image that is not an ext filesystem, an unsupported feature, a missing WebAssembly build
-('npm run setup') or an I/O error is 8 (the message says which). Ctrl-C exits 130.`,
+('npm run setup'), an I/O error, e2fsck crashing (a WebAssembly trap) or looping (restarting
+with the same messages 100 times in a row; repeated rounds are shown once) is 8 (the message
+says which). Ctrl-C exits 130.`,
   async run(args, ctx) {
     try {
       return await runFsck(args, ctx);
     } catch (e) {
       // Scripts read fsck's exit code as e2fsck's: imgtool's own errors become
       // e2fsck's 16 (usage) and 8 (operational error), never 2 or 4.
+      if (e instanceof ToolCrashError) {
+        ctx.stderr.write(`imgtool: ${e.message}\n`);
+        if (ctx.debug) ctx.stderr.write(`${e.stack}\n`);
+        return FSCK_ERROR;
+      }
       if (!(e instanceof ImageError)) throw e;
       ctx.stderr.write(`imgtool: ${e.describe()}\n`);
       if (ctx.debug) ctx.stderr.write(`${e.stack}\n`);
@@ -174,7 +199,7 @@ async function runFsck(args: ParsedArgs, ctx: CliContext): Promise<number> {
   let result;
   let target: Target;
   try {
-    target = await selectTarget(opened.image, file, str(args, 'partition'));
+    target = await selectTarget(opened.image, file, str(args, 'partition'), flag(args, 'whole'));
     result = await e2fsck(target.dev, {
       mode,
       name: target.name,

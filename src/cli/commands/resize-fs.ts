@@ -10,21 +10,23 @@ import { BACKING_OPTIONS, FORMAT_OPTION, openFromArgs } from '../common.js';
 import { ImageError } from '../../core/errors.js';
 import { formatSize, parseSize } from '../../core/size.js';
 import { type FsckResult, e2fsck, resize2fs } from '../../fs/e2fsprogs.js';
-import { PARTITION_OPTION, selectTarget, type Target } from './fsck.js';
+import { PARTITION_OPTION, WHOLE_OPTION, selectTarget, type Target } from './fsck.js';
 
 export const resizeFsCommand: CommandSpec = {
   name: 'resize-fs',
   summary: 'grow (or shrink) the ext2/3/4 filesystem of an image or partition (resize2fs, built in)',
-  usage: 'resize-fs [-f FMT] [--partition N] [--no-check] [--output json] IMG [SIZE]',
+  usage: 'resize-fs [-f FMT] [--partition N | --whole] [--no-check] [--output json] IMG [SIZE]',
   positionals: { min: 1, max: 2 },
   options: [
     FORMAT_OPTION,
     PARTITION_OPTION,
+    WHOLE_OPTION,
     { name: 'no-check', type: 'boolean', description: 'do not run e2fsck -fp first (resize2fs then refuses a filesystem mounted since its last check)' },
     OUTPUT_OPTION,
     ...BACKING_OPTIONS,
   ],
-  details: `Without SIZE the filesystem grows to fill its partition (--partition N) or the whole image.
+  details: `Without SIZE the filesystem grows to fill its partition (--partition N) or the whole image
+(--whole or --partition 0, or by itself when the image has no partitions).
 SIZE (512, 64k, 2M, 10G, ...) may also be smaller than the filesystem: resize2fs shrinks it
 if the data fits. The partition table and the image size are not changed: grow the image
 and the partition first, then the filesystem.
@@ -40,7 +42,8 @@ Examples:
 
 Exit codes: 0 resized (or already that size); 2 usage (SIZE beyond the partition or below
 what the data needs); 3 not an ext filesystem, or it has errors e2fsck -p cannot fix;
-4 unsupported feature or missing WebAssembly build; 5 I/O error; 130 interrupted.`,
+4 unsupported feature or missing WebAssembly build; 5 I/O error; 70 e2fsck or resize2fs
+crashed (a WebAssembly trap: an internal error, reported as such); 130 interrupted.`,
   async run(args, ctx) {
     const file = args.positionals[0]!;
     const sizeArg = args.positionals[1];
@@ -51,7 +54,7 @@ what the data needs); 3 not an ext filesystem, or it has errors e2fsck -p cannot
     let preen: FsckResult | undefined;
     let result;
     try {
-      target = await selectTarget(opened.image, file, str(args, 'partition'));
+      target = await selectTarget(opened.image, file, str(args, 'partition'), flag(args, 'whole'));
       if (size !== undefined && size > target.size) {
         throw new ImageError(
           'usage',
