@@ -8,6 +8,7 @@ import { mkdirSync, readFileSync, symlinkSync, writeFileSync } from 'node:fs';
 import { execFileSync as exec } from 'node:child_process';
 import { dirname, join } from 'node:path';
 import { gzipSync } from 'node:zlib';
+import { randomBytes } from 'node:crypto';
 import { FileDevice } from '../src/core/file.js';
 import { MemoryDevice } from '../src/core/memory.js';
 import { ImageError } from '../src/core/errors.js';
@@ -526,6 +527,28 @@ describe('fixGuest on a filesystem', () => {
     const again = await fix(img, { rootUuid: ROOT_UUID, swapUuid: SWAP_UUID });
     expect(again.changes).toEqual([]);
     expect(again.kernels[0]!.hasVirtio).toBe(true);
+  });
+
+  it('leaves the initrd alone, saying why, when the new initrd and the backup do not fit', async () => {
+    const V = '5.10.0-1-amd64';
+    const moddir = `lib/modules/${V}`;
+    const big = cpio(['init', 'conf/initramfs.conf', 'blob'], { blob: randomBytes(3 << 20).toString('latin1') });
+    const img = makeFs(
+      {
+        ...XEN_GUEST,
+        filler: randomBytes(9 << 20),
+        [`boot/initrd.img-${V}`]: big,
+        [`${moddir}/modules.dep`]: 'kernel/virtio_pci.ko:\nkernel/virtio_blk.ko:\n',
+        [`${moddir}/kernel/virtio_pci.ko`]: 'm',
+        [`${moddir}/kernel/virtio_blk.ko`]: 'm',
+      },
+      '16M',
+    );
+    const r = await fix(img, { rootUuid: ROOT_UUID, swapUuid: SWAP_UUID });
+    expect(r.changes.map((c) => c.path)).not.toContain(`/boot/initrd.img-${V}`);
+    expect(r.kernels[0]!.hasVirtio).toBe(false);
+    expect(r.warnings.join('\n')).toMatch(/imgtool could not add the virtio modules: the guest filesystem has \d+ MiB free; adding to \/boot\/initrd\.img-5\.10\.0-1-amd64 and keeping its original needs \d+ MiB/);
+    fsckClean(img);
   });
 
   it('refuses mounts whose UUID or mount point is not plain', async () => {

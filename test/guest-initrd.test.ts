@@ -105,6 +105,9 @@ describe('initrd walk: an archive appended after a compressed one', () => {
     expect(listInitrd(gz.subarray(0, gz.length - 20)).problem).toBeDefined();
     const zs = hostCompress('zstd', ['-q', '-c'], first);
     expect(listInitrd(zs.subarray(0, zs.length - 20)).problem).toMatch(/zstd/);
+    const badCrc = Buffer.from(gz);
+    badCrc[badCrc.length - 6]! ^= 0xff;
+    expect(listInitrd(badCrc).problem).toMatch(/gzip: the trailer does not match the data \(CRC32 or size\)/);
   });
 });
 

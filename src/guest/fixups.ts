@@ -96,7 +96,7 @@ class Plan {
   changes: Change[] = [];
   constructor(
     readonly fsys: ExtFs,
-    private readonly warnings: string[],
+    readonly warnings: string[],
   ) {}
 
   private pending(path: string): Change | undefined {
@@ -644,8 +644,9 @@ function guestReader(plan: Plan) {
  * RESUME pointed at the new swap (an archive appended, see initrd-virtio.ts).
  * Returns what the initrds could not get, by kernel, and kernel arguments.
  */
-async function fixInitrds(plan: Plan, kernels: KernelInfo[], resume: string): Promise<{ plans: Map<KernelInfo, InitrdPlan>; args: string[] }> {
+async function fixInitrds(plan: Plan, kernels: KernelInfo[], resume: string, freeBytes: number): Promise<{ plans: Map<KernelInfo, InitrdPlan>; args: string[] }> {
   const read = guestReader(plan);
+  let budget = freeBytes;
   const plans = new Map<KernelInfo, InitrdPlan>();
   const args: string[] = [];
   for (const k of kernels.filter((x) => !x.xenOnly).slice(0, 4)) {
@@ -660,7 +661,15 @@ async function fixInitrds(plan: Plan, kernels: KernelInfo[], resume: string): Pr
       continue;
     }
     const addVirtio = k.hasVirtio === false && !k.noVirtioDriver;
-    const p = await planInitrd(read, image, { version: k.version, initrd: k.initrd!, addVirtio, resume, builtin });
+    let p = await planInitrd(read, image, { version: k.version, initrd: k.initrd!, addVirtio, resume, builtin });
+    // The new initrd and the backup of the original must fit (an initrd cut short does not boot).
+    const need = p.patch ? p.patch.tail.length + ((await plan.exists(p.patch.backup)) ? 0 : image.length) + (1 << 20) : 0;
+    if (need > budget) {
+      const why = `the guest filesystem has ${Math.floor(budget / (1 << 20))} MiB free; adding to ${k.initrd} and keeping its original needs ${Math.ceil(need / (1 << 20))} MiB (grow the filesystem first)`;
+      p = { storage: p.storage, problem: why };
+      if (!addVirtio) plan.warnings.push(`${k.initrd} left unchanged: ${why}`);
+    }
+    budget -= need;
     plans.set(k, p);
     if (!p.patch) continue;
     const desc = `${k.initrd} with a cpio archive appended`;
@@ -732,6 +741,15 @@ async function kernelWarnings(plan: Plan, kernels: KernelInfo[], initrds: Map<Ke
   }
 }
 
+/** Free space per the superblock (s_free_blocks_count, lo at 0x0C, hi at 0x158 with 64bit). */
+async function freeBytes(fsDev: BlockDevice, blockSize: number): Promise<number> {
+  const sb = new Uint8Array(1024);
+  await fsDev.read(sb, 1024);
+  const v = new DataView(sb.buffer);
+  const hi = v.getUint32(0x60, true) & 0x80 ? v.getUint32(0x158, true) : 0;
+  return (hi * 2 ** 32 + v.getUint32(0x0c, true)) * blockSize;
+}
+
 // ---------------------------------------------------------------- entry point
 
 /** Apply (or, with dryRun, only report) the fix-ups on the guest filesystem in `fsDev`. */
@@ -788,7 +806,7 @@ export async function fixGuest(fsDev: BlockDevice, opts: GuestFixOptions): Promi
       // Resume from the new swap, or from nothing: a Xen name costs a long wait at every boot.
       const resume = specs.swap ?? 'none';
       await fixResume(plan, resume);
-      const initrds = await fixInitrds(plan, kernels, resume);
+      const initrds = await fixInitrds(plan, kernels, resume, await freeBytes(fsDev, sb.blockSize));
       kernelArgs.push(...initrds.args);
       await fixBootConfigs(plan, specs.root, kernelArgs, specs.swap);
       await kernelWarnings(plan, kernels, initrds.plans, fstab, warnings);

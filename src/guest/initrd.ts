@@ -23,11 +23,10 @@
  */
 
 import { spawnSync } from 'node:child_process';
-import * as zlib from 'node:zlib';
 import { Decompress as ZstdDecompress } from 'fzstd';
 import { ImageError } from '../core/errors.js';
 import { type CpioEntry, isCpioAt, parseCpio } from './cpio.js';
-import { gzipEnd, xzEnd, zstdEnd } from './stream-end.js';
+import { gunzipMember, xzEnd, zstdEnd } from './stream-end.js';
 import { decodeLzmaAlone, decodeXz } from './xz.js';
 
 /** Largest decompressed size we accept for one compressed member. */
@@ -75,9 +74,6 @@ const CODECS: Codec[] = [
 const startsWith = (b: Uint8Array, pos: number, magic: number[]) => magic.every((m, i) => b[pos + i] === m);
 
 function decompress(codec: Codec, data: Uint8Array): Uint8Array {
-  if (codec.name === 'gzip') {
-    return zlib.gunzipSync(data, { maxOutputLength: MAX_OUTPUT });
-  }
   if (codec.name === 'zstd') {
     const chunks: Uint8Array[] = [];
     let total = 0;
@@ -115,11 +111,11 @@ function runTool(codec: Codec, data: Uint8Array, required: boolean): Uint8Array 
 }
 
 /** Where a compressed member ends, for the codecs whose end we can find. */
-function memberEnd(codec: Codec, b: Uint8Array, pos: number): number {
-  if (codec.name === 'gzip') return gzipEnd(b, pos, MAX_OUTPUT);
-  if (codec.name === 'zstd') return zstdEnd(b, pos);
-  if (codec.name === 'xz') return xzEnd(b, pos);
-  return -1;
+/** A compressed member's data and where it ends (-1: not known, it runs to the end of `b`). */
+function decodeMember(codec: Codec, b: Uint8Array, pos: number): { data: Uint8Array; end: number } {
+  if (codec.name === 'gzip') return gunzipMember(b, pos, MAX_OUTPUT);
+  const end = codec.name === 'zstd' ? zstdEnd(b, pos) : codec.name === 'xz' ? xzEnd(b, pos) : -1;
+  return { data: decompress(codec, b.subarray(pos, end < 0 ? b.length : end)), end };
 }
 
 /**
@@ -155,9 +151,9 @@ export function listInitrd(image: Uint8Array, keep?: (name: string) => boolean):
       }
       segments.push(codec.name);
       // Without a known end, a compressed member runs to the end of the initrd (the kernel decompresses the rest).
-      const end = memberEnd(codec, b, pos);
+      const { data, end } = decodeMember(codec, b, pos);
       if (end < 0) openEnded ??= codec.name;
-      walk(decompress(codec, b.subarray(pos, end < 0 ? b.length : end)), depth + 1);
+      walk(data, depth + 1);
       pos = end < 0 ? b.length : end;
     }
   };

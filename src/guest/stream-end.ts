@@ -28,8 +28,8 @@ function corrupt(format: string, what: string, offset: number): ImageError {
   return new ImageError('invalid-format', `${format}: ${what} (at offset ${offset})`, { format, offset });
 }
 
-/** Offset just past the gzip member starting at `pos`. */
-export function gzipEnd(b: Uint8Array, pos: number, maxOutput: number): number {
+/** The gzip member starting at `pos`: its decompressed data and the offset just past it. */
+export function gunzipMember(b: Uint8Array, pos: number, maxOutput: number): { data: Uint8Array; end: number } {
   if (pos + 10 > b.length) throw corrupt('gzip', 'truncated header', pos);
   const flg = b[pos + 3]!;
   let p = pos + 10;
@@ -45,10 +45,15 @@ export function gzipEnd(b: Uint8Array, pos: number, maxOutput: number): number {
   if (flg & 2) p += 2;
   if (p > b.length) throw corrupt('gzip', 'truncated header', pos);
   // Raw inflate stops at the end of the deflate stream and says how much it read.
-  const r = zlib.inflateRawSync(b.subarray(p), { info: true, maxOutputLength: maxOutput }) as unknown as { engine: { bytesWritten: number } };
+  const r = zlib.inflateRawSync(b.subarray(p), { info: true, maxOutputLength: maxOutput }) as unknown as { buffer: Buffer; engine: { bytesWritten: number } };
   const end = p + r.engine.bytesWritten + 8;
   if (end > b.length) throw corrupt('gzip', 'truncated trailer', b.length);
-  return end;
+  // The trailer: CRC32 and size of the data (mod 2^32).
+  const dv = new DataView(b.buffer, b.byteOffset, b.byteLength);
+  if (dv.getUint32(end - 4, true) !== r.buffer.length % 2 ** 32 || dv.getUint32(end - 8, true) !== crc32(r.buffer)) {
+    throw corrupt('gzip', 'the trailer does not match the data (CRC32 or size)', end - 8);
+  }
+  return { data: r.buffer, end };
 }
 
 /** Offset just past the zstd frames (and skippable frames) starting at `pos`. */
