@@ -1,7 +1,7 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { randomBytes } from 'node:crypto';
-import { type CommandSpec, OUTPUT_OPTION, flag, list, printJson, str, wantsJson } from '../command.js';
+import { type CommandSpec, OUTPUT_OPTION, flag, list, printJson, str, wantsJson, warn } from '../command.js';
 import { FORCE_OPTION } from '../common.js';
 import { ImageError, ioError } from '../../core/errors.js';
 import { refuseSameFile } from '../../core/output.js';
@@ -124,7 +124,7 @@ Exit codes: 0 success; 2 usage (bad option, output exists); 3 invalid source
       printJson(ctx, { source: src, output: out ?? null, warnings: result.warnings, xml: result.xml });
       return 0;
     }
-    for (const w of result.warnings) ctx.stderr.write(`imgtool: warning: ${w}\n`);
+    for (const w of result.warnings) warn(ctx, w);
     if (!out) ctx.stdout.write(result.xml);
     return 0;
   },

@@ -1,4 +1,4 @@
-import { type CommandSpec, OUTPUT_OPTION, flag, list, printJson, str, wantsJson } from '../command.js';
+import { type CommandSpec, OUTPUT_OPTION, flag, list, printJson, str, wantsJson, warn } from '../command.js';
 import { BACKING_OPTIONS, FORCE_OPTION, FORMAT_OPTION, PROGRESS_OPTIONS, openFromArgs, progressFromArgs } from '../common.js';
 import { parseKeyValues, parseSize, formatSize } from '../../core/size.js';
 import { formatFromExtension, openImage } from '../../formats/index.js';
@@ -170,7 +170,7 @@ the partial output is removed); 130 interrupted.`,
         }
         if (report.domain) lines.push(`  domain: ${report.domain.path}`);
         ctx.stdout.write(lines.join('\n') + '\n');
-        for (const w of report.domain?.warnings ?? []) ctx.stderr.write(`imgtool: warning: ${w}\n`);
+        for (const w of report.domain?.warnings ?? []) warn(ctx, w);
         for (const w of report.warnings) ctx.stderr.write(`imgtool: warning: ${w}\n`);
       }
     } finally {
