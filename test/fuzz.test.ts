@@ -8,7 +8,6 @@
  */
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { pathToFileURL } from 'node:url';
 import { afterAll, describe, expect, it } from 'vitest';
 import { encodeHeader, type Qcow2Header } from '../src/formats/qcow2/header.js';
 import { DEFAULTS, type FuzzOptions, runFuzz } from '../src/fuzz/engine.js';
@@ -106,7 +105,7 @@ describe('fuzz: structure and determinism', () => {
 /** A fake driver module that misbehaves in one way; the worker opens cases with it. */
 function fakeTarget(dir: string, name: string, body: string): FuzzTarget {
   fs.mkdirSync(dir, { recursive: true });
-  const errors = pathToFileURL(path.resolve('dist/core/errors.js')).href;
+  const errors = new URL('../dist/core/errors.js', import.meta.url).href;
   const module = path.join(dir, `${name}.mjs`);
   fs.writeFileSync(
     module,

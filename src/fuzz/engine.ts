@@ -175,7 +175,9 @@ export async function runFuzz(o: FuzzOptions): Promise<FuzzReport> {
       const exportPath = diff ? path.join(diffDir, 'imgtool.raw') : undefined;
       if (exportPath) fs.rmSync(exportPath, { force: true });
       const req: CaseRequest = { type: 'case', id: i, path: casePath, format: forced, backingDir: seedDir, driverModule: p.target.driverModule, exportPath, limits: o.limits };
+      const started = Date.now();
       const r = await runner.run(req);
+      const ms = Date.now() - started;
       let cls: string = r.outcome;
       let detail: string | undefined;
       const after = fs.existsSync(casePath) ? shaFile(casePath) : 'missing';
@@ -186,6 +188,10 @@ export async function runFuzz(o: FuzzOptions): Promise<FuzzReport> {
       }
       const st = stats.get(p.seed.format)!;
       st.cases++;
+      if (r.outcome !== 'hang' && ms > st.slowestMs) {
+        st.slowestMs = ms;
+        st.slowestCase = i;
+      }
       st.byClass[cls] = (st.byClass[cls] ?? 0) + 1;
       if (diff && !FAILURE_CLASSES.includes(cls)) {
         const d = await differential(o, qemuImg!, p, bytes, mutations, r, forced, casePath, diffDir);

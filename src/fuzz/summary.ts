@@ -13,6 +13,9 @@ export interface FormatStats {
   strictMutations: Map<string, number>;
   /** ... of which qemu-img's data equals the unmutated seed's. */
   strictHarmless: number;
+  /** The slowest case's time in the worker (ms): how far the watchdog is from a real case. */
+  slowestMs: number;
+  slowestCase: number;
 }
 
 export const CLASSES = ['ok', 'rejected', 'crash', 'hang', 'memory', 'modified', 'differs'] as const;
@@ -25,6 +28,8 @@ export function newStats(): FormatStats {
     strict: new Map(),
     strictMutations: new Map(),
     strictHarmless: 0,
+    slowestMs: 0,
+    slowestCase: -1,
   };
 }
 
@@ -48,12 +53,12 @@ export function failures(r: FuzzReport): number {
 
 export function formatSummary(r: FuzzReport): string {
   const sum = (f: (s: FormatStats) => number) => [...r.stats.values()].reduce((a, s) => a + f(s), 0);
-  const rows = [...r.stats.entries()].map(([fmt, s]) => [fmt, s.cases, ...CLASSES.map((c) => s.byClass[c] ?? 0)]);
-  rows.push(['total', sum((s) => s.cases), ...CLASSES.map((c) => sum((s) => s.byClass[c] ?? 0))]);
+  const rows = [...r.stats.entries()].map(([fmt, s]) => [fmt, s.cases, ...CLASSES.map((c) => s.byClass[c] ?? 0), s.slowestMs]);
+  rows.push(['total', sum((s) => s.cases), ...CLASSES.map((c) => sum((s) => s.byClass[c] ?? 0)), Math.max(...[...r.stats.values()].map((s) => s.slowestMs))]);
   const out = [
     `imgtool fuzz: seed ${r.seed}, ${r.cases} cases in ${r.seconds.toFixed(1)} s (worker started ${r.workerStarts}x)`,
     '',
-    table(['format', 'cases', ...CLASSES], rows),
+    table(['format', 'cases', ...CLASSES, 'slowest ms'], rows),
     '',
     'differential slice (qemu-img convert -O raw):',
     table(['format', ...DIFF_OUTCOMES], [...r.stats.entries()].map(([fmt, s]) => [fmt, ...DIFF_OUTCOMES.map((d) => s.diff[d])])),
