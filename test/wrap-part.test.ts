@@ -148,6 +148,22 @@ describe('wrap --part: several filesystems into one disk', () => {
     for (const p of report.parts) expect(fstab).toContain(`UUID=${p.uuid}\t${p.mountpoint}\t`);
   }, 120_000);
 
+  it('--size gives root what the other partitions leave (EBR overhead counted); a --part image may be qcow2', () => {
+    const opt = t.path('opt.qcow2');
+    must('qemu-img', ['convert', '-f', 'raw', '-O', 'qcow2', img('opt'), opt]);
+    const out = t.path('sized.raw');
+    const report = wrap(out, ['--size', '200M', '--swap', '16M', '--part', `/var=${img('var')}`, '--part', `/home=${img('home')}`, '--part', `/opt=${opt}`]);
+    expect(report['disk-size']).toBe(200 * MiB);
+    const sf = sfdiskJson(out)!;
+    // 1 MiB before partition 1, swap 16M, var 16M, home 12M, opt 10M, and 1 MiB for each of the two EBRs.
+    expect(sf.partitions![0]!.size * 512).toBe((200 - 1 - 16 - 16 - 12 - 10 - 2) * MiB);
+    expect(superblock(out, MiB).bytes).toBe(sf.partitions![0]!.size * 512);
+    const last = sf.partitions!.at(-1)!;
+    expect((last.start + last.size) * 512).toBe(200 * MiB);
+    for (const p of sf.partitions!.filter((x) => x.type === '83')) hostFsck(out, p.start * 512);
+    expect(guestFile(out, last.start * 512, '/marker')).toBe('opt-marker\n');
+  }, 120_000);
+
   it('repairs a part filesystem as e2fsck -p would, in the output only', () => {
     const dirty = t.path('dirty-var.img');
     must('cp', [img('var'), dirty]);

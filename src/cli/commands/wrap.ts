@@ -168,7 +168,10 @@ the partial output is removed); 130 interrupted.`,
             lines.push(`  kernel: ${g.direct.kernel}${g.direct.initrd ? `\n  initrd: ${g.direct.initrd}` : ''}`, '  boot it with:', `    qemu-system-x86_64 -m 1024 ${g.direct['qemu-args'].map(shellQuote).join(' ')}`, '  libvirt:', ...g.direct['libvirt-os'].split('\n').map((l) => `    ${l}`));
           }
         }
-        if (report.domain) lines.push(`  domain: ${report.domain.path}`);
+        if (report.domain) {
+          const c = report.domain.consumed;
+          lines.push(`  domain: ${report.domain.path}${c.length ? ` (Xen disk${c.length > 1 ? 's' : ''} ${c.join(', ')} → this disk)` : ''}`);
+        }
         ctx.stdout.write(lines.join('\n') + '\n');
         for (const w of report.domain?.warnings ?? []) warn(ctx, w);
         for (const w of report.warnings) ctx.stderr.write(`imgtool: warning: ${w}\n`);
