@@ -103,7 +103,7 @@ describe('fuzz: structure and determinism', () => {
 });
 
 /** A fake driver module that misbehaves in one way; the worker opens cases with it. */
-function fakeTarget(dir: string, name: string, body: string): FuzzTarget {
+function fakeTarget(dir: string, name: string, body: string, qemuFormat?: string): FuzzTarget {
   fs.mkdirSync(dir, { recursive: true });
   const errors = new URL('../dist/core/errors.js', import.meta.url).href;
   const module = path.join(dir, `${name}.mjs`);
@@ -130,6 +130,7 @@ export const driver = {
   return {
     format: name,
     driverModule: module,
+    qemuFormat,
     async buildSeeds(ctx) {
       const file = path.join(ctx.dir, `${name}.img`);
       fs.writeFileSync(file, new Uint8Array(4096).fill(1));
@@ -169,5 +170,18 @@ describe('fuzz: the classification can fail', () => {
       expect(saved.mutations.length).toBeGreaterThan(0);
       expect(saved.reproduce).toContain(`--case ${f.caseIndex}`);
     }
+  }, 60_000);
+});
+
+describe('fuzz: the differential slice can fail', () => {
+  it('counts a driver whose bytes differ from qemu-img\'s as `differs` and saves the case', async () => {
+    const body = 'await child.read(buf, offset); if (offset === 0 && buf.length > 0) buf[0] ^= 0xff;';
+    const target = fakeTarget(tmp.path('fake-lies/module'), 'lies', body, 'raw');
+    const report = await runFuzz(options('fake-lies', { targets: [target], cases: 2, diffRate: 1, qemuImg: peer('qemu-img') }));
+    const s = report.stats.get('lies')!;
+    expect(s.diff.differs, formatSummary(report)).toBe(2);
+    expect(failures(report)).toBe(2);
+    expect(report.findings.map((f) => f.class)).toEqual(['differs', 'differs']);
+    expect(report.findings[0]!.detail).toContain('first different byte at 0');
   }, 60_000);
 });
