@@ -501,8 +501,15 @@ describe('fixGuest on a filesystem', () => {
     expect(r.kernels[0]).toMatchObject({ hasVirtio: true });
     expect(r.kernelArgs).toEqual(['net.ifnames=0', 'biosdevname=0']);
     const change = r.changes.find((c) => c.path === `/boot/initrd.img-${V}`)!;
-    expect(change.diff).toContain('+ modules: virtio.ko, virtio_pci.ko, virtio_blk.ko');
-    expect(change.diff).toContain(`+++ b/boot/initrd.img-${V}:conf/conf.d/resume`);
+    expect(change.diff).toContain(`Binary files a/boot/initrd.img-${V} and b/boot/initrd.img-${V} differ\n`);
+    expect(change.diff).toContain('| modules added: virtio.ko, virtio_pci.ko, virtio_blk.ko\n');
+    expect(change.diff).toContain('| conf/conf.d/resume in the initrd:\n|   @@ -1 +1 @@\n|   -RESUME=/dev/xvda2\n|   +RESUME=UUID=');
+    // GNU patch skips the initrd (binary) and applies the rest.
+    const dir = t.path(`patched-${++counter}`);
+    mkdirSync(join(dir, 'etc'), { recursive: true });
+    writeFileSync(join(dir, 'etc/fstab'), r.changes.find((c) => c.path === '/etc/fstab')!.before!);
+    const p = run('patch', ['-p1', '-d', dir], { input: change.diff + r.changes.find((c) => c.path === '/etc/fstab')!.diff });
+    expect(p.status, p.stdout + p.stderr).toBe(0);
     fsckClean(img);
     // The host's view: the backup is the original, the initrd is the original plus an archive cpio reads.
     const dump = (p: string) => {
