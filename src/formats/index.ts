@@ -17,9 +17,10 @@ import { qcow2 } from './qcow2/index.js';
 import { vdi } from './vdi/index.js';
 import { qcow } from './qcow/index.js';
 import { vmdk } from './vmdk/index.js';
+import { vpc } from './vhd/index.js';
 
 /** Probe order matters only if two magics could collide; raw is the fallback and stays last. */
-export const DRIVERS: FormatDriver[] = [vdi, qcow, qcow2, vmdk, raw];
+export const DRIVERS: FormatDriver[] = [vdi, qcow, qcow2, vmdk, vpc, raw];
 
 export function driverByName(name: string): FormatDriver {
   const d = DRIVERS.find((x) => x.name === name);
@@ -42,7 +43,11 @@ export function formatFromExtension(file: string): string | undefined {
 export async function detectFormat(child: BlockDevice): Promise<FormatDriver> {
   const head = new Uint8Array(Math.min(4096, child.size));
   await child.read(head, 0);
-  return DRIVERS.find((d) => d.probe(head)) ?? raw;
+  const byHead = DRIVERS.find((d) => d.probe(head));
+  if (byHead || child.size < 512) return byHead ?? raw;
+  const tail = new Uint8Array(512);
+  await child.read(tail, child.size - 512);
+  return DRIVERS.find((d) => d.probeTail?.(tail, child.size)) ?? raw;
 }
 
 export interface OpenImageOptions {
