@@ -5,7 +5,7 @@
  */
 
 import { type BlockDevice, type Extent, checkRange } from '../core/device.js';
-import type { CreateOptions, FormatDriver, Image, ImageInfo, OpenOptions } from './types.js';
+import type { CreateOptions, FormatDriver, Image, ImageInfo, LayerRun, OpenOptions } from './types.js';
 import { ImageError } from '../core/errors.js';
 
 /** The size is fixed at open/create: a growable child must not grow through the image. */
@@ -33,6 +33,11 @@ class RawImage implements Image {
   async status(offset: number, length: number): Promise<Extent> {
     checkRange(this, offset, length, 'status');
     return this.child.status(offset, length);
+  }
+  /** Raw bytes lie at their own offset; holes read as zero there (as qemu maps them). */
+  async layerStatus(offset: number, length: number): Promise<LayerRun> {
+    const e = await this.status(offset, length);
+    return { kind: e.kind === 'data' ? 'data' : 'zero', length: e.length, host: offset };
   }
   flush(): Promise<void> {
     return this.child.flush();

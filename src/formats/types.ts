@@ -43,11 +43,36 @@ export interface ImageInfo {
   'data-file'?: string;
   snapshots?: SnapshotInfo[];
   'format-specific'?: { type: string; data: Record<string, unknown> };
+  /** Image.warnings, when there are any (imgtool's addition to qemu-img's fields). */
+  warnings?: string[];
+}
+
+/**
+ * One run of this layer alone (never its backing file), for `map` and `check`:
+ * `host` is where the run's bytes start in the container when they lie there
+ * contiguously (absent for zero/unallocated runs and compressed clusters,
+ * except raw holes, which qemu reports at their own offset).
+ */
+export interface LayerRun {
+  kind: 'data' | 'zero' | 'unallocated' | 'compressed';
+  length: number;
+  host?: number;
 }
 
 export interface Image extends BlockDevice {
   readonly format: string;
   info(): Promise<ImageInfo>;
+  /**
+   * Problems found in the image that do not change what it reads (fields
+   * qemu ignores on its read path too), one line each naming the field, its
+   * offset and value. Absent or empty: none. May grow as tables are first
+   * read; OpenOptions.warn hears each one as it is found.
+   */
+  readonly warnings?: readonly string[];
+  /** Describe a non-empty prefix of [offset, offset + length) of this layer only (see LayerRun). */
+  layerStatus?(offset: number, length: number): Promise<LayerRun>;
+  /** The backing image, when one is open (following backing files was allowed). */
+  readonly backingImage?: Image;
 }
 
 export interface BackingRequest {

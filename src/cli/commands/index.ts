@@ -8,6 +8,8 @@ import { guestFixCommand } from './guest.js';
 import { domainConvertCommand } from './domain.js';
 import { fsckCommand } from './fsck.js';
 import { resizeFsCommand } from './resize-fs.js';
+import { mapCommand } from './map.js';
+import { compareCommand } from './compare.js';
 
 export const COMMANDS: CommandSpec[] = [
   convertCommand,
@@ -18,4 +20,6 @@ export const COMMANDS: CommandSpec[] = [
   domainConvertCommand,
   fsckCommand,
   resizeFsCommand,
+  mapCommand,
+  compareCommand,
 ];

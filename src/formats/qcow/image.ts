@@ -439,6 +439,30 @@ export class QcowImage implements Image {
     return { offset, length: stop - offset, kind: kind! };
   }
 
+  /** This layer's run at `offset`, with its host offset (map, check): see LayerRun in ../types.ts. */
+  async layerStatus(offset: number, length: number): Promise<import('../types.js').LayerRun> {
+    checkRange(this, offset, length, 'layerStatus');
+    const end = offset + length;
+    let run: import('../types.js').LayerRun | undefined;
+    for (let pos = offset; pos < end; ) {
+      const cluster = Math.floor(pos / this.cs);
+      const index = Math.floor(cluster / this.l2Entries);
+      const e = this.clusterEntry(this.l1[index] === 0 ? undefined : await this.table(index), cluster);
+      const n = Math.min((cluster + 1) * this.cs, end) - pos;
+      const host = e.off + (pos - cluster * this.cs);
+      const kind = e.off === 0 ? 'unallocated' : e.csize > 0 ? 'compressed' : 'data';
+      if (!run) run = kind === 'data' ? { kind, length: n, host } : { kind, length: n };
+      else if (kind !== run.kind || kind === 'compressed' || (kind === 'data' && run.host! + run.length !== host)) break;
+      else run.length += n;
+      pos += n;
+    }
+    return run ?? { kind: 'unallocated', length };
+  }
+
+  get backingImage(): Image | undefined {
+    return this.opts.backing;
+  }
+
   // ---- writes ----------------------------------------------------------
 
   private split(buf: Uint8Array, offset: number): Piece[] {

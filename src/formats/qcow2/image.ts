@@ -394,6 +394,21 @@ export class Qcow2Image implements Image {
     return { offset, length: len, kind: kind ?? 'unallocated' };
   }
 
+  /** This layer's run at `offset`, with its host offset (map, check): see LayerRun in ../types.ts. */
+  async layerStatus(offset: number, length: number): Promise<import('../types.js').LayerRun> {
+    checkRange(this, offset, length, 'layerStatus');
+    let run: import('../types.js').LayerRun = { kind: 'unallocated', length };
+    await this.walk(offset, length, (k, _g, l, host) => {
+      run = k === K_DATA ? { kind: 'data', length: l, host } : { kind: k === K_ZERO ? 'zero' : k === K_COMP ? 'compressed' : 'unallocated', length: l };
+      return false;
+    });
+    return run;
+  }
+
+  get backingImage(): import('../types.js').Image | undefined {
+    return this.backing;
+  }
+
   // ---------------------------------------------------------------- info
 
   async info(): Promise<ImageInfo> {

@@ -338,6 +338,27 @@ export class VdiImage implements Image {
     return { offset, length: stop - offset, kind };
   }
 
+  /**
+   * This layer's run at `offset`, with its host offset (map, check): see
+   * LayerRun in ../types.ts. VDI has no backing file: a block not stored
+   * reads as zero, and qemu maps it as present zeros.
+   */
+  async layerStatus(offset: number, length: number): Promise<import('../types.js').LayerRun> {
+    checkRange(this, offset, length, 'layerStatus');
+    const bs = this.blockSize;
+    const end = offset + length;
+    let b = Math.floor(offset / bs);
+    const first = this.map[b]!;
+    let stop = Math.min(end, (b + 1) * bs);
+    if (!isAllocated(first)) {
+      while (stop < end && !isAllocated(this.map[b + 1]!)) stop = Math.min(end, (++b + 1) * bs);
+      return { kind: 'zero', length: stop - offset };
+    }
+    const host = this.dataOffset(first) + (offset - b * bs);
+    while (stop < end && isAllocated(this.map[b + 1]!) && this.dataOffset(this.map[b + 1]!) === host + (stop - offset)) stop = Math.min(end, (++b + 1) * bs);
+    return { kind: 'data', length: stop - offset, host };
+  }
+
   /** First modification after opening an existing image: VirtualBox gives it a new modification UUID. */
   private touch(): void {
     if (this.touched) return;
