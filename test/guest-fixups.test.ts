@@ -462,6 +462,19 @@ describe('fixGuest on a filesystem', () => {
     fsckClean(img);
   });
 
+  it('adds no systemd serial getty on ttyS0 when the guest enables getty@ttyS0 already', async () => {
+    const img = makeFs({
+      ...XEN_GUEST,
+      'etc/systemd/system/getty.target.wants/serial-getty@xvc0.service': { link: '/lib/systemd/system/serial-getty@.service' },
+      'etc/systemd/system/getty.target.wants/getty@ttyS0.service': { link: '/lib/systemd/system/getty@.service' },
+    });
+    await fix(img, { rootUuid: ROOT_UUID, swapUuid: SWAP_UUID });
+    const wants = debugfsLs(img, '/etc/systemd/system/getty.target.wants');
+    expect(wants).toContain('getty@ttyS0.service');
+    expect(wants).not.toMatch(/serial-getty@(ttyS0|hvc0|xvc0)/);
+    expect(wants).toContain('getty@tty1.service');
+  });
+
   it('gives ttyS0 one upstart getty job when the guest has jobs for both hvc0 and xvc0', async () => {
     const job = (tty: string) => `start on stopped rc RUNLEVEL=[2345]\nrespawn\nexec /sbin/getty -8 38400 ${tty}\n`;
     const img = makeFs({ ...XEN_GUEST, 'etc/init/xvc0.conf': job('xvc0'), 'etc/event.d/hvc0': job('hvc0'), 'etc/event.d/xvc0': job('xvc0'), 'etc/event.d/serial': job('ttyS0') });

@@ -521,7 +521,10 @@ async function fixSystemd(plan: Plan): Promise<void> {
     await plan.mkdir(wants);
   }
   for (const n of xen) await plan.symlink(`${wants}/${n}`, null);
-  if (!names.includes('serial-getty@ttyS0.service')) await plan.symlink(`${wants}/serial-getty@ttyS0.service`, `${unitDir}/serial-getty@.service`);
+  // One getty per terminal: a getty@ttyS0 the guest enables already is ttyS0's getty.
+  if (!names.includes('serial-getty@ttyS0.service') && !names.includes('getty@ttyS0.service')) {
+    await plan.symlink(`${wants}/serial-getty@ttyS0.service`, `${unitDir}/serial-getty@.service`);
+  }
   if (!names.includes('getty@tty1.service')) await plan.symlink(`${wants}/getty@tty1.service`, `${unitDir}/getty@.service`);
 }
 
