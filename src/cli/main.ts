@@ -19,6 +19,7 @@ import { commandHelp, parseCommandArgs, type CliContext, type CommandSpec } from
 import { EXIT_CODES, ImageError } from '../core/errors.js';
 import { cleanupPendingOutputs } from '../core/output.js';
 import { escapeLine, terminalSafe } from '../core/escape.js';
+import { setDebugSink } from '../core/debug.js';
 
 const VERSION = '0.1.0';
 
@@ -109,6 +110,7 @@ async function cli(): Promise<void> {
     isTTY: !!process.stderr.isTTY,
     debug,
   };
+  if (debug) setDebugSink((line) => ctx.stderr.write(line));
   for (const sig of ['SIGINT', 'SIGTERM', 'SIGHUP'] as const) process.on(sig, endBySignal);
   // A closed pipe on stdout (imgtool ... | head) is not an error worth a trace.
   process.stdout.on('error', (e: NodeJS.ErrnoException) => {

@@ -8,9 +8,10 @@
  *   search with 1-byte reads when sysfs is not there.
  * - `growable` (files we create): writes past the end extend the file.
  *
- * Node has no SEEK_DATA/SEEK_HOLE, so `status` reports `data` for the whole
- * range; callers that care detect zeros in what they read (reading a hole costs
- * no disk I/O, only the copy and the zero check).
+ * `status` asks the kernel where a regular file's data and holes are
+ * (SEEK_DATA/SEEK_HOLE through seek-data.ts), so a sparse raw input's holes
+ * are skipped without reading them; where it cannot, everything is data and
+ * callers detect zeros in what they read.
  *
  * Both async and synchronous methods are offered: the synchronous ones are
  * used by code that cannot await (the WASM tools' I/O callbacks).
@@ -22,6 +23,7 @@ import { escapeLine } from './escape.js';
 import { execFile } from 'node:child_process';
 import { type BlockDevice, type Extent, checkRange, checkWritable } from './device.js';
 import { ImageError, ioError } from './errors.js';
+import { dataRunAt } from './seek-data.js';
 
 export interface FileOpenOptions {
   writable?: boolean;
@@ -200,8 +202,17 @@ export class FileDevice implements BlockDevice {
     }
   }
 
+  /**
+   * Regular files: data and holes as the kernel knows them (SEEK_DATA/SEEK_HOLE,
+   * see seek-data.ts); a hole reads as zero. Block devices, and files where the
+   * kernel cannot say: all data (callers detect zeros in what they read).
+   */
   async status(offset: number, length: number): Promise<Extent> {
     checkRange(this, offset, length, 'status');
+    if (!this.isBlockDevice && !this.closed && length > 0) {
+      const run = dataRunAt(this.fd, offset, offset + length);
+      if (run && run.end > offset) return { offset, length: run.end - offset, kind: run.data ? 'data' : 'zero' };
+    }
     return { offset, length, kind: 'data' };
   }
 
