@@ -18,6 +18,17 @@ export const FORMAT_OPTION: OptionSpec = {
   description: 'input image format (raw, qcow, qcow2, vdi); detected from the magic when omitted',
 };
 
+/** `--disk N`: which disk of a container holding several (an OVA). */
+export const DISK_OPTION: OptionSpec = { name: 'disk', type: 'string', valueName: 'N', description: 'which disk of an OVA (from 0; default 0)' };
+
+/** `--disk N` when the command has it as a number (wrap's repeated --disk PATH is another option). */
+function diskFromArgs(args: ParsedArgs): number | undefined {
+  const v = args.values.disk;
+  if (typeof v !== 'string') return undefined;
+  if (!/^\d+$/.test(v)) throw new ImageError('usage', `--disk must be a disk number (0, 1, ...), not '${v}'`);
+  return Number(v);
+}
+
 export const BACKING_OPTIONS: OptionSpec[] = [
   { name: 'backing', type: 'boolean', description: "read through the image's backing file (only inside the image's directory)" },
   { name: 'backing-dir', type: 'string', valueName: 'DIR', description: 'with --backing: directory backing files may resolve into' },
@@ -72,18 +83,19 @@ export async function openFromArgs(
   if (path === '-') {
     // Standard input: a file redirect is read in place, a pipe is spooled first.
     if (opts.writable) throw new ImageError('usage', 'standard input cannot be opened for writing');
-    return openImageOn(await openStdin(), '-', { format: str(args, 'format') }, async (req) => missingBacking(req.name, '-'));
+    return openImageOn(await openStdin(), '-', { format: str(args, 'format'), disk: diskFromArgs(args) }, async (req) => missingBacking(req.name, '-'));
   }
   const backing = flag(args, 'backing') ? (str(args, 'backing-dir') ?? true) : false;
   if (!backing && str(args, 'backing-dir')) throw new ImageError('usage', '--backing-dir needs --backing');
   if (opts.metadataOnly && !backing) {
     // Route through openImage with an opener that never touches the file system.
-    return openImageWith(path, { format: str(args, 'format'), writable: opts.writable, dataFile: flag(args, 'data-file') }, async (req) =>
+    return openImageWith(path, { format: str(args, 'format'), disk: diskFromArgs(args), writable: opts.writable, dataFile: flag(args, 'data-file') }, async (req) =>
       missingBacking(req.name, path),
     );
   }
   return openImage(path, {
     format: str(args, 'format'),
+    disk: diskFromArgs(args),
     writable: opts.writable,
     backing,
     dataFile: flag(args, 'data-file'),

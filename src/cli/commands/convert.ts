@@ -1,5 +1,5 @@
 import { type CommandSpec, OUTPUT_OPTION, flag, list, printJson, str, wantsJson } from '../command.js';
-import { BACKING_OPTIONS, FORCE_OPTION, FORMAT_OPTION, PROGRESS_OPTIONS, openFromArgs, progressFromArgs } from '../common.js';
+import { BACKING_OPTIONS, DISK_OPTION, FORCE_OPTION, FORMAT_OPTION, PROGRESS_OPTIONS, openFromArgs, progressFromArgs } from '../common.js';
 import { convertImage } from '../../convert/image.js';
 import { parseKeyValues, parseSize } from '../../core/size.js';
 import { driverByName, formatFromExtension } from '../../formats/index.js';
@@ -13,6 +13,7 @@ export const convertCommand: CommandSpec = {
   positionals: { min: 2, max: 2 },
   options: [
     FORMAT_OPTION,
+    DISK_OPTION,
     { name: 'output-format', short: 'O', type: 'string', valueName: 'FMT', description: 'output format; from the extension of DST when omitted (.qcow2, .qcow, .vdi, .img/.raw)' },
     { name: 'options', short: 'o', type: 'string', multiple: true, valueName: 'KEY=VALUE,...', description: "output format options (see 'Format options' below)" },
     { name: 'compress', short: 'c', type: 'boolean', description: 'compress data clusters (qcow, qcow2)' },

@@ -1,5 +1,5 @@
 import { type CommandSpec, OUTPUT_OPTION, printJson, wantsJson } from '../command.js';
-import { BACKING_OPTIONS, FORMAT_OPTION, openFromArgs } from '../common.js';
+import { BACKING_OPTIONS, DISK_OPTION, FORMAT_OPTION, openFromArgs } from '../common.js';
 import { describe } from '../../formats/index.js';
 import { formatSize } from '../../core/size.js';
 import { escapeLine } from '../../core/escape.js';
@@ -9,7 +9,7 @@ export const infoCommand: CommandSpec = {
   summary: 'describe an image: format, virtual size, allocation, format-specific fields',
   usage: 'info [-f FMT] [--output json] IMG',
   positionals: { min: 1, max: 1 },
-  options: [FORMAT_OPTION, OUTPUT_OPTION, ...BACKING_OPTIONS],
+  options: [FORMAT_OPTION, DISK_OPTION, OUTPUT_OPTION, ...BACKING_OPTIONS],
   details: `The JSON output uses the field names and value types of 'qemu-img info --output=json'.
 A backing file is reported, never opened (unless --backing).
 

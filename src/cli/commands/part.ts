@@ -6,7 +6,7 @@
 
 import * as fs from 'node:fs';
 import { type CliContext, type CommandSpec, OUTPUT_OPTION, flag, list, printJson, str, wantsJson, warn } from '../command.js';
-import { BACKING_OPTIONS, FORCE_OPTION, FORMAT_OPTION, openFromArgs } from '../common.js';
+import { BACKING_OPTIONS, DISK_OPTION, FORCE_OPTION, FORMAT_OPTION, openFromArgs } from '../common.js';
 import type { BlockDevice } from '../../core/device.js';
 import { ImageError } from '../../core/errors.js';
 import { SliceDevice } from '../../core/slice.js';
@@ -80,9 +80,9 @@ function printNotes(ctx: CliContext, d: { warnings: string[]; hint?: string }): 
 export const partListCommand: CommandSpec = {
   name: 'part list',
   summary: 'show the partition table (MBR, GPT or none) and what each partition holds',
-  usage: 'part list [-f FMT] [--output json] IMG',
+  usage: 'part list [-f FMT] [--disk N] [--output json] IMG',
   positionals: { min: 1, max: 1 },
-  options: [FORMAT_OPTION, OUTPUT_OPTION, ...BACKING_OPTIONS],
+  options: [FORMAT_OPTION, DISK_OPTION, OUTPUT_OPTION, ...BACKING_OPTIONS],
   details: `Reads an image of any format (raw, qcow2, VDI, ...) read-only. For each partition: number,
 start and end (sectors; bytes in JSON), size, type code and name, boot flag, kind (primary,
 extended, logical), and what it holds (ext2/3/4, swap, XFS, Btrfs, FAT, NTFS, LVM2 PV, LUKS).
