@@ -142,6 +142,14 @@ describe('hostile descriptors', () => {
     }
   });
 
+  it('an extent inside the directory that is a FIFO is refused, not opened (no hang)', () => {
+    execFileSync('mkfifo', [`${dir}/inside.fifo`]);
+    writeFileSync(`${dir}/fifo.vmdk`, descriptor('inside.fifo'));
+    const r = imgtool(['info', `${dir}/fifo.vmdk`], { timeout: 20_000 });
+    expect(r.status, r.stderr).toBe(4);
+    expect(r.stderr).toMatch(/extent file .*inside\.fifo is a FIFO/);
+  });
+
   it('more extent lines than the bound are refused by name', async () => {
     const lines = Array.from({ length: 5000 }, () => 'RW 1 ZERO').join('\n');
     const text = `# Disk DescriptorFile\nversion=1\nCID=fffffffe\nparentCID=ffffffff\ncreateType="monolithicFlat"\n${lines}\n`;

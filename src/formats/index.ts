@@ -150,7 +150,8 @@ export async function openImageWith(
 
 /** Open files a multi-file image (VMDK descriptor) names, only inside the image's own directory. */
 function extentOpener(file: string, writable?: boolean): (name: string) => Promise<BlockDevice> {
-  return async (name: string) => FileDevice.open(confine(file, name, path.dirname(path.resolve(file)), 'extent file'), { writable });
+  return async (name: string) =>
+    FileDevice.open(confine(file, name, path.dirname(path.resolve(file)), 'extent file'), { writable, fileOrBlockOnly: 'extent file' });
 }
 
 /** Opens a qcow2 external data file: in the image's directory, a regular file or block device. */
