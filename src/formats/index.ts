@@ -17,11 +17,13 @@ import { qcow2 } from './qcow2/index.js';
 import { vdi } from './vdi/index.js';
 import { qcow } from './qcow/index.js';
 import { vmdk } from './vmdk/index.js';
+import { vpc } from './vhd/index.js';
+import { vhdx } from './vhdx/index.js';
 import { ovaDriver } from './ova/index.js';
 import { vpc } from './vhd/index.js';
 
 /** Probe order matters only if two magics could collide; raw is the fallback and stays last. */
-export const DRIVERS: FormatDriver[] = [vdi, qcow, qcow2, vmdk, vpc, ovaDriver(() => DRIVERS), raw];
+export const DRIVERS: FormatDriver[] = [vdi, qcow, qcow2, vmdk, vpc, ovaDriver(() => DRIVERS), vhdx, raw];
 
 export function driverByName(name: string): FormatDriver {
   const d = DRIVERS.find((x) => x.name === name);
