@@ -20,7 +20,6 @@ import { vmdk } from './vmdk/index.js';
 import { vpc } from './vhd/index.js';
 import { vhdx } from './vhdx/index.js';
 import { ovaDriver } from './ova/index.js';
-import { vpc } from './vhd/index.js';
 
 /** Probe order matters only if two magics could collide; raw is the fallback and stays last. */
 export const DRIVERS: FormatDriver[] = [vdi, qcow, qcow2, vmdk, vpc, ovaDriver(() => DRIVERS), vhdx, raw];

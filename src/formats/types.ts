@@ -129,12 +129,6 @@ export interface FormatDriver {
    * no head probe matched, before falling back to raw.
    */
   probeTail?(tail: Uint8Array, fileSize: number): boolean;
-  /**
-   * Formats whose signature is only at the end of the file (fixed VHD): the
-   * last 512 bytes (fewer for a small file) and the file's size. Tried when
-   * no head probe matched, before falling back to raw.
-   */
-  probeTail?(tail: Uint8Array, fileSize: number): boolean;
   open(child: BlockDevice, opts: OpenOptions): Promise<Image>;
   /**
    * Lay out a new empty image on `child` (an empty, writable, growable device:
