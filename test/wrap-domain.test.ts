@@ -177,6 +177,16 @@ describe('wrap --domain: the two-disk Xen layout becomes one disk', () => {
     expect(xml).toContain(`machine="${printed}"`);
   }, 120_000);
 
+  it('with --boot grub on a PV config (kernel, root=, extra=): no warning about the Xen kernel or its arguments, wrap changed the boot already', () => {
+    const file = cfg('grub', ["kernel = '/boot/vmlinuz-xen'", "ramdisk = '/boot/initrd-xen'", "root = '/dev/xvda1 ro'", "extra = 'console=hvc0 xencons=tty'", TWO_DISKS]);
+    const { report, xml, stderr } = wrapDomain(t.path('grub.qcow2'), [guest, '--swap', '32M', '--boot', 'grub', '--domain', file]);
+    expect(report.domain.warnings).toEqual([]);
+    expect(stderr).not.toContain(file);
+    expect(disks(xml)).toHaveLength(1);
+    expect(xml).toMatch(/<boot dev="hd"\/>/);
+    expect(xml).toContain('machine="pc"');
+  }, 120_000);
+
   it('without --swap the Xen swap volume is kept, with a warning naming --disk; --disk maps it', () => {
     const file = cfg('noswap', [TWO_DISKS]);
     const out = t.path('noswap.qcow2');

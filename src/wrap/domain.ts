@@ -57,7 +57,7 @@ export interface WrapDomainRequest {
   extraDisks?: DiskMapping[];
   bridges?: Record<string, string>;
   networks?: Record<string, string>;
-  boot: Pick<DomainConvertOptions, 'boot' | 'kernel' | 'initrd' | 'cmdline' | 'machine'>;
+  boot: Pick<DomainConvertOptions, 'boot' | 'kernel' | 'initrd' | 'cmdline' | 'machine' | 'grubCmdline'>;
 }
 
 export interface WrapDomainResult {

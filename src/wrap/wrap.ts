@@ -336,6 +336,7 @@ export async function wrapImage(src: OpenedImage, opts: WrapOptions): Promise<Wr
               kernel: direct?.kernel,
               initrd: direct?.initrd,
               cmdline: direct ? guest?.cmdline : undefined,
+              grubCmdline: guest?.mode === 'grub' ? guest.cmdline : undefined,
               machine: WRAP_MACHINE,
             },
           })

@@ -99,6 +99,12 @@ export interface DomainConvertOptions {
    * guest's own arguments, serial console), so the XML boots like the disk.
    */
   cmdline?: string;
+  /**
+   * With --boot grub: the disk's GRUB was installed by `wrap`, booting this
+   * command line. The source's kernel and arguments then need no warning:
+   * the guest's boot configuration was changed already.
+   */
+  grubCmdline?: string;
   /** Emit <emulator>PATH</emulator> (omitted by default: libvirt picks the host's). */
   emulator?: string;
 }
@@ -448,12 +454,13 @@ function osXml(b: Builder, plan: PlannedDisk[]): XNode {
     if (opts.kernel !== undefined || opts.initrd !== undefined || opts.append !== undefined || opts.cmdline !== undefined) {
       throw new ImageError('usage', '--kernel, --initrd and --append need --boot direct');
     }
-    if (boot.kind === 'kernel' && boot.kernel) {
+    // When wrap made the disk boot itself (grubCmdline), nothing of the Xen boot is left for the user to change.
+    if (opts.grubCmdline === undefined && boot.kind === 'kernel' && boot.kernel) {
       b.warn(
         `the guest booted kernel ${boot.kernel}${boot.ramdisk ? ` with initrd ${boot.ramdisk}` : ''} from the Xen host; --boot grub boots the disk's own bootloader instead (or use --boot direct)`,
       );
     }
-    if (boot.cmdline) {
+    if (opts.grubCmdline === undefined && boot.cmdline) {
       b.warn(`kernel arguments '${boot.cmdline}' dropped: with --boot grub the guest's boot menu sets them (Xen disk names and hvc0 consoles there need the same changes)`);
     }
     const order = g.virt === 'hvm' && boot.order.length ? [...boot.order] : ['hd'];
