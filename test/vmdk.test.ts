@@ -189,8 +189,14 @@ describe('descriptor files imgtool reads', () => {
 });
 
 describe('header and marker structures', () => {
+  /** The first sector of a 5 GiB monolithicSparse VMDK made by qemu-img. */
+  const qemuHeader = (): Buffer => {
+    const file = t.path('header.vmdk');
+    must('qemu-img', ['create', '-f', 'vmdk', file, String(SIZE)]);
+    return readFileSync(file).subarray(0, 512);
+  };
   it('decode and re-encode a header qemu-img wrote byte for byte; the layout table follows the spec', () => {
-    const head = readFileSync(t.path('monolithicSparse/disk.vmdk')).subarray(0, 512);
+    const head = qemuHeader();
     const h = SparseHeader.parse(head);
     expect(h.capacity).toBe(BigInt(SIZE / 512));
     expect(h.grainSize).toBe(128n);
@@ -203,7 +209,7 @@ describe('header and marker structures', () => {
   });
 
   it('64-bit fields past 2^53 survive as BigInt', () => {
-    const v = SparseHeader.parse(readFileSync(t.path('monolithicSparse/disk.vmdk')).subarray(0, 512));
+    const v = SparseHeader.parse(qemuHeader());
     const big = { ...v, gdOffset: 0xffffffffffffffffn, capacity: (1n << 60n) + 3n };
     const back = SparseHeader.parse(SparseHeader.encode(big));
     expect(back.gdOffset).toBe(0xffffffffffffffffn);

@@ -48,6 +48,17 @@ export interface Struct<F extends FieldList> {
   encode(value: StructValue<F>, out?: Uint8Array): Uint8Array;
 }
 
+type Setter = (b: Uint8Array, off: number, v: never) => void;
+const SETTERS: Record<Exclude<FieldType, { bytes: number }>, Setter> = {
+  u8: (b, o, v: number) => void (b[o] = v),
+  u16le: put16le,
+  u16be: put16be,
+  u32le: put32le,
+  u32be: put32be,
+  u64le: put64le,
+  u64be: put64be,
+};
+
 const sizeOf = (t: FieldType): number => (typeof t === 'string' ? SIZES[t] : t.bytes);
 
 export function defineStruct<const F extends FieldList>(name: string, fields: F): Struct<F> {
@@ -79,32 +90,8 @@ export function defineStruct<const F extends FieldList>(name: string, fields: F)
       const v = value as Record<string, number | bigint | Uint8Array>;
       for (const [i, [field, type]] of fields.entries()) {
         const o = layout[i]!.offset;
-        const x = v[field]!;
-        switch (type) {
-          case 'u8':
-            out[o] = x as number;
-            break;
-          case 'u16le':
-            put16le(out, o, x as number);
-            break;
-          case 'u16be':
-            put16be(out, o, x as number);
-            break;
-          case 'u32le':
-            put32le(out, o, x as number);
-            break;
-          case 'u32be':
-            put32be(out, o, x as number);
-            break;
-          case 'u64le':
-            put64le(out, o, x as bigint);
-            break;
-          case 'u64be':
-            put64be(out, o, x as bigint);
-            break;
-          default:
-            out.set((x as Uint8Array).subarray(0, type.bytes), o);
-        }
+        if (typeof type === 'string') SETTERS[type](out, o, v[field] as never);
+        else out.set((v[field] as Uint8Array).subarray(0, type.bytes), o);
       }
       return out;
     },
