@@ -1,0 +1,61 @@
+/**
+ * A stream that cannot be read in place (a pipe, an HTTP body from a server
+ * without Range support, a decompressor's output) is spooled into an unlinked
+ * sparse scratch file: only non-zero 4 KiB blocks are written, so holes cost
+ * no disk space. The result is an ordinary seekable device every format
+ * driver can open.
+ */
+
+import * as fs from 'node:fs';
+import * as os from 'node:os';
+import * as path from 'node:path';
+import { randomBytes } from 'node:crypto';
+import { isZero } from '../core/device.js';
+import { FileDevice } from '../core/file.js';
+import { ImageError } from '../core/errors.js';
+
+export interface SpoolOptions {
+  scratchDir?: string;
+  /** Refuse a stream longer than this many bytes (a decompression bomb). */
+  cap?: { bytes: number; why: string };
+  /** Told the bytes spooled so far. */
+  progress?: (bytes: number) => void;
+}
+
+const BLOCK = 4096;
+
+export async function spoolStream(stream: AsyncIterable<Uint8Array>, opts: SpoolOptions = {}): Promise<FileDevice> {
+  const dir = opts.scratchDir ?? os.tmpdir();
+  const file = path.join(dir, `.imgtool-spool-${randomBytes(6).toString('hex')}.tmp`);
+  const spool = await FileDevice.open(file, { create: true });
+  fs.unlinkSync(file);
+  try {
+    let pos = 0;
+    let carry: Uint8Array = new Uint8Array(0);
+    for await (const chunk of stream) {
+      if (opts.cap && pos + carry.length + chunk.length > opts.cap.bytes) {
+        throw new ImageError('invalid-format', `the stream is longer than ${opts.cap.bytes} bytes (${opts.cap.why}): stopped`, {
+          value: pos + carry.length + chunk.length,
+        });
+      }
+      const buf = carry.length ? Buffer.concat([carry, chunk]) : chunk;
+      const whole = buf.length - (buf.length % BLOCK);
+      for (let off = 0; off < whole; off += BLOCK) {
+        const b = buf.subarray(off, off + BLOCK);
+        if (!isZero(b)) await spool.write(b, pos + off);
+      }
+      pos += whole;
+      carry = Uint8Array.from(buf.subarray(whole));
+      opts.progress?.(pos);
+    }
+    if (carry.length) {
+      if (!isZero(carry)) await spool.write(carry, pos);
+      pos += carry.length;
+    }
+    await spool.truncate(pos);
+    return spool;
+  } catch (e) {
+    await spool.close().catch(() => {});
+    throw e;
+  }
+}

@@ -1,0 +1,107 @@
+/**
+ * A local HTTP server for tests (127.0.0.1 only, an ephemeral port), serving
+ * files from a directory the way web servers and object stores do, with the
+ * misbehaviours a client must survive: no Range support, a file that changes
+ * between requests, dropped connections, redirects, a bearer token.
+ * It counts the body bytes it sends.
+ */
+import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
+import { createReadStream, statSync } from 'node:fs';
+import { join } from 'node:path';
+import type { AddressInfo } from 'node:net';
+
+export interface ServeOptions {
+  ranges?: boolean;
+  /** Change the ETag (and Last-Modified) after this many requests. */
+  changeAfter?: number;
+  /** Destroy the socket of every Nth request before answering. */
+  dropEvery?: number;
+  /** Required 'Authorization' header value. */
+  token?: string;
+  /** Answer 503 to the first N requests. */
+  unavailableFirst?: number;
+}
+
+export interface TestServer {
+  url(path: string): string;
+  bytesSent: number;
+  requests: number;
+  /** Authorization headers seen (to prove a token is not forwarded elsewhere). */
+  authSeen: string[];
+  close(): Promise<void>;
+}
+
+export async function serveDir(dir: string, opts: ServeOptions = {}): Promise<TestServer> {
+  const state = { bytesSent: 0, requests: 0, authSeen: [] as string[] };
+  const handler = (req: IncomingMessage, res: ServerResponse) => {
+    state.requests++;
+    const n = state.requests;
+    if (req.headers.authorization) state.authSeen.push(`${req.url} ${req.headers.authorization}`);
+    if (opts.dropEvery && n % opts.dropEvery === 0) {
+      req.socket.destroy();
+      return;
+    }
+    if (opts.unavailableFirst && n <= opts.unavailableFirst) {
+      res.writeHead(503).end();
+      return;
+    }
+    const url = new URL(req.url ?? '/', 'http://x');
+    const redirect = /^\/redirect\/(\d+)(\/.*)$/.exec(url.pathname);
+    if (redirect) {
+      const left = Number(redirect[1]);
+      res.writeHead(302, { location: left > 1 ? `/redirect/${left - 1}${redirect[2]}` : redirect[2] }).end();
+      return;
+    }
+    if (opts.token && req.headers.authorization !== `Bearer ${opts.token}`) {
+      res.writeHead(401).end();
+      return;
+    }
+    const file = join(dir, decodeURIComponent(url.pathname));
+    let size: number;
+    try {
+      size = statSync(file).size;
+    } catch {
+      res.writeHead(404).end();
+      return;
+    }
+    const version = opts.changeAfter && n > opts.changeAfter ? 'v2' : 'v1';
+    const common = { etag: `"${version}"`, 'last-modified': version === 'v1' ? 'Mon, 01 Dec 2025 00:00:00 GMT' : 'Tue, 02 Dec 2025 00:00:00 GMT' };
+    const m = opts.ranges === false ? null : /^bytes=(\d+)-(\d*)$/.exec(req.headers.range ?? '');
+    if (!m) {
+      res.writeHead(200, { ...common, 'content-length': size });
+      state.bytesSent += size;
+      if (size === 0) res.end();
+      else createReadStream(file).pipe(res);
+      return;
+    }
+    const start = Number(m[1]);
+    const end = Math.min(m[2] ? Number(m[2]) : size - 1, size - 1);
+    if (start >= size) {
+      res.writeHead(416, { 'content-range': `bytes */${size}` }).end();
+      return;
+    }
+    res.writeHead(206, { ...common, 'accept-ranges': 'bytes', 'content-range': `bytes ${start}-${end}/${size}`, 'content-length': end - start + 1 });
+    state.bytesSent += end - start + 1;
+    createReadStream(file, { start, end }).pipe(res);
+  };
+  const server: Server = createServer(handler);
+  await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+  const port = (server.address() as AddressInfo).port;
+  return {
+    url: (p: string) => `http://127.0.0.1:${port}/${p.replace(/^\//, '')}`,
+    get bytesSent() {
+      return state.bytesSent;
+    },
+    get requests() {
+      return state.requests;
+    },
+    get authSeen() {
+      return state.authSeen;
+    },
+    close: () =>
+      new Promise<void>((r) => {
+        server.closeAllConnections();
+        server.close(() => r());
+      }),
+  };
+}
