@@ -62,8 +62,17 @@ for d in /etc/libvirt /run/libvirt /var/lib/libvirt /var/log/libvirt /var/cache/
   mount --bind $D/root$d $d
 done
 cp $D/libvirtd.conf $D/qemu.conf /etc/libvirt/
-exec libvirtd --config /etc/libvirt/libvirtd.conf --pid-file $D/libvirtd.pid
+exec "$2" --config /etc/libvirt/libvirtd.conf --pid-file $D/libvirtd.pid
 `;
+
+/** Does the daemon answer? (stdin closed from the start: nothing to write into a pipe a quick exit has closed.) */
+function answers(): Promise<boolean> {
+  return new Promise((resolve) => {
+    const v = spawn(peer('virsh'), ['-c', uri(), 'version'], { stdio: 'ignore' });
+    v.on('error', () => resolve(false));
+    v.on('exit', (code) => resolve(code === 0));
+  });
+}
 
 async function startLibvirt(): Promise<void> {
   const d = t.path('lv');
@@ -75,13 +84,13 @@ async function startLibvirt(): Promise<void> {
     ['user = "root"', 'group = "root"', 'dynamic_ownership = 0', 'remember_owner = 0', 'security_driver = "none"', 'stdio_handler = "file"', 'namespaces = []', 'cgroup_controllers = []', ''].join('\n'),
   );
   let log = '';
-  daemon = spawn(peer('unshare'), ['-m', '--propagation', 'private', 'sh', `${d}/start.sh`, d], { stdio: ['ignore', 'pipe', 'pipe'] });
+  daemon = spawn(peer('unshare'), ['-m', '--propagation', 'private', 'sh', `${d}/start.sh`, d, peer('libvirtd')], { stdio: ['ignore', 'pipe', 'pipe'] });
   daemon.stdout!.on('data', (b) => (log += String(b)));
   daemon.stderr!.on('data', (b) => (log += String(b)));
   // Hang guard: the daemon answers within seconds; 60 s of polling is the limit.
   for (let i = 0; i < 300; i++) {
     if (daemon.exitCode !== null) throw new Error(`libvirtd exited (${daemon.exitCode}):\n${log}`);
-    if (existsSync(`${d}/sock/libvirt-sock`) && (await runAsync('virsh', ['-c', uri(), 'version'])).status === 0) return;
+    if (existsSync(`${d}/sock/libvirt-sock`) && (await answers())) return;
     await new Promise((r) => setTimeout(r, 200));
   }
   throw new Error(`libvirtd did not answer on ${d}/sock:\n${log}`);
