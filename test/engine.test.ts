@@ -47,6 +47,15 @@ class Toy implements MappedFormat {
     this.log.push(`commit ${host}`);
     this.table.set(Math.floor(offset / CS), { host });
   }
+  readonly writeCodec = 'deflate' as const;
+  async allocateCompressed(_offset: number, stored: number): Promise<number> {
+    const h = this.next;
+    this.next += stored;
+    return h;
+  }
+  async commitCompressed(offset: number, host: number, stored: number): Promise<void> {
+    this.table.set(Math.floor(offset / CS), { host, stored });
+  }
   async markZero(offset: number): Promise<boolean> {
     if (!this.zeroable) return false;
     this.table.set(Math.floor(offset / CS), 'zero');
@@ -144,6 +153,29 @@ describe('shared engine', () => {
     const want = plain.slice();
     want.set([1, 2, 3], 10);
     expect(Buffer.compare(all, want)).toBe(0);
+  });
+
+  it('with compress, new clusters are stored compressed when they shrink, as data when they do not, and read back', async () => {
+    const size = 16 * CS;
+    const toy = new Toy(size);
+    const dev = new MappedDevice(toy, { container: new MemoryDevice(0, { growable: true }), writable: true, compress: true });
+    const ref = new Uint8Array(size);
+    const text = new TextEncoder().encode('compressible '.repeat(4 * CS)).subarray(0, 8 * CS);
+    await dev.write(text, 0);
+    ref.set(text, 0);
+    const noise = pattern(4 * CS, 77);
+    await dev.write(noise, 8 * CS);
+    ref.set(noise, 8 * CS);
+    await dev.write(new Uint8Array([9, 9]), 12 * CS + 5); // a partial cluster: COW, then compressed
+    ref.set([9, 9], 12 * CS + 5);
+    const got = new Uint8Array(size);
+    await dev.read(got, 0);
+    expect(Buffer.compare(got, ref)).toBe(0);
+    const kinds = [...Array(13).keys()].map((c) => {
+      const e = toy.table.get(c);
+      return e === undefined || e === 'zero' ? String(e) : 'stored' in e ? 'compressed' : 'data';
+    });
+    expect(kinds).toEqual([...Array(8).fill('compressed'), ...Array(4).fill('data'), 'compressed']);
   });
 
   it('corrupt compressed data is an ImageError naming the cluster, not a crash', async () => {

@@ -15,6 +15,8 @@
  *               form, then the new bytes: copy-on-write of partial
  *               clusters), written to host space from `allocate`, and only
  *               then `commit`ted to the table
+ *               (with `compress`: stored compressed when the format can and
+ *               it shrinks, with the format's `writeCodec`, on the shared pool)
  *   writeZeroes skips ranges that already read as zero, records whole
  *               clusters as zero where the driver can, writes zeros otherwise
  *   locking     allocation is serialised (one Mutex); reads and writes to
@@ -25,7 +27,7 @@
 import { type BlockDevice, type Extent, checkRange, checkWritable } from '../../core/device.js';
 import { ImageError } from '../../core/errors.js';
 import { Mutex } from '../../core/mutex.js';
-import { decompressCluster } from './codecs.js';
+import { compressCluster, decompressCluster } from './codecs.js';
 import type { Mapping, MappedFormat } from './mapping.js';
 
 export interface EngineOptions {
@@ -36,6 +38,8 @@ export interface EngineOptions {
   backing?: BlockDevice;
   /** The image is new and its tables map nothing: it reads as zero everywhere. */
   zeroInit?: boolean;
+  /** Store new clusters compressed (qemu-img -c) when the format can and the cluster shrinks. */
+  compress?: boolean;
   /** Close the container when the device closes (false when the caller shares it). */
   ownsContainer?: boolean;
 }
@@ -173,9 +177,22 @@ export class MappedDevice implements BlockDevice {
       await this.read(cluster.subarray(0, Math.min(cs, this.size - start)), start);
     }
     cluster.set(piece, pos - start);
+    if (await this.writeCompressed(cluster, start)) return;
     const host = await allocate.call(this.fmt, start);
     await this.o.container.write(cluster, host);
     await commit.call(this.fmt, start, host);
+  }
+
+  /** Store a new cluster compressed, when asked and it shrinks; false to store it as data. */
+  private async writeCompressed(cluster: Uint8Array, start: number): Promise<boolean> {
+    const { writeCodec, allocateCompressed, commitCompressed } = this.fmt;
+    if (!this.o.compress || !writeCodec || !allocateCompressed || !commitCompressed) return false;
+    const stored = await compressCluster(writeCodec, cluster);
+    if (stored.length >= cluster.length) return false;
+    const host = await allocateCompressed.call(this.fmt, start, stored.length);
+    await this.o.container.write(stored, host);
+    await commitCompressed.call(this.fmt, start, host, stored.length);
+    return true;
   }
 
   async writeZeroes(offset: number, length: number): Promise<void> {

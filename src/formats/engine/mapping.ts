@@ -14,6 +14,9 @@
  *   commit(offset, host)     point the table at it: called only after the
  *                            cluster's data is written (data before metadata)
  *   markZero(offset)         record a whole cluster as reading zero (optional)
+ *   allocateCompressed / commitCompressed
+ *                            the same for a compressed cluster (optional; the
+ *                            engine compresses with `writeCodec` when asked to)
  */
 
 export type Codec = 'deflate' | 'zlib' | 'zstd';
@@ -46,6 +49,12 @@ export interface MappedFormat {
   allocate?(offset: number): Promise<number>;
   /** Map the cluster holding `offset` to `host`; the engine has written its data already. */
   commit?(offset: number, host: number): Promise<void>;
+  /** The codec compressed clusters are written with (formats that write them). */
+  readonly writeCodec?: Codec;
+  /** Reserve `stored` bytes of host space for the compressed cluster holding `offset`. */
+  allocateCompressed?(offset: number, stored: number): Promise<number>;
+  /** Map the cluster holding `offset` to `stored` compressed bytes at `host` (written already). */
+  commitCompressed?(offset: number, host: number, stored: number): Promise<void>;
   /** Record the (whole) cluster holding `offset` as zero; false when the format cannot. */
   markZero?(offset: number): Promise<boolean>;
   /** Write back whatever metadata the driver defers. */
