@@ -150,6 +150,12 @@ describe('hostile descriptors', () => {
     expect(r.stderr).toMatch(/extent file .*inside\.fifo is a FIFO/);
   });
 
+  it('a descriptor file larger than the bound is refused by name', async () => {
+    const big = new Uint8Array(2 << 20).fill(0x20);
+    big.set(new TextEncoder().encode('# Disk DescriptorFile\nversion=1\ncreateType="monolithicFlat"\n'));
+    await expectFieldError(vmdk, big, 'descriptor size');
+  });
+
   it('more extent lines than the bound are refused by name', async () => {
     const lines = Array.from({ length: 5000 }, () => 'RW 1 ZERO').join('\n');
     const text = `# Disk DescriptorFile\nversion=1\nCID=fffffffe\nparentCID=ffffffff\ncreateType="monolithicFlat"\n${lines}\n`;

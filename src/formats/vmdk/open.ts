@@ -172,7 +172,7 @@ export async function openVmdk(child: BlockDevice, opts: OpenOptions): Promise<I
       await o.sparse(child, 0, undefined, opts.path ?? '', '');
     } else {
       if (child.size > MAX_DESCRIPTOR_BYTES) {
-        throw new ImageError('invalid-format', `vmdk: a descriptor file of ${child.size} bytes is larger than ${MAX_DESCRIPTOR_BYTES}`, {
+        throw new ImageError('invalid-format', `vmdk: descriptor size (${child.size} bytes, the whole descriptor file) is larger than ${MAX_DESCRIPTOR_BYTES}`, {
           format: 'vmdk', field: 'descriptor size', value: child.size,
         });
       }
