@@ -89,9 +89,6 @@ export class ToolOutput {
       if (this.partial[fd]) this.emit(fd, this.partial[fd]);
       this.partial[fd] = '';
     }
-    if (this.hidden > 0) {
-      this.emit(1, `[imgtool: ... the round above repeated ${this.hidden} more time${this.hidden === 1 ? '' : 's'} (e2fsck restarted with the same messages each time)]\n`);
-    }
   }
 
   private line(l: Line): void {
@@ -126,8 +123,12 @@ export class ToolOutput {
     this.holding = this.identical >= SHOWN_IDENTICAL_ROUNDS && this.prev !== undefined;
   }
 
-  /** Print the held lines: the round turned out different. */
+  /** Print the held lines (the round turned out different, or the tool ended), after a line for the hidden rounds. */
   private release(): void {
+    if (this.hidden > 0) {
+      this.emit(1, `[imgtool: ... the round above repeated ${this.hidden} more time${this.hidden === 1 ? '' : 's'} (e2fsck restarted with the same messages each time)]\n`);
+      this.hidden = 0;
+    }
     for (const h of this.held) this.emit(h.fd, h.text);
     this.held = [];
     this.holding = false;
