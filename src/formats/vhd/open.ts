@@ -118,7 +118,7 @@ export async function openVhd(child: BlockDevice, opts: OpenOptions): Promise<Im
   const layout = await readDynamicHeader(child, Number(hdrAt), size);
   if (f.diskType === TYPE_DIFFERENCING) {
     const parent = parentName(layout.header);
-    throw new ImageError('unsupported', `vpc: ${opts.path ?? 'the image'} is a differencing disk of parent '${parent}'; imgtool does not follow VHD parents (convert the chain with qemu-img first)`, {
+    throw new ImageError('unsupported', `vpc: ${opts.path ?? 'the image'} is a differencing disk (parent_name '${parent}'); imgtool does not follow VHD parents (convert the chain with qemu-img first)`, {
       format: 'vpc',
       field: 'parent_name',
       offset: layout.headerAt + 64,
