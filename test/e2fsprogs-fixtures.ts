@@ -9,6 +9,7 @@ import { join } from 'node:path';
 import { execFileSync, spawn } from 'node:child_process';
 import { gunzipSync } from 'node:zlib';
 import { must, peer, run } from './helpers/peers.js';
+import { FileDevice } from '../src/core/file.js';
 
 /** Deterministic bytes. */
 export function bytesOf(n: number, seed: number): Buffer {
@@ -72,7 +73,9 @@ export function blockSize(img: string): number {
   return Number(/^Block size:\s+(\d+)/m.exec(out)![1]);
 }
 
-function overwrite(img: string, offset: number, data: Buffer): void {
+/** Write `data` (or bytes) over `img` at `offset`. */
+export function overwrite(img: string, offset: number, data: Buffer | number[]): void {
+  if (Array.isArray(data)) data = Buffer.from(data);
   const fd = openSync(img, 'r+');
   writeSync(fd, data, 0, data.length, offset);
   closeSync(fd);
@@ -289,4 +292,14 @@ export function hostFsckUntilLoop(img: string, flags: string, maxRestarts = 20):
       else resolve({ status: status ?? -1, output });
     });
   });
+}
+
+/** Run `fn` on a FileDevice of `path`, closed afterwards. */
+export async function onFile<T>(path: string, writable: boolean, fn: (dev: FileDevice) => Promise<T>): Promise<T> {
+  const dev = await FileDevice.open(path, { writable });
+  try {
+    return await fn(dev);
+  } finally {
+    await dev.close();
+  }
 }

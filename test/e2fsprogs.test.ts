@@ -28,6 +28,7 @@ import {
   makeTree,
   mbrDisk,
   mkfs,
+  onFile,
   sameMessages,
   sha256Range,
 } from './e2fsprogs-fixtures.js';
@@ -87,15 +88,6 @@ function dumpe2fsSansTimes(img: string): string {
     .split('\n')
     .filter((l) => !/^(Last mount time|Last write time|Last checked|Lifetime writes|Checksum|Filesystem created|Next check after):/.test(l))
     .join('\n');
-}
-
-async function onFile<T>(path: string, writable: boolean, fn: (dev: FileDevice) => Promise<T>): Promise<T> {
-  const dev = await FileDevice.open(path, { writable });
-  try {
-    return await fn(dev);
-  } finally {
-    await dev.close();
-  }
 }
 
 describe('the WebAssembly build', () => {

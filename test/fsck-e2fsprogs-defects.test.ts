@@ -9,34 +9,31 @@
  *  - e2fsck restarting forever printed without end.
  */
 import { afterAll, describe, expect, it } from 'vitest';
-import { closeSync, openSync, writeSync } from 'node:fs';
 import { ImageError } from '../src/core/errors.js';
-import { FileDevice } from '../src/core/file.js';
 import { ToolCrashError, e2fsck, resize2fs } from '../src/fs/e2fsprogs.js';
 import { MAX_IDENTICAL_ROUNDS, RESTART_LINE, ToolOutput } from '../src/fs/tool-output.js';
 import { imgtool, must, run, tempDir } from './helpers/peers.js';
-import { KINDS, blockSize, copy, e2fsprogsTestImages, gunzipTo, hostFsck, hostFsckUntilLoop, makeTree, mbrDisk, mkfs, implant } from './e2fsprogs-fixtures.js';
+import {
+  KINDS,
+  blockSize,
+  copy,
+  e2fsprogsTestImages,
+  gunzipTo,
+  hostFsck,
+  hostFsckUntilLoop,
+  implant,
+  makeTree,
+  mbrDisk,
+  mkfs,
+  onFile,
+  overwrite,
+} from './e2fsprogs-fixtures.js';
 
 const t = tempDir('imgtool-fsck-defects-');
 afterAll(() => t.cleanup());
 
 const images = new Map(e2fsprogsTestImages().map((i) => [i.name, i.gz]));
 const testImage = (name: string, as = name) => gunzipTo(images.get(name)!, t.path(`${as}.img`));
-
-function poke(img: string, offset: number, bytes: number[]): void {
-  const fd = openSync(img, 'r+');
-  writeSync(fd, Buffer.from(bytes), 0, bytes.length, offset);
-  closeSync(fd);
-}
-
-async function onFile<T>(path: string, writable: boolean, fn: (dev: FileDevice) => Promise<T>): Promise<T> {
-  const dev = await FileDevice.open(path, { writable });
-  try {
-    return await fn(dev);
-  } finally {
-    await dev.close();
-  }
-}
 
 describe('a bare filesystem whose first sector looks like an empty MBR', () => {
   it("is checked whole (f_dup_de: blkid sees both a dos table and ext2): same exit code as the host's e2fsck", () => {
@@ -58,7 +55,7 @@ describe('a bare filesystem whose first sector looks like an empty MBR', () => {
 
   it('is grown whole by resize-fs, which the host e2fsck then finds clean', () => {
     const img = mkfs(t.path('mbr-looking.img'), KINDS[0]!, 16, makeTree(t.path('tree')), { fileMiB: 24, blockSize: 1024 });
-    poke(img, 510, [0x55, 0xaa]);
+    overwrite(img, 510, [0x55, 0xaa]);
     expect(must('blkid', ['-p', '-o', 'export', img])).toMatch(/^PTTYPE=dos$/m);
     const r = imgtool(['resize-fs', img]);
     expect(r.stderr).toBe('');
@@ -86,7 +83,7 @@ describe('a bare filesystem whose first sector looks like an empty MBR', () => {
 describe('a damaged primary superblock is for e2fsck to repair', () => {
   it('s_log_block_size out of range: e2fsck -n and -y give the host e2fsck exit codes, and -y leaves it clean', async () => {
     const img = mkfs(t.path('bad-log.img'), KINDS[0]!, 16, t.path('tree'), { blockSize: 1024 });
-    poke(img, 1024 + 0x18, [0x20, 0, 0, 0]); // s_log_block_size = 32 (valid: 0..6)
+    overwrite(img, 1024 + 0x18, [0x20, 0, 0, 0]); // s_log_block_size = 32 (valid: 0..6)
     const hostN = hostFsck(copy(img, t.path('bad-log-host-n.img')), '-fn');
     const hostY = hostFsck(copy(img, t.path('bad-log-host-y.img')), '-fy');
     expect(hostN.output).toMatch(/Superblock invalid, trying backup blocks/);
@@ -103,7 +100,7 @@ describe('a damaged primary superblock is for e2fsck to repair', () => {
 
   it('resize2fs, which never looks for a backup, still refuses it before it runs, naming the field', async () => {
     const img = mkfs(t.path('bad-log-resize.img'), KINDS[0]!, 8, undefined, { fileMiB: 12 });
-    poke(img, 1024 + 0x18, [0x20, 0, 0, 0]);
+    overwrite(img, 1024 + 0x18, [0x20, 0, 0, 0]);
     const err = await onFile(img, true, (dev) => resize2fs(dev)).catch((e) => e);
     expect(err).toBeInstanceOf(ImageError);
     expect(err.message).toBe('ext superblock: s_log_block_size (at offset 1048, value 32) is out of range (0..6); resize2fs not run');

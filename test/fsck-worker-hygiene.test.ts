@@ -8,12 +8,11 @@
 import { afterAll, describe, expect, it } from 'vitest';
 import type { BlockDevice, Extent } from '../src/core/device.js';
 import { ImageError } from '../src/core/errors.js';
-import { FileDevice } from '../src/core/file.js';
 import { MemoryDevice } from '../src/core/memory.js';
 import { ToolCrashError, e2fsck, mke2fs, resize2fs } from '../src/fs/e2fsprogs.js';
 import { extUsedRanges } from '../src/fs/used-blocks.js';
 import { tempDir } from './helpers/peers.js';
-import { KINDS, damage, e2fsprogsTestImages, gunzipTo, makeTree, mkfs } from './e2fsprogs-fixtures.js';
+import { KINDS, damage, e2fsprogsTestImages, gunzipTo, makeTree, mkfs, onFile } from './e2fsprogs-fixtures.js';
 
 const t = tempDir('imgtool-e2fs-hygiene-');
 afterAll(() => t.cleanup());
@@ -34,15 +33,6 @@ async function leavesNothing<T>(fn: () => Promise<T>): Promise<{ value?: T; erro
   }
   expect(threadHandles()).toEqual(before);
   return outcome;
-}
-
-async function onFile<T>(path: string, writable: boolean, fn: (dev: FileDevice) => Promise<T>): Promise<T> {
-  const dev = await FileDevice.open(path, { writable });
-  try {
-    return await fn(dev);
-  } finally {
-    await dev.close();
-  }
 }
 
 /** A device whose reads or writes can be held at a gate, or fail. */
