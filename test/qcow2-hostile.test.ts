@@ -81,6 +81,17 @@ async function expectFieldError(bytes: Uint8Array, field: string | RegExp, opts:
   return e;
 }
 
+/** Open and read everything; the warnings the image gave (it must open). */
+async function warningsOf(bytes: Uint8Array): Promise<readonly string[]> {
+  const img = await qcow2.open(MemoryDevice.from(bytes, { readOnly: true }), {});
+  try {
+    await img.read(new Uint8Array(img.size), 0);
+    return img.warnings ?? [];
+  } finally {
+    await img.close();
+  }
+}
+
 function mutate(src: Buffer, edits: Array<[number, number, number | bigint]>): Buffer {
   const b = Buffer.from(src);
   for (const [off, size, v] of edits) {
@@ -133,7 +144,7 @@ describe('qcow2 header validation', () => {
     ['a high unknown incompatible feature bit', [[72, 4, 0x100]], 'incompatible_features'],
     ['refcount_order 7', [[96, 4, 7]], 'refcount_order'],
     ['header_length 50', [[100, 4, 50]], 'header_length'],
-    ['header_length 105', [[100, 4, 105]], 'header_length'],
+    ['header_length 100', [[100, 4, 100]], 'header_length'],
     ['header_length beyond the cluster', [[100, 4, 0x100000]], 'header_length'],
     ['an unknown compression type', [[79, 1, 8], [104, 1, 5]], 'compression_type'],
     ['a compression type without its feature bit', [[104, 1, 1]], 'compression_type'],
@@ -179,19 +190,22 @@ describe('qcow2 table validation', () => {
   it('rejects an unaligned L1 entry', async () => {
     await expectFieldError(mutate(base, [[l1Off(), 8, BigInt(l2Off() + 512) | (1n << 63n)]]), 'L1 entry 0');
   });
-  it('rejects an L1 entry with reserved bits', async () => {
-    await expectFieldError(mutate(base, [[l1Off(), 8, BigInt(l2Off()) | (1n << 58n)]]), 'L1 entry 0');
+  it('reads an L1 entry with reserved bits (qemu ignores them) and warns', async () => {
+    // Was refused; reserved bits do not change which bytes are read (formats-warnings.test.ts compares with qemu-img).
+    expect(await warningsOf(mutate(base, [[l1Off(), 8, BigInt(l2Off()) | (1n << 58n)]]))).toEqual([expect.stringContaining('L1 entry 0')]);
   });
   it('rejects an L1 entry pointing at the L1 table itself', async () => {
     await expectFieldError(mutate(base, [[l1Off(), 8, BigInt(l1Off()) | (1n << 63n)]]), 'L1 entry 0');
   });
 
-  it('rejects L2 entries pointing past the end of the file, unaligned, into the header, or with reserved bits', async () => {
+  it('rejects L2 entries pointing past the end of the file, unaligned or into the header; warns about reserved bits', async () => {
     // Guest cluster 175 (700k) is a plain data cluster written by qemu-io.
     const c = 700 / 4;
     const e = l2Entry(c);
     expect(base.readBigUInt64BE(e) & 0x00fffffffffffe00n).not.toBe(0n);
-    for (const v of [0x80000000_10000000n, 0x80000000_00009200n, 0x80000000_00000000n | 0n, 0x80000000_00009000n | 0x100n]) {
+    // Reserved bit 8: was refused, now read (qemu ignores it) with a warning.
+    expect(await warningsOf(mutate(base, [[e, 8, 0x80000000_00009000n | 0x100n]]))).toEqual([expect.stringContaining('L2 entry 175')]);
+    for (const v of [0x80000000_10000000n, 0x80000000_00009200n, 0x80000000_00000000n | 0n]) {
       const entry = v === 0x80000000_00000000n ? 0x80000000_00000000n : v;
       const bytes = mutate(base, [[e, 8, entry]]);
       if (entry === 0x80000000_00000000n) {
@@ -241,8 +255,8 @@ describe('qcow2 table validation', () => {
     const abits = extl2.readUInt32BE(l2 + 12);
     expect(abits).not.toBe(0);
     await expectFieldError(mutate(extl2, [[l2 + 8, 4, abits]]), 'L2 entry 0');
-    // bit 0 of the descriptor is reserved with extended L2
-    await expectFieldError(mutate(extl2, [[l2 + 7, 1, extl2[l2 + 7]! | 1]]), 'L2 entry 0');
+    // bit 0 of the descriptor is reserved with extended L2: was refused, now read (qemu ignores it) with a warning
+    expect(await warningsOf(mutate(extl2, [[l2 + 7, 1, extl2[l2 + 7]! | 1]]))).toEqual([expect.stringContaining('L2 entry 0')]);
   });
 
   it('rejects a snapshot entry with oversized extra data or L1 table', async () => {

@@ -47,8 +47,8 @@ function put64(b: Uint8Array, off: number, v: bigint): Uint8Array {
 // Driver-bound forms of the shared hostile-input checks.
 const exercise = (bytes: Uint8Array, opts: OpenOptions = {}) => exerciseWith(vdi, bytes, opts);
 const writeAndVerify = (bytes: Uint8Array, seed: number) => writeAndVerifyWith(vdi, bytes, seed);
-const expectFieldError = async (bytes: Uint8Array, field: string, kind?: string) => {
-  const e = await expectFieldErrorWith(vdi, bytes, field, kind);
+const expectFieldError = async (bytes: Uint8Array, field: string, kind?: string, opts: OpenOptions = {}) => {
+  const e = await expectFieldErrorWith(vdi, bytes, field, kind, opts);
   expect(e.context.format).toBe('vdi');
   return e;
 };
@@ -59,15 +59,16 @@ describe('hostile VDI headers', () => {
     await exercise(oursBase);
   });
 
-  const cases: Array<[string, (b: Uint8Array) => Uint8Array, string, string]> = [
+  // The last element, when true: refused only when opened for writing (read-only
+  // opens read such images, as qemu does, with a warning: formats-warnings.test.ts).
+  const cases: Array<[string, (b: Uint8Array) => Uint8Array, string, string, boolean?]> = [
     ['a wrong signature', (b) => put32(b, 64, 0x12345678), 'signature', 'invalid-format'],
     ['version 1.2', (b) => put32(b, 68, 0x00010002), 'version', 'unsupported'],
     ['version 0 (pre-1.1 VirtualBox)', (b) => put32(b, 68, 0x00000002), 'version', 'unsupported'],
-    ['a header size below 384', (b) => put32(b, 72, 100), 'header_size', 'invalid-format'],
+    ['a header size below 384', (b) => put32(b, 72, 100), 'header_size', 'invalid-format', true],
     ['a differencing image', (b) => put32(b, 76, 4), 'image_type', 'unsupported'],
     ['an undo image', (b) => put32(b, 76, 3), 'image_type', 'unsupported'],
-    ['an unknown image type', (b) => put32(b, 76, 9), 'image_type', 'invalid-format'],
-    ['undefined image flags', (b) => put32(b, 80, 0x8000), 'image_flags', 'invalid-format'],
+    ['an unknown image type', (b) => put32(b, 76, 9), 'image_type', 'invalid-format', true],
     ['an unaligned block map offset', (b) => put32(b, 340, 513), 'offset_bmap', 'unsupported'],
     ['a block map over the header', (b) => put32(b, 340, 0), 'offset_bmap', 'invalid-format'],
     ['a block map past the end of the file', (b) => put32(b, 340, 0x7ffffe00), 'offset_bmap', 'corrupt'],
@@ -86,19 +87,23 @@ describe('hostile VDI headers', () => {
     ['2^32-1 blocks', (b) => put32(b, 384, 0xffffffff), 'blocks_in_image', 'unsupported'],
     ['a block map that runs past the end of the file', (b) => put32(b, 384, 0x1000000), 'blocks_in_image', 'corrupt'],
     ['too few blocks for the disk size', (b) => put32(b, 384, 1), 'disk_size', 'invalid-format'],
-    ['more blocks allocated than exist', (b) => put32(b, 388, 5), 'blocks_allocated', 'corrupt'],
+    ['more blocks allocated than exist', (b) => put32(b, 388, 5), 'blocks_allocated', 'corrupt', true],
     ['a link UUID (a child image)', (b) => put32(b, 424, 0xdeadbeef), 'uuid_link', 'unsupported'],
     ['a parent UUID', (b) => put32(b, 440, 0xdeadbeef), 'uuid_parent', 'unsupported'],
   ];
 
-  for (const [what, mutate, field, kind] of cases) {
-    it(`rejects ${what} (${field}) in a qemu-made image`, async () => {
-      await expectFieldError(mutate(qemuBase), field, kind);
+  for (const [what, mutate, field, kind, forWriting] of cases) {
+    it(`rejects ${what} (${field}) in a qemu-made image${forWriting ? ' opened for writing' : ''}`, async () => {
+      await expectFieldError(mutate(qemuBase), field, kind, { writable: !!forWriting });
     });
   }
 
-  it('rejects a VirtualBox 400-byte header whose LCHS sector size is not 512', async () => {
-    await expectFieldError(put32(oursBase, 468, 0), 'lchs_sector_size', 'invalid-format');
+  it('reads undefined image flags and a LCHS sector size other than 512 with a warning (was refused; qemu ignores both)', async () => {
+    for (const [b, field] of [[put32(qemuBase, 80, 0x8000), 'image_flags'], [put32(oursBase, 468, 0), 'lchs_sector_size']] as const) {
+      const img = await vdi.open(MemoryDevice.from(b, { readOnly: true }), {});
+      expect(img.warnings).toEqual([expect.stringContaining(field)]);
+      await img.close();
+    }
   });
 
   it('rejects a file too short for any header', async () => {
@@ -112,18 +117,24 @@ describe('hostile VDI block maps', () => {
     expect(e.message).toContain('block_map[0]');
   });
 
-  it('rejects an entry at or beyond blocks_allocated', async () => {
+  it('rejects an entry at or beyond blocks_allocated when opened for writing (read-only: a warning)', async () => {
+    await expectFieldError(put32(qemuBase, 512 + 4 * 3, 7), 'block_map[3]', 'corrupt', { writable: true });
+    await expectFieldError(put32(qemuBase, 388, 1), 'block_map[2]', 'corrupt', { writable: true });
+    // Read-only, an entry past blocks_allocated whose data is in the file reads (qemu ignores blocks_allocated).
+    const img = await vdi.open(MemoryDevice.from(put32(qemuBase, 388, 1), { readOnly: true }), {});
+    expect(img.warnings).toEqual([expect.stringContaining('block_map[2]')]);
+    await img.close();
+    // ... and one whose data is not in the file is still refused.
     await expectFieldError(put32(qemuBase, 512 + 4 * 3, 7), 'block_map[3]', 'corrupt');
-    await expectFieldError(put32(qemuBase, 388, 1), 'block_map[2]', 'corrupt');
   });
 
   it('rejects an entry whose data lies past the end of the file', async () => {
     await expectFieldError(qemuBase.slice(0, 1024 + MiB + 4096), 'block_map[2]', 'corrupt');
   });
 
-  it('rejects blocks_allocated claiming more blocks than the file holds', async () => {
-    await expectFieldError(put32(qemuBase, 388, 3), 'blocks_allocated', 'corrupt');
-    await expectFieldError(qemuBase.slice(0, 1024 + MiB), 'blocks_allocated', 'corrupt');
+  it('rejects blocks_allocated claiming more blocks than the file holds, when opened for writing', async () => {
+    await expectFieldError(put32(qemuBase, 388, 3), 'blocks_allocated', 'corrupt', { writable: true });
+    await expectFieldError(qemuBase.slice(0, 1024 + MiB), 'blocks_allocated', 'corrupt', { writable: true });
   });
 
   it('fails at the first chunk of a 2 GiB block map over a sparse file, without allocating the map', async () => {

@@ -71,29 +71,38 @@ function missingBacking(name: string, path: string): Image {
   };
 }
 
+/** How commands report an image's warnings: once each, on stderr, escaped (the text holds values from the image). */
+export function printWarning(message: string): void {
+  process.stderr.write(`imgtool: warning: ${escapeLine(message)}\n`);
+}
+
 /**
  * Open an image from CLI arguments. With `metadataOnly` (info), an image with
  * a backing file opens without following it; its data reads fail clearly.
+ * Warnings about the image (and its backing chain) go to `warn`, by default
+ * printed on stderr as they are found.
  */
 export async function openFromArgs(
   path: string,
   args: ParsedArgs,
-  opts: { writable?: boolean; metadataOnly?: boolean } = {},
+  opts: { writable?: boolean; metadataOnly?: boolean; warn?: (message: string) => void } = {},
 ): Promise<OpenedImage> {
+  const warn = opts.warn ?? printWarning;
   if (path === '-') {
     // Standard input: a file redirect is read in place, a pipe is spooled first.
     if (opts.writable) throw new ImageError('usage', 'standard input cannot be opened for writing');
-    return openImageOn(await openStdin(), '-', { format: str(args, 'format'), disk: diskFromArgs(args) }, async (req) => missingBacking(req.name, '-'));
+    return openImageOn(await openStdin(), '-', { format: str(args, 'format'), disk: diskFromArgs(args), warn }, async (req) => missingBacking(req.name, '-'));
   }
   const backing = flag(args, 'backing') ? (str(args, 'backing-dir') ?? true) : false;
   if (!backing && str(args, 'backing-dir')) throw new ImageError('usage', '--backing-dir needs --backing');
   if (opts.metadataOnly && !backing) {
     // Route through openImage with an opener that never touches the file system.
-    return openImageWith(path, { format: str(args, 'format'), disk: diskFromArgs(args), writable: opts.writable, dataFile: flag(args, 'data-file') }, async (req) =>
+    return openImageWith(path, { format: str(args, 'format'), disk: diskFromArgs(args), writable: opts.writable, dataFile: flag(args, 'data-file'), warn }, async (req) =>
       missingBacking(req.name, path),
     );
   }
   return openImage(path, {
+    warn,
     format: str(args, 'format'),
     disk: diskFromArgs(args),
     writable: opts.writable,

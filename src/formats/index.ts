@@ -62,6 +62,8 @@ export interface OpenImageOptions {
   backing?: boolean | string;
   /** Allow a qcow2 external data file (same directory rule as backing). */
   dataFile?: boolean;
+  /** Hears each warning about the image or its backing chain once (see Image.warnings). */
+  warn?: (message: string) => void;
   /** Containers of several disks (OVA): which disk, from 0. */
   disk?: number;
 }
@@ -95,6 +97,7 @@ async function openChain(file: string, opts: OpenImageOptions, depth: number, ro
     const image = await driver.open(child, {
       writable: opts.writable,
       path: file,
+      warn: opts.warn,
       openBacking: allowDir
         ? async (req: BackingRequest) => {
             if (depth + 1 >= MAX_CHAIN) {
@@ -102,7 +105,7 @@ async function openChain(file: string, opts: OpenImageOptions, depth: number, ro
             }
             const target = confine(file, req.name, allowDir, 'backing file');
             const format = backingFormat(file, req);
-            const opened = await openChain(target, { format, backing: allowDir }, depth + 1, 'backing file');
+            const opened = await openChain(target, { format, backing: allowDir, warn: opts.warn }, depth + 1, 'backing file');
             return opened.image;
           }
         : undefined,
@@ -125,14 +128,14 @@ async function openChain(file: string, opts: OpenImageOptions, depth: number, ro
 export async function openImageOn(
   child: FileDevice,
   file: string,
-  opts: { format?: string; writable?: boolean; disk?: number; dataFile?: boolean },
+  opts: { format?: string; writable?: boolean; disk?: number; dataFile?: boolean; warn?: (message: string) => void },
   openBacking?: (req: BackingRequest) => Promise<Image>,
 ): Promise<OpenedImage> {
   try {
     const driver = opts.format ? driverByName(opts.format) : await detectFormat(child);
     const openExtent = file === '-' ? undefined : extentOpener(file, opts.writable);
     const openDataFile = opts.dataFile && file !== '-' ? dataFileOpener(file, opts.writable) : undefined;
-    const image = await driver.open(child, { writable: opts.writable, path: file, openBacking, openExtent, disk: opts.disk, openDataFile });
+    const image = await driver.open(child, { writable: opts.writable, path: file, openBacking, openExtent, disk: opts.disk, openDataFile, warn: opts.warn });
     return { image, driver, file: child, path: file };
   } catch (e) {
     await child.close();
@@ -143,7 +146,7 @@ export async function openImageOn(
 /** Open with a caller-supplied backing opener (used by `info` to describe an image without following its backing file). */
 export async function openImageWith(
   file: string,
-  opts: { format?: string; writable?: boolean; disk?: number; dataFile?: boolean },
+  opts: { format?: string; writable?: boolean; disk?: number; dataFile?: boolean; warn?: (message: string) => void },
   openBacking: (req: BackingRequest) => Promise<Image>,
 ): Promise<OpenedImage> {
   return openImageOn(await FileDevice.open(file, { writable: opts.writable }), file, opts, openBacking);
@@ -239,5 +242,11 @@ export async function createImage(
 /** `qemu-img info` JSON for an opened image: the driver's fields plus filename and actual-size. */
 export async function describe(opened: OpenedImage): Promise<ImageInfo & { filename: string; 'actual-size': number }> {
   const info = await opened.image.info();
-  return { ...info, filename: opened.path, 'actual-size': opened.file.allocatedOnDisk() };
+  const warnings = opened.image.warnings ?? [];
+  return {
+    ...info,
+    filename: opened.path,
+    'actual-size': opened.file.allocatedOnDisk(),
+    ...(warnings.length ? { warnings: [...warnings] } : {}),
+  };
 }

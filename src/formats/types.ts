@@ -97,6 +97,8 @@ export interface OpenOptions {
   openBacking?: (req: BackingRequest) => Promise<Image>;
   /** Present only when the user allowed an external data file (qcow2). */
   openDataFile?: (name: string) => Promise<BlockDevice>;
+  /** Hears each warning (see Image.warnings) once, when it is found. */
+  warn?: (message: string) => void;
   /**
    * Opens a file a multi-file image names as part of itself (VMDK extents),
    * confined to the image's own directory (no `..`, no absolute path or

@@ -15,7 +15,7 @@ const MiB = 1 << 20;
 
 /** Open and read everything (data and status): the whole surface a caller can reach. */
 export async function exercise(driver: FormatDriver, bytes: Uint8Array, opts: OpenOptions = {}): Promise<void> {
-  const img = await driver.open(MemoryDevice.from(bytes, { readOnly: true }), opts);
+  const img = await driver.open(MemoryDevice.from(bytes, { readOnly: !opts.writable, growable: !!opts.writable }), opts);
   try {
     const buf = new Uint8Array(Math.min(img.size, 4 * MiB));
     for (let pos = 0; pos < img.size; pos += buf.length) {
@@ -61,10 +61,10 @@ export async function writeAndVerify(driver: FormatDriver, bytes: Uint8Array, se
 }
 
 /** Expect an ImageError naming `field` (and the driver's format), within 5 s and without allocating hundreds of MiB. */
-export async function expectFieldError(driver: FormatDriver, bytes: Uint8Array, field: string, kind?: string): Promise<ImageError> {
+export async function expectFieldError(driver: FormatDriver, bytes: Uint8Array, field: string, kind?: string, opts: OpenOptions = {}): Promise<ImageError> {
   const before = process.memoryUsage().arrayBuffers;
   const t0 = Date.now();
-  const err = await exercise(driver, bytes).then(
+  const err = await exercise(driver, bytes, opts).then(
     () => undefined,
     (e: unknown) => e,
   );

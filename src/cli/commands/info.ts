@@ -17,7 +17,8 @@ Example:
   imgtool info --output json disk.qcow2`,
   async run(args, ctx) {
     const path = args.positionals[0]!;
-    const opened = await openFromArgs(path, args, { metadataOnly: true });
+    // Warnings are part of what info reports (a `warnings` key, or lines at the end), not stderr noise.
+    const opened = await openFromArgs(path, args, { metadataOnly: true, warn: () => {} });
     try {
       const info = await describe(opened);
       if (wantsJson(args)) {
@@ -49,6 +50,10 @@ Example:
       if (fs) {
         lines.push('Format specific information:');
         for (const [k, v] of Object.entries(fs.data)) lines.push(`    ${k}: ${escapeLine(typeof v === 'object' ? JSON.stringify(v) : String(v))}`);
+      }
+      if (info.warnings?.length) {
+        lines.push('Warnings (fields qemu ignores too; the data reads as it would there):');
+        for (const w of info.warnings) lines.push(`    ${escapeLine(w)}`);
       }
       ctx.stdout.write(lines.join('\n') + '\n');
     } finally {

@@ -38,6 +38,7 @@
 
 import type { BlockDevice } from '../../core/device.js';
 import { fieldError } from '../../core/errors.js';
+import type { WarningLog } from '../warnings.js';
 
 export const QCOW2_MAGIC = 0x514649fb;
 export const FORMAT = 'qcow2';
@@ -136,7 +137,7 @@ function latin(b: Uint8Array): string {
  * the header and the file size live here; table contents are checked by
  * their own modules.
  */
-export async function readHeader(child: BlockDevice): Promise<Qcow2Header> {
+export async function readHeader(child: BlockDevice, log?: WarningLog): Promise<Qcow2Header> {
   const fileSize = child.size;
   if (fileSize < 72) throw fieldError('invalid-format', FORMAT, 'header', 0, fileSize, 'file is too small for a qcow2 header');
   const first = new Uint8Array(Math.min(fileSize, 4096));
@@ -169,7 +170,7 @@ export async function readHeader(child: BlockDevice): Promise<Qcow2Header> {
     refcountTableOffset: u64num(hdr, 48, 'refcount_table_offset'),
     refcountTableClusters: u32(hdr, 56),
     nbSnapshots: u32(hdr, 60),
-    snapshotsOffset: u64num(hdr, 64, 'snapshots_offset'),
+    snapshotsOffset: snapshotsOffset(hdr, log),
     incompatible: 0,
     incompatibleHigh: 0,
     compatible: 0,
@@ -198,8 +199,11 @@ export async function readHeader(child: BlockDevice): Promise<Qcow2Header> {
     h.autoclear = u32(hdr, 92);
     h.refcountOrder = u32(hdr, 96);
     h.headerLength = u32(hdr, 100);
-    if (h.headerLength < 104 || h.headerLength % 8 !== 0 || h.headerLength > cs || h.headerLength > hdr.length) {
-      throw fieldError('invalid-format', FORMAT, 'header_length', 100, h.headerLength, 'must be a multiple of 8, at least 104 and inside the first cluster');
+    if (h.headerLength < 104 || h.headerLength > cs || h.headerLength > hdr.length) {
+      throw fieldError('invalid-format', FORMAT, 'header_length', 100, h.headerLength, 'must be at least 104 and inside the first cluster');
+    }
+    if (h.headerLength % 8 !== 0) {
+      log?.add('header_length', 'header_length', 100, h.headerLength, 'is not a multiple of 8 (the header extensions are read from there, as qemu does)');
     }
     if (h.headerLength > 104) h.compressionType = hdr[104]!;
     if (h.refcountOrder > 6) {
@@ -208,16 +212,22 @@ export async function readHeader(child: BlockDevice): Promise<Qcow2Header> {
   }
 
   // Extensions: from the end of the header to the backing name (or the cluster end).
-  if (h.backingFileOffset !== 0) {
-    if (h.backingFileSize === 0 || h.backingFileSize > MAX_BACKING_NAME) {
-      throw fieldError('invalid-format', FORMAT, 'backing_file_size', 16, h.backingFileSize, `must be 1..${MAX_BACKING_NAME}`);
+  if (h.backingFileOffset > cs) {
+    throw fieldError('invalid-format', FORMAT, 'backing_file_offset', 8, h.backingFileOffset, 'is past the first cluster');
+  }
+  if (h.backingFileOffset !== 0 && h.backingFileSize === 0) {
+    // qemu reads an empty name: no backing file. The extensions still end at the offset.
+    log?.add('backing_file_size', 'backing_file_size', 16, 0, `is 0 while backing_file_offset is ${h.backingFileOffset}: the image has no backing file`);
+  } else if (h.backingFileOffset !== 0) {
+    if (h.backingFileSize > MAX_BACKING_NAME) {
+      throw fieldError('invalid-format', FORMAT, 'backing_file_size', 16, h.backingFileSize, `is more than ${MAX_BACKING_NAME}`);
     }
     if (h.backingFileOffset < h.headerLength || h.backingFileOffset + h.backingFileSize > cs || h.backingFileOffset + h.backingFileSize > hdr.length) {
       throw fieldError('invalid-format', FORMAT, 'backing_file_offset', 8, h.backingFileOffset, `the name (${h.backingFileSize} bytes) is not inside the first cluster after the header`);
     }
     h.backingFile = latin(hdr.subarray(h.backingFileOffset, h.backingFileOffset + h.backingFileSize));
   }
-  const extEnd = h.backingFileOffset !== 0 ? h.backingFileOffset : Math.min(cs, hdr.length);
+  const extEnd = Math.min(h.backingFileOffset !== 0 ? h.backingFileOffset : cs, hdr.length);
   let pos = h.headerLength;
   const seen = new Set<number>();
   while (pos + 8 <= extEnd) {
@@ -244,9 +254,9 @@ export async function readHeader(child: BlockDevice): Promise<Qcow2Header> {
         break;
       case EXT_FEATURE_TABLE:
         if (len % 48 !== 0) {
-          throw fieldError('invalid-format', FORMAT, 'feature name table length', pos + 4, len, 'is not a multiple of 48');
+          log?.add('feature table', 'feature name table length', pos + 4, len, `is not a multiple of 48: the last ${len % 48} bytes are ignored (the table only names feature bits for messages)`);
         }
-        for (let e = 0; e < len; e += 48) {
+        for (let e = 0; e + 48 <= len; e += 48) {
           const nameBytes = body.subarray(e + 2, e + 48);
           const nul = nameBytes.indexOf(0);
           h.featureNames.push({
@@ -265,6 +275,15 @@ export async function readHeader(child: BlockDevice): Promise<Qcow2Header> {
     pos = data + Math.ceil(len / 8) * 8;
   }
   return h;
+}
+
+/** snapshots_offset: an offset past 2^53 is an error only when there are snapshots (qemu ignores it otherwise). */
+function snapshotsOffset(hdr: Uint8Array, log?: WarningLog): number {
+  const v = u64big(hdr, 64);
+  if (v <= BigInt(Number.MAX_SAFE_INTEGER)) return Number(v);
+  if (u32(hdr, 60) !== 0) throw fieldError('invalid-format', FORMAT, 'snapshots_offset', 64, v, 'is larger than 2^53');
+  log?.add('snapshots_offset', 'snapshots_offset', 64, v, 'is not a valid offset, but nb_snapshots is 0: there is no snapshot table');
+  return 0;
 }
 
 export function featureName(h: Qcow2Header, type: number, bit: number): string | undefined {

@@ -25,6 +25,7 @@ import { ImageError, fieldError } from '../../core/errors.js';
 import { escapeLine } from '../../core/escape.js';
 import type { Image, ImageInfo, OpenOptions } from '../types.js';
 import { TableCache } from './cache.js';
+import { WarningLog } from '../warnings.js';
 import { deflateCluster, inflateCluster, zstdCluster, zstdCompressCluster } from './compress.js';
 import {
   AUTOCLEAR_BITMAPS,
@@ -135,6 +136,7 @@ export class Qcow2Image implements Image {
     writable: boolean,
     private readonly path: string | undefined,
     extras: Qcow2OpenExtras,
+    private readonly log: WarningLog,
   ) {
     this.size = h.size;
     this.readOnly = !writable;
@@ -156,6 +158,10 @@ export class Qcow2Image implements Image {
     this.end = extras.allocEnd ?? Math.ceil(child.size / this.cs) * this.cs;
   }
 
+  get warnings(): readonly string[] {
+    return this.log.list;
+  }
+
   private async loadTable(off: number): Promise<Uint8Array> {
     const buf = new Uint8Array(this.cs);
     const avail = Math.min(this.cs, this.child.size - off);
@@ -167,6 +173,11 @@ export class Qcow2Image implements Image {
 
   private corruptEntry(what: string, l2off: number, idx: number, hi: number, lo: number): ImageError {
     return fieldError('corrupt', FORMAT, `L2 entry ${idx} of the table at ${l2off}`, l2off + idx * this.entryBytes, hex(hi, lo), what);
+  }
+
+  /** An L2 entry field qemu ignores on read: warn once per kind (`key`), read on. */
+  private ignoredInEntry(key: string, what: string, l2off: number, idx: number, hi: number, lo: number): void {
+    this.log.add(key, `L2 entry ${idx} of the table at ${l2off}`, l2off + idx * this.entryBytes, hex(hi, lo), `${what}, which qemu ignores when reading: ignored (further L2 entries like it are not reported)`);
   }
 
   /**
@@ -227,7 +238,7 @@ export class Qcow2Image implements Image {
           emit(K_COMP, pos, n, 0, hi, lo);
         } else {
           const host = stdOffset(hi, lo);
-          if (stdReserved(hi, lo)) throw this.corruptEntry('has reserved bits set', l2off, idx, hi, lo);
+          if (stdReserved(hi, lo)) this.ignoredInEntry('l2 reserved', 'has reserved bits set', l2off, idx, hi, lo);
           const zeroBit = lo & 1;
           if (!this.extL2) {
             if (zeroBit) {
@@ -240,7 +251,7 @@ export class Qcow2Image implements Image {
               emit(K_DATA, pos, n, host + within, 0, 0);
             }
           } else {
-            if (zeroBit) throw this.corruptEntry('has bit 0 set, which is reserved with extended L2 entries', l2off, idx, hi, lo);
+            if (zeroBit) this.ignoredInEntry('l2 bit 0', 'has bit 0 set (reserved with extended L2 entries)', l2off, idx, hi, lo);
             const zbits = ((t[o + 8]! << 24) | (t[o + 9]! << 16) | (t[o + 10]! << 8) | t[o + 11]!) >>> 0;
             const abits = ((t[o + 12]! << 24) | (t[o + 13]! << 16) | (t[o + 14]! << 8) | t[o + 15]!) >>> 0;
             if ((zbits & abits) !== 0) throw this.corruptEntry('has subclusters both allocated and zero', l2off, idx, hi, lo);
@@ -281,13 +292,13 @@ export class Qcow2Image implements Image {
 
   private checkCompressed(hi: number, lo: number, l2off: number, idx: number, t: Uint8Array, o: number): void {
     if (this.hasDataFile) throw this.corruptEntry('is compressed, which images with an external data file cannot have', l2off, idx, hi, lo);
-    if (hi & COPIED_HI) throw this.corruptEntry('is compressed and has the copied flag', l2off, idx, hi, lo);
+    if (hi & COPIED_HI) this.ignoredInEntry('compressed copied', 'is compressed and has the copied flag', l2off, idx, hi, lo);
     const d = compressedDesc(hi, lo, this.clusterBits);
     if (d.offset < this.cs || d.offset >= this.child.size) {
       throw this.corruptEntry(`compressed data offset ${d.offset} is outside the file (${this.cs}..${this.child.size})`, l2off, idx, hi, lo);
     }
     if (this.extL2 && (t[o + 8]! | t[o + 9]! | t[o + 10]! | t[o + 11]! | t[o + 12]! | t[o + 13]! | t[o + 14]! | t[o + 15]!)) {
-      throw this.corruptEntry('is compressed but has a subcluster bitmap', l2off, idx, hi, lo);
+      this.ignoredInEntry('compressed bitmap', 'is compressed but has a subcluster bitmap', l2off, idx, hi, lo);
     }
   }
 
@@ -1107,7 +1118,8 @@ export class Qcow2Image implements Image {
 
 /** Validate everything the header says, load the L1 table, open backing and data files. */
 export async function openQcow2(child: BlockDevice, opts: OpenOptions, extras: Qcow2OpenExtras = {}): Promise<Qcow2Image> {
-  const h = await readHeader(child);
+  const log = new WarningLog(FORMAT, opts.warn);
+  const h = await readHeader(child, log);
   const cs = 2 ** h.clusterBits;
   const fileSize = child.size;
   const where = opts.path ? `${opts.path}: ` : '';
@@ -1207,7 +1219,9 @@ export async function openQcow2(child: BlockDevice, opts: OpenOptions, extras: Q
     const lo = ((raw[o + 4]! << 24) | (raw[o + 5]! << 16) | (raw[o + 6]! << 8) | raw[o + 7]!) >>> 0;
     const off = stdOffset(hi, lo);
     const field = `L1 entry ${i}`;
-    if (l1Reserved(hi, lo)) throw fieldError('corrupt', FORMAT, field, h.l1TableOffset + o, hex(hi, lo), 'has reserved bits set');
+    if (l1Reserved(hi, lo)) {
+      log.add('l1 reserved', field, h.l1TableOffset + o, hex(hi, lo), 'has reserved bits set, which qemu ignores when reading: ignored (further L1 entries like it are not reported)');
+    }
     if (off === 0) continue;
     if (off % cs !== 0) throw fieldError('corrupt', FORMAT, field, h.l1TableOffset + o, hex(hi, lo), 'L2 table offset is not cluster aligned');
     if (off + cs > fileSize) throw fieldError('corrupt', FORMAT, field, h.l1TableOffset + o, hex(hi, lo), `L2 table is past the end of the file (${fileSize})`);
@@ -1246,7 +1260,7 @@ export async function openQcow2(child: BlockDevice, opts: OpenOptions, extras: Q
     if (opened) await opened.close().catch(() => {});
     throw e;
   }
-  const img = new Qcow2Image(child, h, l1, l1Copied, snapshots, backing, data, writable, opts.path, extras);
+  const img = new Qcow2Image(child, h, l1, l1Copied, snapshots, backing, data, writable, opts.path, extras, log);
   if (writable) {
     try {
       await img.loadRefcountTable();

@@ -39,7 +39,7 @@ export function stdOffset(hi: number, lo: number): number {
   return (hi & 0x00ffffff) * TWO32 + ((lo & 0xfffffe00) >>> 0);
 }
 
-/** Reserved bits of a standard L2 descriptor (1..8 and 56..61); non-zero is corruption. */
+/** Reserved bits of a standard L2 descriptor (1..8 and 56..61): qemu ignores them on read (a warning here). */
 export function stdReserved(hi: number, lo: number): number {
   return ((hi >>> 24) & 0x3f) | (lo & 0x1fe);
 }

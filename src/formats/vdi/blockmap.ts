@@ -18,6 +18,7 @@
  */
 
 import { fieldError } from '../../core/errors.js';
+import type { WarningLog } from '../warnings.js';
 
 export const BLOCK_FREE = 0xffffffff;
 export const BLOCK_ZERO = 0xfffffffe;
@@ -35,6 +36,13 @@ export interface MapGeometry {
   /** Guest bytes (rounded virtual size): the last block may be partly outside. */
   diskSize: number;
   fileSize: number;
+  /**
+   * Opened read-only: an entry at or beyond blocks_allocated is reported to
+   * `log` (blocks_allocated only matters for writing; qemu ignores it)
+   * instead of refused.
+   */
+  readOnly?: boolean;
+  log?: WarningLog;
 }
 
 /**
@@ -46,7 +54,10 @@ export interface MapGeometry {
 export class BlockMapChecker {
   private readonly owner: Uint32Array;
   constructor(private readonly g: MapGeometry) {
-    this.owner = new Uint32Array(g.blocksAllocated).fill(BLOCK_FREE);
+    // Read-only, blocks_allocated is not trusted (it may be anything): the
+    // data blocks that start inside the file bound the map instead.
+    const inFile = Math.max(0, Math.ceil((g.fileSize - g.offsetData) / (g.blockSize + g.blockExtra)));
+    this.owner = new Uint32Array(g.readOnly ? inFile : g.blocksAllocated).fill(BLOCK_FREE);
   }
 
   /** Validate `entries`, which are map entries [first, first + entries.length). */
@@ -59,7 +70,15 @@ export class BlockMapChecker {
       const i = first + k;
       const field = `block_map[${i}]`;
       const at = g.offsetBmap + 4 * i;
-      if (e >= g.blocksAllocated) {
+      if (e >= g.blocksAllocated && g.readOnly) {
+        g.log?.add(
+          'block_map beyond blocks_allocated',
+          field,
+          at,
+          e,
+          `points at data block ${e}, but the header says only ${g.blocksAllocated} blocks are allocated (blocks_allocated), which qemu ignores when reading: read (refused for writing; further entries like it are not reported)`,
+        );
+      } else if (e >= g.blocksAllocated) {
         throw fieldError(
           'corrupt',
           'vdi',
@@ -83,7 +102,7 @@ export class BlockMapChecker {
           `points at data [${dataStart}, ${dataStart + needed}) past the end of the file (${g.fileSize} bytes)`,
         );
       }
-      const other = this.owner[e]!;
+      const other = this.owner[e] ?? BLOCK_FREE;
       if (other !== BLOCK_FREE) {
         throw fieldError(
           'corrupt',
@@ -94,7 +113,7 @@ export class BlockMapChecker {
           `points at data block ${e}, which block_map[${other}] also uses: the two guest blocks would share storage`,
         );
       }
-      this.owner[e] = i;
+      if (e < this.owner.length) this.owner[e] = i;
     }
   }
 }

@@ -24,6 +24,7 @@
 import { type BlockDevice, type Extent, checkRange, checkWritable, isZero } from '../../core/device.js';
 import { ImageError, fieldError } from '../../core/errors.js';
 import type { Image, ImageInfo } from '../types.js';
+import type { WarningLog } from '../warnings.js';
 import { BLOCK_FREE, BLOCK_ZERO, BlockMapChecker, decodeEntries, encodeEntries, isAllocated } from './blockmap.js';
 import {
   HEADER1_SIZE,
@@ -65,8 +66,16 @@ export interface VdiGeometry {
 
 const isPow2 = (x: number) => x > 0 && (x & (x - 1)) === 0;
 
-/** Read and validate the header. Throws ImageError naming the field. */
-export async function readHeader(child: BlockDevice): Promise<VdiGeometry> {
+/**
+ * Read and validate the header. Throws ImageError naming the field.
+ *
+ * Fields qemu ignores when it reads (image_flags, the LCHS geometry, and for
+ * an image opened read-only also header_size, an unknown image_type and
+ * blocks_allocated, which only matter for writing) are reported to `log`
+ * instead of refused.
+ */
+export async function readHeader(child: BlockDevice, opts: { log?: WarningLog; writable?: boolean } = {}): Promise<VdiGeometry> {
+  const { log, writable } = opts;
   const fileSize = child.size;
   if (fileSize < PRE_HEADER_SIZE + HEADER1_SIZE) {
     throw fieldError(
@@ -96,10 +105,20 @@ export async function readHeader(child: BlockDevice): Promise<VdiGeometry> {
       `is VDI ${h.version >>> 16}.${h.version & 0xffff}; only version 1.1 (0x00010001) is supported`,
     );
   }
+  const odd = (field: keyof typeof OFF, value: number | bigint | string, why: string) =>
+    log?.add(field, field, OFF[field], value, `${why}, which qemu ignores when reading: ignored`);
+  const readOnlyOdd = (kind: 'invalid-format' | 'corrupt', field: keyof typeof OFF, value: number, why: string) => {
+    if (writable) throw err(kind, field, value, why);
+    odd(field, value, `${why} (refused for writing)`);
+  };
+  // The header's own size only decides whether the LCHS geometry is there.
+  const headerSize = h.headerSize === HEADER1_SIZE || h.headerSize === HEADER1PLUS_SIZE || writable ? h.headerSize : HEADER1_SIZE;
   if (h.headerSize < HEADER1_SIZE) {
-    throw err('invalid-format', 'header_size', h.headerSize, `is smaller than the version 1.1 header (${HEADER1_SIZE} bytes)`);
+    readOnlyOdd('invalid-format', 'header_size', h.headerSize, `is smaller than the version 1.1 header (${HEADER1_SIZE} bytes)`);
+  } else if (headerSize !== h.headerSize) {
+    odd('header_size', h.headerSize, `is neither ${HEADER1_SIZE} nor ${HEADER1PLUS_SIZE} (read as ${HEADER1_SIZE}, without the LCHS geometry)`);
   }
-  if (h.headerSize >= HEADER1PLUS_SIZE && fileSize < HEADER_AREA) {
+  if (headerSize >= HEADER1PLUS_SIZE && fileSize < HEADER_AREA) {
     throw err('invalid-format', 'header_size', h.headerSize, `says ${h.headerSize} bytes but the file ends at ${fileSize}`);
   }
   if (h.imageType === TYPE_UNDO || h.imageType === TYPE_DIFF) {
@@ -111,11 +130,11 @@ export async function readHeader(child: BlockDevice): Promise<VdiGeometry> {
     );
   }
   if (h.imageType !== TYPE_NORMAL && h.imageType !== TYPE_FIXED) {
-    throw err('invalid-format', 'image_type', h.imageType, 'is not a VDI image type (1 normal, 2 fixed, 3 undo, 4 differencing)');
+    readOnlyOdd('invalid-format', 'image_type', h.imageType, 'is not a VDI image type (1 normal, 2 fixed, 3 undo, 4 differencing)');
   }
   // VirtualBox's mask: fFlags << 8 within FIXED (0x10000) | DIFF (0x20000) | ZERO_EXPAND (0x100).
   if ((h.imageFlags & ~0x301) !== 0) {
-    throw err('invalid-format', 'image_flags', h.imageFlags, 'has bits VirtualBox does not define (valid: 0x1, 0x100, 0x200)');
+    odd('image_flags', `0x${h.imageFlags.toString(16)}`, 'has bits VirtualBox does not define (valid: 0x1, 0x100, 0x200)');
   }
   if (!isNullUuid(h.uuidLink)) {
     throw err('unsupported', 'uuid_link', 0, 'is set: the image links to a parent image, which is not supported');
@@ -126,8 +145,8 @@ export async function readHeader(child: BlockDevice): Promise<VdiGeometry> {
   if (h.sectorSize !== SECTOR) {
     throw err('unsupported', 'sector_size', h.sectorSize, 'is not 512: only 512-byte sectors are supported');
   }
-  if (h.lchs && h.lchs.sectorSize !== SECTOR) {
-    throw err('invalid-format', 'lchs_sector_size', h.lchs.sectorSize, 'is not 512 (VirtualBox refuses such images too)');
+  if (h.lchs && headerSize >= HEADER1PLUS_SIZE && h.lchs.sectorSize !== SECTOR) {
+    odd('lchs_sector_size', h.lchs.sectorSize, 'is not 512 (VirtualBox refuses such images)');
   }
   if (!isPow2(h.blockSize)) {
     throw err('invalid-format', 'block_size', h.blockSize, 'is not a power of two');
@@ -158,8 +177,8 @@ export async function readHeader(child: BlockDevice): Promise<VdiGeometry> {
   if (h.offsetBmap % SECTOR !== 0) {
     throw err('unsupported', 'offset_bmap', h.offsetBmap, 'is not a multiple of 512 (qemu refuses such images too)');
   }
-  if (h.offsetBmap < PRE_HEADER_SIZE + h.headerSize) {
-    throw err('invalid-format', 'offset_bmap', h.offsetBmap, `overlaps the header, which ends at ${PRE_HEADER_SIZE + h.headerSize}`);
+  if (h.offsetBmap < PRE_HEADER_SIZE + headerSize) {
+    throw err('invalid-format', 'offset_bmap', h.offsetBmap, `overlaps the header, which ends at ${PRE_HEADER_SIZE + headerSize}`);
   }
   if (h.offsetBmap > fileSize) {
     throw err('corrupt', 'offset_bmap', h.offsetBmap, `is past the end of the file (${fileSize} bytes)`);
@@ -182,14 +201,15 @@ export async function readHeader(child: BlockDevice): Promise<VdiGeometry> {
   if (h.offsetData > fileSize) {
     throw err('corrupt', 'offset_data', h.offsetData, `is past the end of the file (${fileSize} bytes)`);
   }
+  // blocks_allocated says where the next block goes: only writing depends on it.
   if (h.blocksAllocated > h.blocksInImage) {
-    throw err('corrupt', 'blocks_allocated', h.blocksAllocated, `is more than blocks_in_image (${h.blocksInImage})`);
+    readOnlyOdd('corrupt', 'blocks_allocated', h.blocksAllocated, `is more than blocks_in_image (${h.blocksInImage})`);
   }
   // Every allocated block was written when it was allocated (by VirtualBox and
   // qemu alike): at least the last one must start inside the file.
   const lastBlockStart = h.offsetData + (h.blocksAllocated - 1) * (h.blockSize + h.blockExtra);
   if (h.blocksAllocated > 0 && lastBlockStart >= fileSize) {
-    throw err(
+    readOnlyOdd(
       'corrupt',
       'blocks_allocated',
       h.blocksAllocated,
@@ -206,9 +226,11 @@ export async function readHeader(child: BlockDevice): Promise<VdiGeometry> {
  * at the first bad entry, and only then read into its final array, so a
  * hostile header over a large sparse file costs one chunk, not the map.
  */
-export async function readBlockMap(child: BlockDevice, g: VdiGeometry): Promise<Uint32Array> {
+export async function readBlockMap(child: BlockDevice, g: VdiGeometry, opts: { log?: WarningLog; writable?: boolean } = {}): Promise<Uint32Array> {
   const h = g.header;
   const checker = new BlockMapChecker({
+    log: opts.writable ? undefined : opts.log,
+    readOnly: !opts.writable,
     offsetBmap: h.offsetBmap,
     offsetData: h.offsetData,
     blockSize: h.blockSize,
@@ -252,13 +274,16 @@ export class VdiImage implements Image {
   private headerDirty = false;
   private touched: boolean;
   private closed = false;
+  /** See Image.warnings. */
+  readonly warnings: readonly string[];
 
   constructor(
     private readonly child: BlockDevice,
     g: VdiGeometry,
     private readonly map: Uint32Array,
-    opts: { writable: boolean; fresh?: boolean },
+    opts: { writable: boolean; fresh?: boolean; log?: WarningLog },
   ) {
+    this.warnings = opts.log?.list ?? [];
     this.h = { ...g.header };
     this.headerBytes = g.headerBytes;
     this.size = g.virtualSize;

@@ -20,6 +20,7 @@ import type { BlockDevice } from '../../core/device.js';
 import { ImageError } from '../../core/errors.js';
 import type { CreateOptions, FormatDriver, Image, OpenOptions } from '../types.js';
 import { VDI_SIGNATURE } from './header.js';
+import { WarningLog } from '../warnings.js';
 import { VDI_CREATE_OPTIONS, VdiImage, createParams, createVdi, readBlockMap, readHeader } from './image.js';
 import { streamVdi } from './stream.js';
 
@@ -36,9 +37,10 @@ export const vdi: FormatDriver = {
   },
   async open(child: BlockDevice, opts: OpenOptions): Promise<Image> {
     try {
-      const g = await readHeader(child);
-      const map = await readBlockMap(child, g);
-      return new VdiImage(child, g, map, { writable: !!opts.writable });
+      const log = new WarningLog('vdi', opts.warn);
+      const g = await readHeader(child, { log, writable: !!opts.writable });
+      const map = await readBlockMap(child, g, { log, writable: !!opts.writable });
+      return new VdiImage(child, g, map, { writable: !!opts.writable, log });
     } catch (e) {
       if (e instanceof ImageError && opts.path && !e.context.path) (e.context as { path?: string }).path = opts.path;
       throw e;
