@@ -1142,7 +1142,7 @@ export async function openQcow2(child: BlockDevice, opts: OpenOptions, extras: Q
       'incompatible_features',
       72,
       `bit ${bit}`,
-      `sets unknown incompatible feature bit ${bit}${name ? ` ('${name}')` : ''}`,
+      `sets unknown incompatible feature bit ${bit}${name ? ` ('${escapeLine(name)}')` : ''}`,
     );
   }
   if (h.incompatible & INCOMPAT_COMPRESSION) {
