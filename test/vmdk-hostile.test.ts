@@ -12,7 +12,7 @@ import { put32le, put64le, u32le, u64le } from '../src/core/bytes.js';
 import { vmdk } from '../src/formats/vmdk/index.js';
 import { SparseHeader } from '../src/formats/vmdk/header.js';
 import { exercise, expectFieldError } from './helpers/hostile.js';
-import { imgtool, must, runAsync, tempDir } from './helpers/peers.js';
+import { imgtool, must, tempDir } from './helpers/peers.js';
 import { pattern } from './helpers/devices.js';
 
 const t = tempDir('imgtool-vmdk-hostile-');
@@ -29,15 +29,14 @@ function mutate(base: Uint8Array, fn: (b: Uint8Array) => void): Uint8Array {
   return b;
 }
 
-beforeAll(async () => {
+beforeAll(() => {
   const raw = t.path('src.raw');
   const data = new Uint8Array(8 * MiB);
   data.set(pattern(300_000, 3), 4096);
   data.set(pattern(70_000, 4), 6 * MiB);
   writeFileSync(raw, data);
   for (const [name, opts] of [['sparse', 'subformat=monolithicSparse'], ['stream', 'subformat=streamOptimized']] as const) {
-    const r = await runAsync('qemu-img', ['convert', '-f', 'raw', '-O', 'vmdk', '-o', opts, raw, t.path(`${name}.vmdk`)]);
-    expect(r.status, r.stderr).toBe(0);
+    must('qemu-img', ['convert', '-f', 'raw', '-O', 'vmdk', '-o', opts, raw, t.path(`${name}.vmdk`)]); // 8 MiB: well under a second
   }
   sparse = new Uint8Array(readFileSync(t.path('sparse.vmdk')));
   stream = new Uint8Array(readFileSync(t.path('stream.vmdk')));
