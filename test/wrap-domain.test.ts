@@ -5,7 +5,8 @@
  * libvirt daemon (started here, private to this test: its own socket,
  * configuration and state, in a mount namespace; `type='qemu'` since nested
  * KVM is unavailable), and the guest must reach its marker on the serial
- * console with swap on and /var and /home mounted from the new disk.
+ * console with swap on and /var, /home and /srv (logical partitions) mounted
+ * from the new disk.
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { type ChildProcess, spawn } from 'node:child_process';
@@ -34,13 +35,13 @@ mount -t proc proc /proc 2>/dev/null
   echo "--- swap"; swapon -a 2>&1; cat /proc/swaps
   echo "--- mount -a"; mount -a 2>&1
   echo "--- mounts"; cat /proc/mounts
-  echo "--- markers"; cat /var/marker /home/marker 2>&1
+  echo "--- markers"; cat /var/marker /home/marker /srv/marker 2>&1
   echo "IMGTOOL-END"
 } >/dev/ttyS0 2>&1
 sync
 poweroff -f
 `;
-const FSTAB = ['/dev/xvda1\t/\text4\tdefaults\t0\t1', '/dev/xvda2\tnone\tswap\tsw\t0\t0', '/dev/xvda3\t/var\text4\tdefaults\t0\t2', '/dev/xvdb\t/home\text3\tdefaults\t0\t2', 'proc\t/proc\tproc\tdefaults\t0\t0', ''].join('\n');
+const FSTAB = ['/dev/xvda1\t/\text4\tdefaults\t0\t1', '/dev/xvda2\tnone\tswap\tsw\t0\t0', '/dev/xvda3\t/var\text4\tdefaults\t0\t2', '/dev/xvdb\t/home\text3\tdefaults\t0\t2', '/dev/xvdc1\t/srv\text2\tdefaults\t0\t2', 'proc\t/proc\tproc\tdefaults\t0\t0', ''].join('\n');
 
 /**
  * A libvirt daemon of our own: in a private mount namespace, /etc/libvirt,
@@ -106,10 +107,10 @@ beforeAll(async () => {
   await mustAsync('cp', [guest, root]);
   writeFileSync(t.path('init.sh'), INIT);
   writeFileSync(t.path('fstab'), FSTAB);
-  const cmds = ['rm /sbin/init', `write ${t.path('init.sh')} /sbin/init`, 'sif /sbin/init mode 0100755', 'rm /etc/fstab', `write ${t.path('fstab')} /etc/fstab`, 'mkdir /var', 'mkdir /home'];
+  const cmds = ['rm /sbin/init', `write ${t.path('init.sh')} /sbin/init`, 'sif /sbin/init mode 0100755', 'rm /etc/fstab', `write ${t.path('fstab')} /etc/fstab`, 'mkdir /var', 'mkdir /home', 'mkdir /srv'];
   writeFileSync(t.path('debugfs.cmd'), cmds.join('\n') + '\n');
   await mustAsync(peer('debugfs'), ['-w', '-f', t.path('debugfs.cmd'), root]);
-  for (const [name, dir, type, size] of [['var', 'v', 'ext4', '16M'], ['home', 'h', 'ext3', '12M']] as const) {
+  for (const [name, dir, type, size] of [['var', 'v', 'ext4', '16M'], ['home', 'h', 'ext3', '12M'], ['srv', 's', 'ext2', '8M']] as const) {
     mkdirSync(t.path(dir));
     writeFileSync(t.path(`${dir}/marker`), `${name.toUpperCase()}-MARKER\n`);
     await mustAsync(peer('mke2fs'), ['-q', '-F', '-t', type, '-d', t.path(dir), t.path(`${name}.img`), size]);
@@ -252,28 +253,33 @@ describe('wrap --domain: the two-disk Xen layout becomes one disk', () => {
   });
 });
 
-describe('wrap --domain --part: root, swap, /var and /home volumes in one disk, started by libvirt', () => {
-  it('defines and starts under libvirt; the guest mounts /var and /home from the new disk by UUID and swaps on it', async () => {
+describe('wrap --domain --part: root, swap, /var, /home and /srv volumes in one disk, started by libvirt', () => {
+  it('defines and starts under libvirt; the guest mounts /var, /home and /srv (logical partitions 5 and 6) from the new disk by UUID and swaps on it', async () => {
     const file = cfg('four', [
       "uuid = '5a0b6c7d-8e9f-4a1b-9c2d-3e4f5a6b7c8d'",
       "kernel = '/boot/vmlinuz-xen'",
       "root = '/dev/xvda1 ro'",
-      "disk = ['phy:/dev/vg0/web2-disk,xvda1,w', 'phy:/dev/vg0/web2-swap,xvda2,w', 'phy:/dev/vg0/web2-var,xvda3,w', 'phy:/dev/vg0/web2-home,xvdb,w']",
+      "disk = ['phy:/dev/vg0/web2-disk,xvda1,w', 'phy:/dev/vg0/web2-swap,xvda2,w', 'phy:/dev/vg0/web2-var,xvda3,w', 'phy:/dev/vg0/web2-home,xvdb,w', 'phy:/dev/vg0/web2-srv,xvdc1,w']",
     ]);
-    const out = t.path('four.qcow2');
-    const hashes = [root, t.path('var.img'), t.path('home.img')].map(sha256File);
-    const { report, xml } = wrapDomain(out, [root, '--swap', '32M', '--part', `/var=${t.path('var.img')}`, '--part', `/home=${t.path('home.img')}:24M`, '--boot', 'direct', '--domain', file]);
-    expect([root, t.path('var.img'), t.path('home.img')].map(sha256File)).toEqual(hashes);
-    expect(report.domain.consumed.sort()).toEqual(['xvda1', 'xvda2', 'xvda3', 'xvdb']);
+    const out = t.path('five.qcow2');
+    const inputs = [root, t.path('var.img'), t.path('home.img'), t.path('srv.img')];
+    const hashes = inputs.map(sha256File);
+    const { report, xml } = wrapDomain(out, [
+      root, '--swap', '32M', '--part', `/var=${t.path('var.img')}`, '--part', `/home=${t.path('home.img')}:24M`, '--part', `/srv=${t.path('srv.img')}`,
+      '--boot', 'direct', '--domain', file,
+    ]);
+    expect(inputs.map(sha256File)).toEqual(hashes);
+    expect(report.domain.consumed.sort()).toEqual(['xvda1', 'xvda2', 'xvda3', 'xvdb', 'xvdc1']);
     expect(disks(xml)).toHaveLength(1);
     expect(xml).not.toMatch(/web2-|xvd/);
     expect(report.parts!.map((p) => [p.mountpoint, p.device])).toEqual([
       ['/var', '/dev/vda3'],
-      ['/home', '/dev/vda4'],
+      ['/home', '/dev/vda5'],
+      ['/srv', '/dev/vda6'],
     ]);
 
     // Nested KVM is unavailable: the same domain under TCG.
-    const domXml = t.path('four-qemu.xml');
+    const domXml = t.path('five-qemu.xml');
     writeFileSync(domXml, xml.replace('<domain type="kvm">', '<domain type="qemu">'));
     const def = virsh(['define', domXml]);
     expect(def.status, def.stderr).toBe(0);
@@ -297,8 +303,9 @@ describe('wrap --domain --part: root, swap, /var and /home volumes in one disk, 
     const mounts = section(serial, 'mounts');
     expect(mounts).toMatch(/^\/dev\/vda1 \/ ext4/m);
     expect(mounts).toMatch(/^\/dev\/vda3 \/var ext4/m);
-    expect(mounts).toMatch(/^\/dev\/vda4 \/home ext3/m);
-    expect(section(serial, 'markers')).toMatch(/VAR-MARKER\s+HOME-MARKER/);
+    expect(mounts).toMatch(/^\/dev\/vda5 \/home ext3/m);
+    expect(mounts).toMatch(/^\/dev\/vda6 \/srv ext2/m);
+    expect(section(serial, 'markers')).toMatch(/VAR-MARKER\s+HOME-MARKER\s+SRV-MARKER/);
   }, 300_000);
 });
 
