@@ -9,6 +9,7 @@ import { closeSync, ftruncateSync, openSync, readFileSync, readSync, symlinkSync
 import { imgtool, must, qemuCheck, qemuCompare, qemuInfo, runAsync, tempDir } from './helpers/peers.js';
 import { pattern } from './helpers/devices.js';
 import { GrainMarker, MetaMarker, SparseHeader } from '../src/formats/vmdk/header.js';
+import { openImage } from '../src/formats/index.js';
 
 const t = tempDir('imgtool-vmdk-');
 afterAll(() => t.cleanup());
@@ -145,6 +146,44 @@ describe('VMDKs imgtool writes pass qemu-img check and compare', () => {
     expect(r.status).toBe(4);
     expect(r.stderr).toMatch(/streamOptimized/);
   });
+});
+
+describe('writing into VMDKs qemu-img made', () => {
+  it.each(['monolithicSparse', 'twoGbMaxExtentSparse', 'zeroed_grain', 'monolithicFlat'])(
+    '%s: writes through the engine (new grains, partial grains, zero writes) pass qemu-img check and compare',
+    async (name) => {
+      const dir = t.path(`inplace-${name}`);
+      must('mkdir', ['-p', dir]);
+      const base = t.path('inplace.raw');
+      const data = new Uint8Array(40 * MiB);
+      data.set(pattern(5 * MiB, 41), 3 * MiB + 512);
+      writeFileSync(base, data);
+      const opts = name === 'zeroed_grain' ? 'zeroed_grain=on' : `subformat=${name}`;
+      must('qemu-img', ['convert', '-f', 'raw', '-O', 'vmdk', '-o', opts, base, `${dir}/disk.vmdk`]);
+      const opened = await openImage(`${dir}/disk.vmdk`, { writable: true });
+      const edits: Array<[number, Uint8Array | number]> = [
+        [100, pattern(1000, 42)], // inside an existing grain
+        [20 * MiB + 7, pattern(200_000, 43)], // new grains, partial at both ends
+        [4 * MiB, 128 * 1024], // zeros over data: whole grains
+        [39 * MiB, pattern(MiB, 44)],
+      ];
+      for (const [off, what] of edits) {
+        if (typeof what === 'number') {
+          await opened.image.writeZeroes(off, what);
+          data.fill(0, off, off + what);
+        } else {
+          await opened.image.write(what, off);
+          data.set(what, off);
+        }
+      }
+      await opened.image.close();
+      writeFileSync(base, data);
+      const c = qemuCheck(`${dir}/disk.vmdk`, 'vmdk');
+      expect(c.status, c.text).toBe(0);
+      const cmp = qemuCompare(base, `${dir}/disk.vmdk`, 'raw', 'vmdk');
+      expect(cmp.status, cmp.stdout + cmp.stderr).toBe(0);
+    },
+  );
 });
 
 describe('descriptor files imgtool reads', () => {

@@ -179,6 +179,7 @@ export class MappedDevice implements BlockDevice {
     cluster.set(piece, pos - start);
     if (await this.writeCompressed(cluster, start)) return;
     const host = await allocate.call(this.fmt, start);
+    await this.makeRoom(host + cluster.length);
     await this.o.container.write(cluster, host);
     await commit.call(this.fmt, start, host);
   }
@@ -190,9 +191,24 @@ export class MappedDevice implements BlockDevice {
     const stored = await compressCluster(writeCodec, cluster);
     if (stored.length >= cluster.length) return false;
     const host = await allocateCompressed.call(this.fmt, start, stored.length);
+    await this.makeRoom(host + stored.length);
     await this.o.container.write(stored, host);
     await commitCompressed.call(this.fmt, start, host, stored.length);
     return true;
+  }
+
+  /**
+   * Grow the container to hold `end` bytes: a growable device (a new file)
+   * grows by being written; an existing file opened for writing is extended
+   * with truncate. (The one place mapped formats grow their container.)
+   */
+  private async makeRoom(end: number): Promise<void> {
+    const c = this.o.container as BlockDevice & { growable?: boolean; truncate?: (size: number) => Promise<void> };
+    if (end <= c.size || c.growable) return;
+    if (typeof c.truncate !== 'function') {
+      throw new ImageError('unsupported', `${this.fmt.name}: the container cannot grow to ${end} bytes`, { format: this.fmt.name, operation: 'write' });
+    }
+    await c.truncate(end);
   }
 
   async writeZeroes(offset: number, length: number): Promise<void> {
