@@ -71,6 +71,8 @@ export const raw: FormatDriver = {
     return new RawImage(child, opts.size);
   },
   createOptions: {},
+  // The file is the disk: every byte counts, the size in whole sectors as qemu-img measure says.
+  measure: async (opts) => ({ required: Math.ceil(opts.size / 512) * 512, 'fully-allocated': Math.ceil(opts.size / 512) * 512 }),
   stream: (source: BlockDevice) => rawStream(source),
 };
 

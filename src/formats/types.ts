@@ -153,4 +153,25 @@ export interface FormatDriver {
   createsZeroed?(opts: CreateOptions): boolean;
   /** `-o` keys this driver accepts on create, with help text. */
   readonly createOptions?: Readonly<Record<string, string>>;
+  /**
+   * Record a backing file in a newly created image on `child` (closed by the
+   * driver, still empty): `create -b`. The backing file is not opened.
+   */
+  recordBacking?(child: BlockDevice, backing: { name: string; format?: string }): Promise<void>;
+  /** `measure`: the file size a new image of these options needs (see Measurement). */
+  measure?(opts: CreateOptions, source?: MeasureSource): Promise<Measurement>;
+}
+
+/** What `measure` knows of the image to be copied. */
+export interface MeasureSource {
+  format: string;
+  /** Bytes of the `unit`-aligned units (clusters, blocks) holding data, counted as qemu-img measure counts them. */
+  allocated(unit: number): Promise<number>;
+}
+
+/** `qemu-img measure` JSON: bytes for the allocated data only, and for every cluster written. */
+export interface Measurement {
+  bitmaps?: number;
+  required: number;
+  'fully-allocated': number;
 }

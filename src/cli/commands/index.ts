@@ -10,6 +10,9 @@ import { fsckCommand } from './fsck.js';
 import { resizeFsCommand } from './resize-fs.js';
 import { mapCommand } from './map.js';
 import { compareCommand } from './compare.js';
+import { measureCommand } from './measure.js';
+import { createCommand } from './create.js';
+import { snapshotCommand } from './snapshot.js';
 
 export const COMMANDS: CommandSpec[] = [
   convertCommand,
@@ -22,4 +25,7 @@ export const COMMANDS: CommandSpec[] = [
   resizeFsCommand,
   mapCommand,
   compareCommand,
+  measureCommand,
+  createCommand,
+  snapshotCommand,
 ];

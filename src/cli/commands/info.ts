@@ -3,19 +3,21 @@ import { BACKING_OPTIONS, DISK_OPTION, FORMAT_OPTION, openFromArgs } from '../co
 import { describe } from '../../formats/index.js';
 import { formatSize } from '../../core/size.js';
 import { escapeLine } from '../../core/escape.js';
+import { BACKING_CHAIN_OPTION, infoChain } from './info-chain.js';
 
 export const infoCommand: CommandSpec = {
   name: 'info',
   summary: 'describe an image: format, virtual size, allocation, format-specific fields',
   usage: 'info [-f FMT] [--output json] IMG',
   positionals: { min: 1, max: 1 },
-  options: [FORMAT_OPTION, DISK_OPTION, OUTPUT_OPTION, ...BACKING_OPTIONS],
+  options: [FORMAT_OPTION, DISK_OPTION, OUTPUT_OPTION, ...BACKING_OPTIONS, BACKING_CHAIN_OPTION],
   details: `The JSON output uses the field names and value types of 'qemu-img info --output=json'.
 A backing file is reported, never opened (unless --backing).
 
 Example:
   imgtool info --output json disk.qcow2`,
   async run(args, ctx) {
+    if (args.values['backing-chain'] === true) return infoChain(args, ctx, (a) => infoCommand.run(a, ctx));
     const path = args.positionals[0]!;
     // Warnings are part of what info reports (a `warnings` key, or lines at the end), not stderr noise.
     const opened = await openFromArgs(path, args, { metadataOnly: true, warn: () => {} });

@@ -17,6 +17,8 @@ import { escapeLine } from '../../core/escape.js';
 import type { CreateOptions, FormatDriver, Image, OpenOptions } from '../types.js';
 import { isQcow1 } from './header.js';
 import { QcowImage, createQcow, readHeader, readL1 } from './image.js';
+import { measureQcow } from './measure.js';
+import { recordQcowBacking } from './backing.js';
 
 export { QcowImage } from './image.js';
 
@@ -65,5 +67,7 @@ export const qcow: FormatDriver = {
     return createQcow(child, { size: opts.size, compress: !!opts.compress });
   },
   createOptions: {},
+  measure: measureQcow,
+  recordBacking: recordQcowBacking,
   createsZeroed: () => true,
 };

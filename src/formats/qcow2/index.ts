@@ -23,6 +23,8 @@ import { probeQcow2 } from './header.js';
 import { openQcow2 } from './image.js';
 import { createQcow2, CREATE_OPTIONS } from './create.js';
 import { qcow2Stream } from './stream.js';
+import { measureQcow2 } from './measure.js';
+import { recordQcow2Backing } from './backing.js';
 
 export { Qcow2Image, openQcow2 } from './image.js';
 export { createQcow2, parseCreateOptions } from './create.js';
@@ -37,6 +39,8 @@ export const qcow2: FormatDriver = {
   create: createQcow2,
   stream: qcow2Stream,
   createOptions: CREATE_OPTIONS,
+  measure: measureQcow2,
+  recordBacking: recordQcow2Backing,
   // preallocation=metadata maps every cluster to the child's (new, empty) file.
   createsZeroed: (opts) => (opts.options.preallocation ?? 'off') === 'off',
 };

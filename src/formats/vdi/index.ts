@@ -23,6 +23,7 @@ import { VDI_SIGNATURE } from './header.js';
 import { WarningLog } from '../warnings.js';
 import { VDI_CREATE_OPTIONS, VdiImage, createParams, createVdi, readBlockMap, readHeader } from './image.js';
 import { streamVdi } from './stream.js';
+import { measureVdi } from './measure.js';
 
 export { VdiImage } from './image.js';
 export { streamVdi } from './stream.js';
@@ -53,6 +54,7 @@ export const vdi: FormatDriver = {
     return streamVdi(source, opts);
   },
   createOptions: VDI_CREATE_OPTIONS,
+  measure: measureVdi,
   // A fixed (static) VDI maps every block to the child's bytes.
   createsZeroed: (opts) => !['on', 'yes', 'true'].includes((opts.options.static ?? 'off').toLowerCase()),
 };
