@@ -268,26 +268,32 @@ export async function wrapImage(src: OpenedImage, opts: WrapOptions): Promise<Wr
   log(`layout: disk ${formatSize(plan.diskSize)}, ${parts.map((p) => `${p.number}: ${formatSize(p.size)} at ${p.start}`).join(', ')}`);
 
   // 3. Compose the disk.
-  const root = await stageFs(src.image, sb, rootPart.size, await scratchStore(opts.output), progress);
-  log(`filesystem: ${sb.type}, ${formatSize(sb.size)}, ${formatSize(root.usedBytes)} in use`);
-  const staged: Array<(typeof extras)[number] & { part: PlacedPart; staged: StagedFs }> = [];
-  for (const [i, p] of extras.entries()) {
-    staged.push({ ...p, part: extraParts[i]!, staged: await stageFs(p.image.image, p.sb, extraParts[i]!.size, await scratchStore(opts.output), progress) });
-  }
-  const { header, ebrs } = await tablePieces(plan.diskSize, layout, rootPart.start);
-  const pieces: Piece[] = [{ offset: 0, dev: header }, { offset: rootPart.start, dev: root.dev }, ...ebrs];
-  let swapUuid: string | undefined;
-  if (swapPart) {
-    const swap = new MemoryDevice(swapPart.size);
-    swapUuid = randomUUID();
-    await swap.write(encodeSwapHeader(swapPart.size, { uuid: swapUuid }), 0);
-    pieces.push({ offset: swapPart.start, dev: swap });
-  }
-  for (const s of staged) pieces.push({ offset: s.part.start, dev: s.staged.dev });
-  const disk = composeDisk(plan.diskSize, pieces);
-  const overlays = [root.dev, ...staged.map((s) => s.staged.dev)];
-
+  // Every overlay's scratch store, closed (and so gone: they are unlinked) however wrap ends.
+  const stores: BlockDevice[] = [];
+  const store = async () => {
+    const s = await scratchStore(opts.output);
+    stores.push(s);
+    return s;
+  };
   try {
+    const root = await stageFs(src.image, sb, rootPart.size, await store(), progress);
+    log(`filesystem: ${sb.type}, ${formatSize(sb.size)}, ${formatSize(root.usedBytes)} in use`);
+    const staged: Array<(typeof extras)[number] & { part: PlacedPart; staged: StagedFs }> = [];
+    for (const [i, p] of extras.entries()) {
+      staged.push({ ...p, part: extraParts[i]!, staged: await stageFs(p.image.image, p.sb, extraParts[i]!.size, await store(), progress) });
+    }
+    const { header, ebrs } = await tablePieces(plan.diskSize, layout, rootPart.start);
+    const pieces: Piece[] = [{ offset: 0, dev: header }, { offset: rootPart.start, dev: root.dev }, ...ebrs];
+    let swapUuid: string | undefined;
+    if (swapPart) {
+      const swap = new MemoryDevice(swapPart.size);
+      swapUuid = randomUUID();
+      await swap.write(encodeSwapHeader(swapPart.size, { uuid: swapUuid }), 0);
+      pieces.push({ offset: swapPart.start, dev: swap });
+    }
+    for (const s of staged) pieces.push({ offset: s.part.start, dev: s.staged.dev });
+    const disk = composeDisk(plan.diskSize, pieces);
+
     // 4. Filesystems: repair what -p repairs, grow.
     const rootFix = await repairAndGrow(root.dev, sb, { file: src.path, grow, progress, log, warnings });
     const extraFix: RepairResult[] = [];
@@ -394,7 +400,7 @@ export async function wrapImage(src: OpenedImage, opts: WrapOptions): Promise<Wr
       seconds: (performance.now() - t0) / 1000,
     };
   } finally {
-    for (const o of overlays) await o.close();
+    for (const st of stores) await st.close();
   }
 }
 
