@@ -6,7 +6,7 @@
  * kept) and qemu-img check. The inputs never change.
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { mkdirSync, writeFileSync } from 'node:fs';
+import { mkdirSync, readdirSync, writeFileSync } from 'node:fs';
 import { imgtool, must, mustAsync, peer, qemuCheck, run, sha256File, tempDir } from './helpers/peers.js';
 import { readRange, sfdiskJson, sfdiskWrite, sparseFile } from './partition-helpers.js';
 
@@ -190,6 +190,16 @@ describe('wrap --part: several filesystems into one disk', () => {
     const r = imgtool(['wrap', img('root'), '-o', t.path('refused.raw'), ...args.map((a) => a.replace('VAR', img('var')))]);
     expect(r.status, r.stderr).toBe(2);
     expect(r.stderr).toMatch(message);
+  });
+
+  it('a --part image that is not an ext filesystem: exit 3 naming it, no output, no scratch file left', () => {
+    const dir = t.path('notext');
+    mkdirSync(dir);
+    const junk = sparseFile(`${dir}/junk.img`, 4 * MiB);
+    const r = imgtool(['wrap', img('root'), '-o', `${dir}/out.raw`, '--part', `/var=${junk}`]);
+    expect(r.status, r.stderr).toBe(3);
+    expect(r.stderr).toContain(`${junk} is not an ext2/3/4 filesystem`);
+    expect(readdirSync(dir)).toEqual(['junk.img']);
   });
 
   it('refuses to write over a --part input', () => {
