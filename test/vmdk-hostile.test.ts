@@ -184,3 +184,11 @@ describe('hostile descriptors', () => {
     expect(ok.status, ok.stderr).toBe(0);
   });
 });
+
+describe('limits of the format', () => {
+  it('a grain past the 2 TiB a 32-bit grain table entry addresses is refused, not wrapped', async () => {
+    const { checkGteRange } = await import('../src/formats/vmdk/sparse.js');
+    expect(() => checkGteRange(2 ** 41 - 512)).not.toThrow();
+    expect(() => checkGteRange(2 ** 41 + 512)).toThrow(/past the 2 TiB/);
+  });
+});

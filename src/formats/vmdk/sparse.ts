@@ -244,6 +244,7 @@ export class SparseExtent implements MappedFormat {
 
   async allocate(_offset: number): Promise<number> {
     const host = this.next;
+    checkGteRange(host);
     this.next += this.layout.grainBytes;
     return host;
   }
@@ -276,6 +277,13 @@ export class SparseExtent implements MappedFormat {
       const rhost = this.gtHost(this.rgd, gdIndex, 'rgd');
       if (rhost !== 0) await this.child.write(entry, rhost + 4 * (grain % gtes));
     }
+  }
+}
+
+/** A grain table entry is a 32-bit sector number: grains end at 2 TiB into the file. */
+export function checkGteRange(host: number): void {
+  if (host / SECTOR > 0xffffffff) {
+    throw new ImageError('unsupported', `vmdk: a grain at byte ${host} of the extent is past the 2 TiB a grain table entry can address`, { format: 'vmdk', offset: host });
   }
 }
 

@@ -28,6 +28,7 @@ import { encodeU32le } from '../../core/bytes.js';
 import { compressCluster } from '../engine/codecs.js';
 import type { CreateOptions, Image, ImageInfo } from '../types.js';
 import { type VmdkParams, describeNew, descriptorSectors, grainGeometry, vmdkParams } from './create.js';
+import { checkGteRange } from './sparse.js';
 import {
   COMPRESS_DEFLATE,
   FLAG_COMPRESS,
@@ -95,6 +96,7 @@ export class StreamWriter {
     const t = Math.floor(index / this.g.gtes);
     let table = this.tables.get(t);
     if (!table) this.tables.set(t, (table = new Uint32Array(this.g.gtes)));
+    checkGteRange(this.pos);
     table[index % this.g.gtes] = this.pos / SECTOR;
     const rec = new Uint8Array(pad(GrainMarker.size + compressed.length));
     GrainMarker.encode({ lba: BigInt(index * this.g.grainSectors), size: compressed.length }, rec);
