@@ -1,8 +1,8 @@
 /**
- * The conversion matrix: every pair of {raw, qcow, qcow2, vdi, vmdk} both ways,
+ * The conversion matrix: every pair of {raw, qcow, qcow2, vdi, vmdk, vpc, vhdx} both ways,
  * through the CLI, over several patterned sources. qemu-img compare judges
  * every output against the source; qemu-img check judges every qcow2,
- * VDI and VMDK output; info agrees with qemu-img info. Pipes: a VDI written to
+ * VDI, VMDK and VHDX output (qemu-img has no check for vpc); info agrees with qemu-img info. Pipes: a VDI written to
  * standard output and saved by cat is a valid, identical image.
  */
 import { describe, expect, it, beforeAll, afterAll } from 'vitest';
@@ -13,7 +13,7 @@ import { pattern } from './helpers/devices.js';
 const t = tempDir('imgtool-matrix-');
 afterAll(() => t.cleanup());
 
-const FORMATS = ['raw', 'qcow', 'qcow2', 'vdi', 'vmdk'] as const;
+const FORMATS = ['raw', 'qcow', 'qcow2', 'vdi', 'vmdk', 'vpc', 'vhdx'] as const;
 const MIB = 1 << 20;
 
 interface Source {
@@ -40,7 +40,7 @@ beforeAll(async () => {
     for (const [off, len, seed] of s.writes) writeSync(fd, pattern(len, seed), 0, len, off);
     closeSync(fd);
     // The sources in the other formats are made by qemu-img, the reference.
-    for (const f of ['qcow', 'qcow2', 'vdi', 'vmdk']) {
+    for (const f of ['qcow', 'qcow2', 'vdi', 'vmdk', 'vpc', 'vhdx']) {
       // Asynchronously: a worker blocked for a minute loses its connection to vitest.
       const r = await runAsync('qemu-img', ['convert', '-f', 'raw', '-O', f, raw, path(s.name, f)]);
       // qemu-img 7.2 exits 1 after writing a complete qcow (v1) image; compare proves it below.
@@ -60,7 +60,7 @@ describe.each(SOURCES.map((s) => s.name))('conversion matrix, source %s', (name)
       expect(r.status, r.stderr).toBe(0);
       const cmp = qemuCompare(src, out, from, to);
       expect(cmp.status, cmp.stdout + cmp.stderr).toBe(0);
-      if (to === 'qcow2' || to === 'vdi' || to === 'vmdk') {
+      if (to === 'qcow2' || to === 'vdi' || to === 'vmdk' || to === 'vhdx') {
         const c = qemuCheck(out, to);
         expect(c.status, c.text).toBe(0);
       }

@@ -145,7 +145,7 @@ export async function readLog(child: BlockDevice, header: HeaderValue, headerAt:
     } else if (p.badChecksum !== undefined && p.badChecksum > newestBad) newestBad = p.badChecksum;
   }
   if (newestBad >= 0n && (!best || newestBad > best.header.sequenceNumber)) {
-    throw new ImageError('corrupt', `vhdx: the log holds an entry (sequence ${newestBad}) whose CRC-32C checksum fails, newer than any valid entry`, {
+    throw new ImageError('corrupt', `vhdx: log entry checksum (CRC-32C) fails for the entry with sequence ${newestBad}, newer than any valid entry: the log cannot be replayed`, {
       format: 'vhdx',
       field: 'log entry checksum',
       offset: logOffset,
