@@ -155,6 +155,19 @@ describe('hostile descriptors', () => {
     await expectFieldError(vmdk, big, 'descriptor size');
   });
 
+  it.each([
+    ['RW 2048 VMFS "flat.img" 1', /only FLAT extents have/],
+    ['RW 2048 SPARSE "x.vmdk" 0', /only FLAT extents have/],
+    ['RW 2048 FLAT "flat.img"', /FLAT extent without an offset/],
+    ['RW 0 FLAT "flat.img" 0', /extent sectors '0'/],
+    ['RW 99999999999999999999 FLAT "flat.img" 0', /extent sectors/],
+  ])('an invalid extent line (%s) is refused by name (iotests 059)', async (line, why) => {
+    const text = `# Disk DescriptorFile\nversion=1\nCID=fffffffe\nparentCID=ffffffff\ncreateType="monolithicFlat"\n${line}\n`;
+    const e = await exercise(vmdk, new TextEncoder().encode(text), { openExtent: async () => { throw new Error('must not open'); } }).catch((x: unknown) => x as Error);
+    expect(String(e)).toMatch(why);
+    expect((e as { kind?: string }).kind).toBe('invalid-format');
+  });
+
   it('more extent lines than the bound are refused by name', async () => {
     const lines = Array.from({ length: 5000 }, () => 'RW 1 ZERO').join('\n');
     const text = `# Disk DescriptorFile\nversion=1\nCID=fffffffe\nparentCID=ffffffff\ncreateType="monolithicFlat"\n${lines}\n`;

@@ -72,6 +72,7 @@ function parseExtent(line: string): ExtentLine {
   if (!Number.isSafeInteger(offset) || offset > MAX_SECTORS) throw bad('extent offset', offsetText!, 'is not a usable sector offset');
   if (type !== 'ZERO' && file === undefined) throw bad('extent line', line, 'names no file');
   if (type === 'FLAT' && offsetText === undefined) throw bad('extent line', line, 'is a FLAT extent without an offset');
+  if (type !== 'FLAT' && offsetText !== undefined) throw bad('extent line', line, `gives an offset, which only FLAT extents have`);
   if (file !== undefined && (file.length === 0 || file.includes('\0'))) throw bad('extent file', file, 'is not a file name');
   return { access: access as ExtentLine['access'], sectors, type: type as ExtentType, file, offset };
 }
