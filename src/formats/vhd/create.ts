@@ -19,7 +19,6 @@ import { randomBytes } from 'node:crypto';
 import type { BlockDevice } from '../../core/device.js';
 import { ImageError } from '../../core/errors.js';
 import { SliceDevice } from '../../core/slice.js';
-import { DescribedImage } from '../engine/image.js';
 import { MappedDevice } from '../engine/engine.js';
 import type { CreateOptions, Image } from '../types.js';
 import { DynamicVhd, readDynamicHeader } from './dynamic.js';
@@ -34,9 +33,9 @@ import {
   encodeDynHeader,
   encodeFooter,
   sizeForCreate,
+  Footer,
 } from './footer.js';
-import { describeVhd } from './open.js';
-import { Footer } from './footer.js';
+import { VhdImage, describeVhd, dynamicLayer, fixedLayer } from './open.js';
 
 export const VHD_CREATE_OPTIONS: Readonly<Record<string, string>> = {
   subformat: 'dynamic (default) or fixed',
@@ -132,7 +131,7 @@ export async function createVhd(child: BlockDevice, opts: CreateOptions): Promis
   if (p.fixed) {
     await child.write(p.footer, p.size);
     const dev = new SliceDevice(child, 0, p.size);
-    return new DescribedImage('vpc', dev, async () => describeVhd(f, p.size, { rule, usedCopy: false, tailProbe: true }), () => child.close());
+    return new VhdImage(dev, async () => describeVhd(f, p.size, { rule, usedCopy: false, tailProbe: true }), fixedLayer(child), () => child.close());
   }
   const front = dynamicFront(p);
   await child.write(front, 0);
@@ -140,7 +139,7 @@ export async function createVhd(child: BlockDevice, opts: CreateOptions): Promis
   const layout = await readDynamicHeader(child, FOOTER_SIZE, p.size);
   const fmt = await DynamicVhd.open(child, p.size, layout, p.footer);
   const dev = new MappedDevice(fmt, { container: child, writable: true, zeroInit: true });
-  return new DescribedImage('vpc', dev, async () => describeVhd(f, p.size, { rule, usedCopy: false, tailProbe: false, clusterSize: BLOCK_SIZE }));
+  return new VhdImage(dev, async () => describeVhd(f, p.size, { rule, usedCopy: false, tailProbe: false, clusterSize: BLOCK_SIZE }), dynamicLayer(fmt));
 }
 
 export const blockSizeForStream = BLOCK_SIZE;

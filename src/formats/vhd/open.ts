@@ -9,12 +9,12 @@
  *                 not follow for VHD)
  */
 
-import type { BlockDevice } from '../../core/device.js';
+import { type BlockDevice, checkRange } from '../../core/device.js';
 import { ImageError, fieldError } from '../../core/errors.js';
 import { SliceDevice } from '../../core/slice.js';
 import { DescribedImage } from '../engine/image.js';
 import { MappedDevice } from '../engine/engine.js';
-import type { Image, ImageInfo, OpenOptions } from '../types.js';
+import type { Image, ImageInfo, LayerRun, OpenOptions } from '../types.js';
 import { DynamicVhd, readDynamicHeader } from './dynamic.js';
 import {
   COOKIE,
@@ -92,6 +92,38 @@ export function describeVhd(f: FooterValue, size: number, extra: { clusterSize?:
   };
 }
 
+/** A VHD as an Image that also answers `layerStatus` (for map), as qemu's vpc block status does. */
+export class VhdImage extends DescribedImage {
+  constructor(
+    dev: BlockDevice,
+    describe: () => Promise<ImageInfo>,
+    private readonly layer: (offset: number, length: number) => Promise<LayerRun>,
+    onClose?: () => Promise<void>,
+  ) {
+    super('vpc', dev, describe, onClose);
+  }
+  async layerStatus(offset: number, length: number): Promise<LayerRun> {
+    checkRange(this, offset, length, 'status');
+    return this.layer(offset, length);
+  }
+}
+
+/** Fixed: the guest's bytes lie at their own offset of the file (holes read as zero there). */
+export function fixedLayer(child: BlockDevice): (offset: number, length: number) => Promise<LayerRun> {
+  return async (offset, length) => {
+    const e = await child.status(offset, length);
+    return { kind: e.kind === 'data' ? 'data' : 'zero', length: Math.min(e.length, length), host: offset };
+  };
+}
+
+/** Dynamic: stored blocks at their host offset; blocks not stored read as zero (qemu reports them so). */
+export function dynamicLayer(fmt: DynamicVhd): (offset: number, length: number) => Promise<LayerRun> {
+  return async (offset, length) => {
+    const m = await fmt.lookup(offset, length);
+    return m.kind === 'data' ? { kind: 'data', length: m.length, host: m.host } : { kind: 'zero', length: m.length };
+  };
+}
+
 export async function openVhd(child: BlockDevice, opts: OpenOptions): Promise<Image> {
   const found = await findFooter(child);
   const f = found.footer;
@@ -106,7 +138,7 @@ export async function openVhd(child: BlockDevice, opts: OpenOptions): Promise<Im
       throw fieldError('corrupt', 'vpc', 'current_size', found.at + Footer.offsetOf('currentSize'), f.currentSize, `(disk size ${size}) does not fit the ${dataEnd} bytes before the footer`);
     }
     const dev = new SliceDevice(child, 0, size, { readOnly: !opts.writable });
-    return new DescribedImage('vpc', dev, async () => describeVhd(f, size, info), () => child.close());
+    return new VhdImage(dev, async () => describeVhd(f, size, info), fixedLayer(child), () => child.close());
   }
   if (f.diskType !== TYPE_DYNAMIC && f.diskType !== TYPE_DIFFERENCING) {
     throw fieldError('unsupported', 'vpc', 'disk_type', found.at + Footer.offsetOf('diskType'), f.diskType, 'is not 2 (fixed), 3 (dynamic) or 4 (differencing)');
@@ -128,5 +160,5 @@ export async function openVhd(child: BlockDevice, opts: OpenOptions): Promise<Im
   const writable = !!opts.writable;
   const fmt = await DynamicVhd.open(child, size, layout, writable ? found.bytes : undefined);
   const dev = new MappedDevice(fmt, { container: child, writable });
-  return new DescribedImage('vpc', dev, async () => describeVhd(f, size, { ...info, clusterSize: layout.blockSize }));
+  return new VhdImage(dev, async () => describeVhd(f, size, { ...info, clusterSize: layout.blockSize }), dynamicLayer(fmt));
 }
