@@ -6,9 +6,10 @@
  * tail probe; damaged footers; differencing disks; hostile fields.
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { closeSync, ftruncateSync, openSync, readFileSync, statSync, writeFileSync, writeSync } from 'node:fs';
+import { closeSync, copyFileSync, ftruncateSync, openSync, readFileSync, statSync, writeFileSync, writeSync } from 'node:fs';
 import { put32be } from '../src/core/bytes.js';
 import { vpc } from '../src/formats/vhd/index.js';
+import { FileDevice } from '../src/core/file.js';
 import { DynHeader, Footer, chsFor, sizeForCreate, vhdChecksum } from '../src/formats/vhd/footer.js';
 import { exercise, expectFieldError } from './helpers/hostile.js';
 import { imgtool, must, qemuCompare, qemuInfo, runAsync, sha256File, tempDir } from './helpers/peers.js';
@@ -181,6 +182,25 @@ describe('footers, probing, differencing disks', () => {
     put32be(b, 512 + 36, vhdChecksum(b.subarray(512, 1536), 36));
     const e = await expectFieldError(vpc, b, 'parent_name', 'unsupported');
     expect(e.message).toContain('parent.vhd');
+  });
+});
+
+describe('writing into an image qemu-img made', () => {
+  it('writes through a writable open (new blocks and stored ones) read back by qemu-img as written', async () => {
+    const file = t.path('rw.vhd');
+    copyFileSync(t.path('q-small-dynamic.vhd'), file);
+    const expected = new Uint8Array(readFileSync(small));
+    // A growable file: new blocks are appended (openImage opens existing files writable but not growable).
+    const opened = { image: await vpc.open(await FileDevice.open(file, { writable: true, growable: true }), { writable: true }) };
+    for (const [off, len, seed] of [[3 * MiB + 100, 70_000, 21], [500, 2000, 22], [expected.length - 4000, 4000, 23]] as const) {
+      const data = pattern(len, seed);
+      await opened.image.write(data, off);
+      expected.set(data, off);
+    }
+    await opened.image.close();
+    writeFileSync(t.path('rw-expected.raw'), expected);
+    const cmp = qemuCompare(file, t.path('rw-expected.raw'), 'vpc', 'raw');
+    expect(cmp.status, cmp.stdout + cmp.stderr).toBe(0);
   });
 });
 

@@ -10,6 +10,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { closeSync, ftruncateSync, openSync, readFileSync, statSync, writeFileSync, writeSync, copyFileSync } from 'node:fs';
 import { put32le, put64le, u32le, u64le } from '../src/core/bytes.js';
 import { MemoryDevice } from '../src/core/memory.js';
+import { FileDevice } from '../src/core/file.js';
 import { ImageError } from '../src/core/errors.js';
 import { openImage } from '../src/formats/index.js';
 import { vhdx } from '../src/formats/vhdx/index.js';
@@ -132,6 +133,27 @@ describe('images imgtool writes', () => {
     expect(a.stderr).toMatch(/block_size/);
     const b = imgtool(['convert', '-O', 'vhdx', '-o', 'bogus=1', src('small'), t.path('bad.vhdx')]);
     expect(b.status).toBe(2);
+  });
+});
+
+describe('writing into an image qemu-img made', () => {
+  it('writes through a writable open (new blocks and stored ones) read back by qemu-img as written', async () => {
+    const file = t.path('rw.vhdx');
+    copyFileSync(t.path('q-dynamic-1M.vhdx'), file);
+    const expected = new Uint8Array(readFileSync(src('small')));
+    // A growable file: new blocks are appended (openImage opens existing files writable but not growable).
+    const opened = { image: await vhdx.open(await FileDevice.open(file, { writable: true, growable: true }), { writable: true }) };
+    for (const [off, len, seed] of [[3 * MiB + 100, 70_000, 21], [500, 2000, 22], [expected.length - 4000, 4000, 23]] as const) {
+      const data = pattern(len, seed);
+      await opened.image.write(data, off);
+      expected.set(data, off);
+    }
+    await opened.image.close();
+    writeFileSync(t.path('rw-expected.raw'), expected);
+    const cmp = qemuCompare(file, t.path('rw-expected.raw'), 'vhdx', 'raw');
+    expect(cmp.status, cmp.stdout + cmp.stderr).toBe(0);
+    const c = qemuCheck(file, 'vhdx');
+    expect(c.status, c.text).toBe(0);
   });
 });
 
