@@ -72,6 +72,12 @@ export const raw: FormatDriver = {
   },
   createOptions: {},
   // The file is the disk: every byte counts, the size in whole sectors as qemu-img measure says.
+  resize: async (child, newSize) => {
+    const t = child as Partial<Truncatable>;
+    if (typeof t.truncate !== 'function') throw new ImageError('unsupported', 'raw: this device cannot change its size', { format: 'raw' });
+    await t.truncate(newSize);
+    await child.flush();
+  },
   measure: async (opts) => ({ required: Math.ceil(opts.size / 512) * 512, 'fully-allocated': Math.ceil(opts.size / 512) * 512 }),
   stream: (source: BlockDevice) => rawStream(source),
 };

@@ -158,6 +158,12 @@ export interface FormatDriver {
    * driver, still empty): `create -b`. The backing file is not opened.
    */
   recordBacking?(child: BlockDevice, backing: { name: string; format?: string }): Promise<void>;
+  /**
+   * `resize`: change the virtual size of the image in `child` (opened
+   * writable, the image not open), crash-safe. The caller has already
+   * refused a shrink the user did not ask for.
+   */
+  resize?(child: BlockDevice, newSize: number): Promise<void>;
   /** `measure`: the file size a new image of these options needs (see Measurement). */
   measure?(opts: CreateOptions, source?: MeasureSource): Promise<Measurement>;
 }

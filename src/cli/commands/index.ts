@@ -13,6 +13,7 @@ import { compareCommand } from './compare.js';
 import { measureCommand } from './measure.js';
 import { createCommand } from './create.js';
 import { snapshotCommand } from './snapshot.js';
+import { resizeCommand } from './resize.js';
 
 export const COMMANDS: CommandSpec[] = [
   convertCommand,
@@ -28,4 +29,5 @@ export const COMMANDS: CommandSpec[] = [
   measureCommand,
   createCommand,
   snapshotCommand,
+  resizeCommand,
 ];

@@ -19,6 +19,7 @@ import { isQcow1 } from './header.js';
 import { QcowImage, createQcow, readHeader, readL1 } from './image.js';
 import { measureQcow } from './measure.js';
 import { recordQcowBacking } from './backing.js';
+import { resizeQcow } from './resize.js';
 
 export { QcowImage } from './image.js';
 
@@ -69,5 +70,6 @@ export const qcow: FormatDriver = {
   createOptions: {},
   measure: measureQcow,
   recordBacking: recordQcowBacking,
+  resize: resizeQcow,
   createsZeroed: () => true,
 };

@@ -25,6 +25,7 @@ import { createQcow2, CREATE_OPTIONS } from './create.js';
 import { qcow2Stream } from './stream.js';
 import { measureQcow2 } from './measure.js';
 import { recordQcow2Backing } from './backing.js';
+import { resizeQcow2 } from './resize.js';
 
 export { Qcow2Image, openQcow2 } from './image.js';
 export { createQcow2, parseCreateOptions } from './create.js';
@@ -41,6 +42,7 @@ export const qcow2: FormatDriver = {
   createOptions: CREATE_OPTIONS,
   measure: measureQcow2,
   recordBacking: recordQcow2Backing,
+  resize: resizeQcow2,
   // preallocation=metadata maps every cluster to the child's (new, empty) file.
   createsZeroed: (opts) => (opts.options.preallocation ?? 'off') === 'off',
 };

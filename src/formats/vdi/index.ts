@@ -24,6 +24,7 @@ import { WarningLog } from '../warnings.js';
 import { VDI_CREATE_OPTIONS, VdiImage, createParams, createVdi, readBlockMap, readHeader } from './image.js';
 import { streamVdi } from './stream.js';
 import { measureVdi } from './measure.js';
+import { resizeVdi } from './resize.js';
 
 export { VdiImage } from './image.js';
 export { streamVdi } from './stream.js';
@@ -55,6 +56,7 @@ export const vdi: FormatDriver = {
   },
   createOptions: VDI_CREATE_OPTIONS,
   measure: measureVdi,
+  resize: resizeVdi,
   // A fixed (static) VDI maps every block to the child's bytes.
   createsZeroed: (opts) => !['on', 'yes', 'true'].includes((opts.options.static ?? 'off').toLowerCase()),
 };
