@@ -256,6 +256,9 @@ async function differential(
       if (reply?.backing === undefined) backing = null;
       else if (p.seed.backing && reply.backing === p.seed.backing.name) backing = p.seed.backing;
       else return { outcome: 'skipped', detail: `backing file renamed to ${reply.backing}` };
+    } else if (/backing file '/.test(r.error?.message ?? '')) {
+      // imgtool could not open the (renamed) backing file; qemu-img, pinned to the seed's, would not be comparable.
+      return { outcome: 'skipped', detail: 'imgtool refused the backing file by name' };
     } else backing = p.seed.backing ?? null;
   }
   const qemuOut = path.join(diffDir, 'qemu.raw');
