@@ -9,7 +9,6 @@ import { qcowTarget } from './qcow.js';
 import { qcow2Target } from './qcow2.js';
 import { rawTarget } from './raw.js';
 import { vdiTarget } from './vdi.js';
-import { vhdxTarget, vpcTarget } from './vhd.js';
 
 const TARGETS = new Map<string, FuzzTarget>();
 
@@ -31,4 +30,4 @@ export function selectTargets(formats?: readonly string[]): FuzzTarget[] {
   });
 }
 
-for (const t of [rawTarget, qcowTarget, qcow2Target, vdiTarget, vpcTarget, vhdxTarget]) registerTarget(t);
+for (const t of [rawTarget, qcowTarget, qcow2Target, vdiTarget]) registerTarget(t);
