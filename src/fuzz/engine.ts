@@ -169,6 +169,10 @@ export async function runFuzz(o: FuzzOptions): Promise<FuzzReport> {
       const forced = rng.chance(0.75) ? p.seed.format : undefined;
       const diff = wantDiff && !!p.target.qemuFormat && rng.chance(o.diffRate);
       const { bytes, mutations } = mutate(rng, p.bytes, p.layout);
+      if (p.target.reseal && rng.chance(0.75)) {
+        const what = p.target.reseal(bytes, p.layout);
+        if (what) mutations.push({ kind: 'reseal', what });
+      }
       fs.writeFileSync(casePath, bytes);
       const before = sha(bytes);
       const backingBefore = p.seed.backing ? shaFile(p.seed.backing.path) : undefined;

@@ -224,6 +224,8 @@ export function describeMutation(m: Mutation): string {
       return `truncate ${m.from} -> ${m.to}`;
     case 'extend':
       return `extend ${m.from} -> ${m.to} (${m.fill})`;
+    case 'reseal':
+      return `checksums recomputed (${m.what})`;
   }
 }
 

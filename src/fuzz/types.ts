@@ -91,6 +91,12 @@ export interface FuzzTarget {
   /** Locate header fields, tables and regions in a seed's bytes. */
   layout(bytes: Uint8Array): Promise<Layout>;
   /**
+   * Recompute checksums over the mutated bytes (in place), so mutations
+   * reach past the checksum test; the engine calls it for most cases.
+   * Returns what it resealed.
+   */
+  reseal?(bytes: Uint8Array, layout: Layout): string | undefined;
+  /**
    * For tests and drivers not (yet) in DRIVERS: an absolute path to a module
    * whose `driver` export the worker opens the case with.
    */
@@ -119,7 +125,8 @@ export type Mutation =
   | { kind: 'entry'; table: string; index: number; offset: number; from: string; to: string; how: string }
   | { kind: 'flip'; region: string; offset: number; from: number; to: number }
   | { kind: 'truncate'; from: number; to: number }
-  | { kind: 'extend'; from: number; to: number; fill: 'zero' | 'random' | 'copy' };
+  | { kind: 'extend'; from: number; to: number; fill: 'zero' | 'random' | 'copy' }
+  | { kind: 'reseal'; what: string };
 
 export type CaseClass = 'ok' | 'rejected' | 'crash' | 'hang' | 'memory' | 'modified';
 

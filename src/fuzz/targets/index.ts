@@ -9,6 +9,9 @@ import { qcowTarget } from './qcow.js';
 import { qcow2Target } from './qcow2.js';
 import { rawTarget } from './raw.js';
 import { vdiTarget } from './vdi.js';
+import { vhdTarget } from './vhd.js';
+import { vhdxTarget } from './vhdx.js';
+import { vmdkTarget } from './vmdk.js';
 
 const TARGETS = new Map<string, FuzzTarget>();
 
@@ -30,4 +33,4 @@ export function selectTargets(formats?: readonly string[]): FuzzTarget[] {
   });
 }
 
-for (const t of [rawTarget, qcowTarget, qcow2Target, vdiTarget]) registerTarget(t);
+for (const t of [rawTarget, qcowTarget, qcow2Target, vdiTarget, vmdkTarget, vhdTarget, vhdxTarget]) registerTarget(t);

@@ -37,3 +37,26 @@ export function clipTable(t: TableSpec, fileSize: number): TableSpec | undefined
 }
 
 export const BIT = (n: number) => 1n << BigInt(n);
+
+/**
+ * Fields and regions of a structure declared with defineStruct
+ * (src/formats/engine/struct.ts): its layout table, placed at `base`.
+ */
+export function fromStruct(
+  s: { readonly layout: readonly { field: string; offset: number; size: number }[] },
+  base: number,
+  endian: Endian,
+  prefix: string,
+): { fields: FieldSpec[]; regions: RegionSpec[] } {
+  const fields: FieldSpec[] = [];
+  const regions: RegionSpec[] = [];
+  for (const r of s.layout) {
+    const name = `${prefix}${r.field}`;
+    if (r.size === 1 || r.size === 2 || r.size === 4 || r.size === 8) fields.push({ name, offset: base + r.offset, size: r.size, endian });
+    else regions.push({ name, offset: base + r.offset, length: r.size });
+  }
+  return { fields, regions };
+}
+
+export const u32le = (b: Uint8Array, o: number): number => (b[o]! | (b[o + 1]! << 8) | (b[o + 2]! << 16) | (b[o + 3]! << 24)) >>> 0;
+export const u64le = (b: Uint8Array, o: number): number => u32le(b, o) + u32le(b, o + 4) * 2 ** 32;

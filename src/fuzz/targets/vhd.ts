@@ -1,97 +1,81 @@
 /**
- * VHD (vpc) and VHDX seeds and structure, from the drivers' own struct
- * definitions (their layout tables). Most header mutations end at a
- * checksum (one's complement for VHD, CRC-32C for VHDX); the tables (VHD
- * BAT, VHDX BAT) carry no checksum and are mutated entry by entry.
+ * VHD (qemu's "vpc") seeds, dynamic and fixed, and structure: the footer (at
+ * the end, and its copy at 0), the dynamic header and the BAT, with field
+ * offsets from the format's own structure declarations (Footer, DynHeader in
+ * src/formats/vhd/footer.ts). Most cases get their checksums recomputed so
+ * mutations get past the checksum test.
  */
 
-import type { LayoutRow } from '../../formats/engine/struct.js';
-import { BAT_UNUSED, DynHeader, Footer } from '../../formats/vhd/footer.js';
-import { HEADER_OFFSETS, Header, MIB, REGION_OFFSETS, RegionEntry, RegionTableHeader } from '../../formats/vhdx/structs.js';
-import type { Endian, FieldSpec, FuzzTarget, Layout, RegionSpec, Seed, SeedContext, TableSpec } from '../types.js';
-import { clipTable, u32be, u64be } from './layout.js';
+import { DynHeader, Footer, FOOTER_SIZE, TYPE_DYNAMIC, vhdChecksum } from '../../formats/vhd/footer.js';
+import type { FuzzTarget, Layout, Seed, SeedContext, TableSpec } from '../types.js';
+import { fromStruct, u32be, u64be } from './layout.js';
 
-const SIZE = 6 * MIB + 512 * 1024;
+const SIZE = 4 * 1024 * 1024;
+const FOOTER_SUM = Footer.offsetOf('checksum');
+const DYN_SUM = DynHeader.offsetOf('checksum');
 
-/** Fields (1/2/4/8 bytes) and regions (the rest) of a struct placed at `base`. */
-function fromLayout(rows: readonly LayoutRow[], base: number, endian: Endian, prefix: string): { fields: FieldSpec[]; regions: RegionSpec[] } {
-  const fields: FieldSpec[] = [];
-  const regions: RegionSpec[] = [];
-  for (const r of rows) {
-    const name = `${prefix} ${r.field}`;
-    if (r.size === 1 || r.size === 2 || r.size === 4 || r.size === 8) fields.push({ name, offset: base + r.offset, size: r.size, endian });
-    else regions.push({ name, offset: base + r.offset, length: r.size });
-  }
-  return { fields, regions };
-}
-
-async function vpcLayout(b: Uint8Array): Promise<Layout> {
-  const end = fromLayout(Footer.layout, b.length - 512, 'be', 'footer');
-  const fields = [...end.fields];
-  const regions = [...end.regions];
+export async function vhdLayout(b: Uint8Array): Promise<Layout> {
+  const at = b.length - FOOTER_SIZE;
+  const foot = fromStruct(Footer, at, 'be', 'footer ');
+  const fields = [...foot.fields];
+  const regions = [...foot.regions];
   const tables: TableSpec[] = [];
-  let unit = 2 * MIB;
-  if (b.length >= 1536 && Buffer.from(b.subarray(0, 8)).toString('latin1') === 'conectix') {
-    const copy = fromLayout(Footer.layout, 0, 'be', 'footer copy');
-    const dyn = fromLayout(DynHeader.layout, 512, 'be', 'dynamic header');
+  let unit = 512;
+  if (u32be(b, at + Footer.offsetOf('diskType')) === TYPE_DYNAMIC) {
+    const copy = fromStruct(Footer, 0, 'be', 'footer copy ');
+    const dynAt = u64be(b, at + Footer.offsetOf('dataOffset'));
+    const dyn = fromStruct(DynHeader, dynAt, 'be', 'dynamic header ');
     fields.push(...copy.fields, ...dyn.fields);
-    regions.push(...dyn.regions);
-    const batAt = u64be(b, 512 + DynHeader.offsetOf('tableOffset'));
-    const entries = u32be(b, 512 + DynHeader.offsetOf('maxTableEntries'));
-    unit = u32be(b, 512 + DynHeader.offsetOf('blockSize')) || unit;
-    const bat = clipTable({ name: 'BAT', offset: batAt, count: entries, entrySize: 4, endian: 'be', pointsTo: 'index', sentinels: [BigInt(BAT_UNUSED)] }, b.length);
-    if (bat) tables.push(bat);
+    regions.push(...copy.regions, ...dyn.regions);
+    unit = u32be(b, dynAt + DynHeader.offsetOf('blockSize'));
+    tables.push({
+      name: 'BAT',
+      offset: u64be(b, dynAt + DynHeader.offsetOf('tableOffset')),
+      count: u32be(b, dynAt + DynHeader.offsetOf('maxTableEntries')),
+      entrySize: 4,
+      endian: 'be',
+      pointsTo: 'index',
+      sentinels: [0xffffffffn],
+    });
   }
   return { fields, tables, regions, unit };
 }
 
-async function vhdxLayout(b: Uint8Array): Promise<Layout> {
-  const fields: FieldSpec[] = [];
-  const regions: RegionSpec[] = [];
-  const tables: TableSpec[] = [];
-  HEADER_OFFSETS.forEach((at, i) => {
-    const h = fromLayout(Header.layout, at, 'le', `header ${i + 1}`);
-    fields.push(...h.fields);
-  });
-  const rt = REGION_OFFSETS[0];
-  fields.push(...fromLayout(RegionTableHeader.layout, rt, 'le', 'region table').fields);
-  const count = Math.min(8, new DataView(b.buffer, b.byteOffset).getUint32(rt + 8, true));
-  for (let i = 0; i < count; i++) {
-    const at = rt + RegionTableHeader.size + i * RegionEntry.size;
-    fields.push(...fromLayout(RegionEntry.layout, at, 'le', `region entry ${i}`).fields);
-    const off = Number(new DataView(b.buffer, b.byteOffset).getBigUint64(at + 16, true));
-    const len = new DataView(b.buffer, b.byteOffset).getUint32(at + 24, true);
-    const guid0 = b[at]!;
-    // The BAT region's GUID starts 0x66 (2DC27766-...): its entries are file offsets in MiB << 20 | state.
-    if (guid0 === 0x66) {
-      const bat = clipTable({ name: 'BAT', offset: off, count: len / 8, entrySize: 8, endian: 'le', pointsTo: 'offset', flags: [1n, 2n, 3n, 6n, 7n] }, b.length);
-      if (bat) tables.push(bat);
-    } else if (off < b.length) regions.push({ name: 'metadata region', offset: off, length: Math.min(64 * 1024 + 64, b.length - off) });
-  }
-  return { fields, tables, regions, unit: MIB };
+function sealAt(b: Uint8Array, at: number, len: number, sumAt: number): boolean {
+  if (at < 0 || at + len > b.length) return false;
+  const view = b.subarray(at, at + len);
+  const sum = vhdChecksum(view, sumAt);
+  new DataView(view.buffer, view.byteOffset).setUint32(sumAt, sum);
+  return true;
 }
 
-async function seeds(ctx: SeedContext, fmt: 'vpc' | 'vhdx', variants: ReadonlyArray<readonly [string, string]>): Promise<Seed[]> {
-  const src = ctx.patternRaw(`${fmt}-src.raw`, SIZE, 7);
-  const out: Seed[] = [];
-  for (const [name, o] of variants) {
-    const path = `${ctx.dir}/${fmt}-${name}.${fmt === 'vpc' ? 'vhd' : 'vhdx'}`;
-    await ctx.qemuImg(['convert', '-f', 'raw', '-O', fmt, '-o', o, src, path]);
-    out.push({ name: `${fmt}-${name}`, format: fmt, path });
-  }
-  return out;
+/** Recompute the footer's (at the end and at 0) and the dynamic header's checksums. */
+function vhdReseal(b: Uint8Array, layout: Layout): string | undefined {
+  const done: string[] = [];
+  if (sealAt(b, b.length - FOOTER_SIZE, FOOTER_SIZE, FOOTER_SUM)) done.push('footer');
+  const copy = layout.fields.find((f) => f.name === 'footer copy cookie');
+  if (copy && sealAt(b, 0, FOOTER_SIZE, FOOTER_SUM)) done.push('footer copy');
+  const dyn = layout.fields.find((f) => f.name === 'dynamic header dataOffset');
+  if (dyn && sealAt(b, dyn.offset - DynHeader.offsetOf('dataOffset'), DynHeader.size, DYN_SUM)) done.push('dynamic header');
+  return done.length ? done.join(', ') : undefined;
 }
 
-export const vpcTarget: FuzzTarget = {
+async function vhdSeeds(ctx: SeedContext): Promise<Seed[]> {
+  const src = ctx.patternRaw('vpc-src.raw', SIZE, 7);
+  const dyn = `${ctx.dir}/vpc-dynamic.vhd`;
+  const fixed = `${ctx.dir}/vpc-fixed.vhd`;
+  await ctx.qemuImg(['convert', '-f', 'raw', '-O', 'vpc', src, dyn]);
+  await ctx.qemuImg(['convert', '-f', 'raw', '-O', 'vpc', '-o', 'subformat=fixed', src, fixed]);
+  return [
+    { name: 'vpc-dynamic', format: 'vpc', path: dyn },
+    { name: 'vpc-fixed', format: 'vpc', path: fixed },
+  ];
+}
+
+export const vhdTarget: FuzzTarget = {
   format: 'vpc',
   qemuFormat: 'vpc',
-  buildSeeds: (ctx) => seeds(ctx, 'vpc', [['dynamic', 'subformat=dynamic'], ['fixed', 'subformat=fixed,force_size=on']]),
-  layout: vpcLayout,
-};
-
-export const vhdxTarget: FuzzTarget = {
-  format: 'vhdx',
-  qemuFormat: 'vhdx',
-  buildSeeds: (ctx) => seeds(ctx, 'vhdx', [['dynamic', 'block_size=1M'], ['fixed', 'subformat=fixed,block_size=1M']]),
-  layout: vhdxLayout,
+  buildSeeds: vhdSeeds,
+  layout: vhdLayout,
+  reseal: vhdReseal,
 };
