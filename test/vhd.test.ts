@@ -9,7 +9,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { closeSync, copyFileSync, ftruncateSync, openSync, readFileSync, statSync, writeFileSync, writeSync } from 'node:fs';
 import { put32be } from '../src/core/bytes.js';
 import { vpc } from '../src/formats/vhd/index.js';
-import { FileDevice } from '../src/core/file.js';
+import { openImage } from '../src/formats/index.js';
 import { DynHeader, Footer, chsFor, sizeForCreate, vhdChecksum } from '../src/formats/vhd/footer.js';
 import { exercise, expectFieldError } from './helpers/hostile.js';
 import { imgtool, must, qemuCompare, qemuInfo, runAsync, sha256File, tempDir } from './helpers/peers.js';
@@ -17,6 +17,13 @@ import { pattern } from './helpers/devices.js';
 
 const t = tempDir('imgtool-vhd-');
 afterAll(() => t.cleanup());
+
+/** imgtool info --output json …, asserting it succeeded (its stderr in the message when not). */
+function infoJson(args: string[]): Record<string, any> {
+  const r = imgtool(['info', ...args]);
+  expect(r.status, r.stderr).toBe(0);
+  return JSON.parse(r.stdout);
+}
 const MiB = 1 << 20;
 const GiB = 1024 * MiB;
 const VARIANTS = [
@@ -81,7 +88,7 @@ describe('images qemu-img made', () => {
     // Inputs stay unchanged (hashed when small; a 5 GiB sparse file by its size and mtime).
     const stamp = () => (src === 'small' ? sha256File(file) : `${statSync(file).size}:${statSync(file).mtimeMs}`);
     const hash = stamp();
-    const ours = JSON.parse(imgtool(['info', '--output', 'json', file]).stdout);
+    const ours = infoJson(['--output', 'json', file]);
     const theirs = qemuInfo(file, 'vpc');
     expect(ours.format).toBe('vpc'); // found by the head probe, or by the tail probe for fixed disks
     expect(ours['virtual-size']).toBe(theirs['virtual-size']);
@@ -106,7 +113,7 @@ describe('images imgtool writes', () => {
     const theirs = qemuInfo(out, 'vpc')['virtual-size'] as number;
     if (name === 'fixed-force') expect(theirs % MiB).toBe(0);
     else expect(theirs).toBe(qemuInfo(t.path(`q-${src}-${name}.vhd`), 'vpc')['virtual-size']);
-    expect(JSON.parse(imgtool(['info', '--output', 'json', out]).stdout)['virtual-size']).toBe(theirs);
+    expect(infoJson(['--output', 'json', out])['virtual-size']).toBe(theirs);
   }, 300_000);
 
   it('a fixed VHD for Azure: whole-MiB size, file = size + 512, footer fixed, "qem2", checksum verifying, qemu-img reads that size', () => {
@@ -130,7 +137,7 @@ describe('images imgtool writes', () => {
     const cli = new URL('../dist/cli/main.js', import.meta.url).pathname;
     must('bash', ['-c', `set -o pipefail; '${process.execPath}' '${cli}' convert -O vpc -o subformat=${sub} '${small}' - | cat > '${out}'`]);
     expect(qemuCompare(small, out, 'raw', 'vpc').status).toBe(0);
-    expect(JSON.parse(imgtool(['info', '--output', 'json', out]).stdout).format).toBe('vpc');
+    expect(infoJson(['--output', 'json', out]).format).toBe('vpc');
   });
 });
 
@@ -146,7 +153,7 @@ describe('footers, probing, differencing disks', () => {
     const file = t.path('damaged-end.vhd');
     writeFileSync(file, b);
     const hash = sha256File(file);
-    const info = JSON.parse(imgtool(['info', '--output', 'json', file]).stdout);
+    const info = infoJson(['--output', 'json', file]);
     expect(info['format-specific'].data['footer-copy-used']).toBe(true);
     const out = t.path('damaged-end.raw');
     expect(imgtool(['convert', '-O', 'raw', file, out]).status).toBe(0);
@@ -162,12 +169,12 @@ describe('footers, probing, differencing disks', () => {
 
   it('the tail probe: a fixed VHD is detected; a raw image ending in "conectix" without a valid footer stays raw; -f raw reads a fixed VHD as raw', () => {
     const fixed = t.path('q-small-fixed.vhd');
-    expect(JSON.parse(imgtool(['info', '--output', 'json', fixed]).stdout)['format-specific'].data['footer-at']).toMatch(/end only/);
+    expect(infoJson(['--output', 'json', fixed])['format-specific'].data['footer-at']).toMatch(/end only/);
     const b = new Uint8Array(readFileSync(fixed));
     b[b.length - 512 + 40] ^= 0xff;
     writeFileSync(t.path('looks.raw'), b);
-    expect(JSON.parse(imgtool(['info', '--output', 'json', t.path('looks.raw')]).stdout).format).toBe('raw');
-    const asRaw = JSON.parse(imgtool(['info', '-f', 'raw', '--output', 'json', fixed]).stdout);
+    expect(infoJson(['--output', 'json', t.path('looks.raw')]).format).toBe('raw');
+    const asRaw = infoJson(['-f', 'raw', '--output', 'json', fixed]);
     expect(asRaw.format).toBe('raw');
     expect(asRaw['virtual-size']).toBe(statSync(fixed).size);
   });
@@ -190,8 +197,7 @@ describe('writing into an image qemu-img made', () => {
     const file = t.path('rw.vhd');
     copyFileSync(t.path('q-small-dynamic.vhd'), file);
     const expected = new Uint8Array(readFileSync(small));
-    // A growable file: new blocks are appended (openImage opens existing files writable but not growable).
-    const opened = { image: await vpc.open(await FileDevice.open(file, { writable: true, growable: true }), { writable: true }) };
+    const opened = await openImage(file, { writable: true });
     for (const [off, len, seed] of [[3 * MiB + 100, 70_000, 21], [500, 2000, 22], [expected.length - 4000, 4000, 23]] as const) {
       const data = pattern(len, seed);
       await opened.image.write(data, off);
@@ -253,6 +259,12 @@ describe('hostile VHDs (the fields iotests 088 pokes, and more)', () => {
     const b = dyn.slice();
     put32be(b, 1536, 0x00ffffff);
     await expectFieldError(vpc, b, 'BAT entry 0', 'corrupt');
+  });
+
+  it('a BAT entry putting a block over the dynamic header and the BAT', async () => {
+    const b = dyn.slice();
+    put32be(b, 1536 + 4, 2); // block 1 at sector 2: over the dynamic header
+    await expectFieldError(vpc, b, 'BAT entry 1', 'corrupt');
   });
 
   it('a dynamic header whose checksum fails', async () => {

@@ -10,7 +10,6 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { closeSync, ftruncateSync, openSync, readFileSync, statSync, writeFileSync, writeSync, copyFileSync } from 'node:fs';
 import { put32le, put64le, u32le, u64le } from '../src/core/bytes.js';
 import { MemoryDevice } from '../src/core/memory.js';
-import { FileDevice } from '../src/core/file.js';
 import { ImageError } from '../src/core/errors.js';
 import { openImage } from '../src/formats/index.js';
 import { vhdx } from '../src/formats/vhdx/index.js';
@@ -39,6 +38,13 @@ import { pattern } from './helpers/devices.js';
 
 const t = tempDir('imgtool-vhdx-');
 afterAll(() => t.cleanup());
+
+/** imgtool info --output json …, asserting it succeeded (its stderr in the message when not). */
+function infoJson(args: string[]): Record<string, any> {
+  const r = imgtool(['info', ...args]);
+  expect(r.status, r.stderr).toBe(0);
+  return JSON.parse(r.stdout);
+}
 const MiB = 1 << 20;
 const GiB = 1024 * MiB;
 const KiB = 1024;
@@ -98,7 +104,7 @@ describe('images qemu-img made', () => {
     const file = t.path(`q-${name}.vhdx`);
     const stamp = () => (from === 'small' ? sha256File(file) : `${statSync(file).size}:${statSync(file).mtimeMs}`);
     const before = stamp();
-    const ours = JSON.parse(imgtool(['info', '--output', 'json', file]).stdout);
+    const ours = infoJson(['--output', 'json', file]);
     const theirs = qemuInfo(file);
     expect(ours.format).toBe('vhdx');
     expect(ours['virtual-size']).toBe(theirs['virtual-size']);
@@ -122,7 +128,7 @@ describe('images imgtool writes', () => {
     const cmp = qemuCompare(src(from), out, 'raw', 'vhdx');
     expect(cmp.status, cmp.stdout + cmp.stderr).toBe(0);
     const theirs = qemuInfo(out);
-    const ours = JSON.parse(imgtool(['info', '--output', 'json', out]).stdout);
+    const ours = infoJson(['--output', 'json', out]);
     expect(ours['virtual-size']).toBe(theirs['virtual-size']);
     expect(ours['cluster-size']).toBe(theirs['cluster-size']);
   }, 300_000);
@@ -141,8 +147,7 @@ describe('writing into an image qemu-img made', () => {
     const file = t.path('rw.vhdx');
     copyFileSync(t.path('q-dynamic-1M.vhdx'), file);
     const expected = new Uint8Array(readFileSync(src('small')));
-    // A growable file: new blocks are appended (openImage opens existing files writable but not growable).
-    const opened = { image: await vhdx.open(await FileDevice.open(file, { writable: true, growable: true }), { writable: true }) };
+    const opened = await openImage(file, { writable: true });
     for (const [off, len, seed] of [[3 * MiB + 100, 70_000, 21], [500, 2000, 22], [expected.length - 4000, 4000, 23]] as const) {
       const data = pattern(len, seed);
       await opened.image.write(data, off);
@@ -343,6 +348,12 @@ describe('hostile VHDXs', () => {
   it('a BAT entry past the end of the file', async () => {
     const bytes = mutate((b) => put64le(b, batOffset, (0xfffffn << 20n) | 6n));
     await expectFieldError(vhdx, bytes, 'BAT entry 0 file offset', 'corrupt');
+  });
+
+  it('a BAT entry putting a block over the metadata region', async () => {
+    const bytes = mutate((b) => put64le(b, batOffset, (BigInt(metaOffset / MiB) << 20n) | 6n));
+    const e = await expectFieldError(vhdx, bytes, 'BAT entry 0 file offset', 'corrupt');
+    expect(e.message).toMatch(/metadata region/);
   });
 
   it('a BAT entry in a state no payload block has', async () => {

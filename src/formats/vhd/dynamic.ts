@@ -9,16 +9,16 @@
  * written all ones when a block is allocated and not consulted on reads: it
  * only matters for differencing disks, which imgtool refuses).
  *
- * Allocation appends a block where the footer stands (bitmap, data), points
- * the BAT at it after the data is written, and `flush` writes the footer at
- * the new end.
+ * Allocation appends a block where the footer stands; after the engine has
+ * written its data, `commit` writes its bitmap and points the BAT at it, and
+ * `flush` writes the footer at the new end.
  */
 
 import type { BlockDevice } from '../../core/device.js';
 import { put32be } from '../../core/bytes.js';
 import { fieldError } from '../../core/errors.js';
 import type { Mapping, MappedFormat } from '../engine/mapping.js';
-import { BAT_UNUSED, DYN_COOKIE, DynHeader, type DynHeaderValue, SECTOR, ascii, vhdChecksum } from './footer.js';
+import { BAT_UNUSED, DYN_COOKIE, DynHeader, type DynHeaderValue, FOOTER_SIZE, SECTOR, ascii, vhdChecksum } from './footer.js';
 
 /** BAT entries held in memory at most (16 MiB of table: 8 TiB of 2 MiB blocks). */
 export const MAX_BAT_ENTRIES = 1 << 22;
@@ -90,7 +90,11 @@ export class DynamicVhd implements MappedFormat {
       bat[i] = e;
       if (e === BAT_UNUSED) continue;
       const end = e * SECTOR + blockBytes;
-      if (e === 0 || end > child.size) {
+      const start = e * SECTOR;
+      if (start < layout.headerAt + 1024 || (start < layout.batOffset + raw.length && layout.batOffset < end)) {
+        throw fieldError('corrupt', 'vpc', `BAT entry ${i}`, layout.batOffset + 4 * i, e, 'puts a block over the dynamic header or the BAT');
+      }
+      if (end > child.size) {
         throw fieldError('corrupt', 'vpc', `BAT entry ${i}`, layout.batOffset + 4 * i, e, `puts a ${blockBytes}-byte block outside the ${child.size}-byte file`);
       }
       next = Math.max(next, end);
@@ -114,12 +118,13 @@ export class DynamicVhd implements MappedFormat {
   async allocate(_offset: number): Promise<number> {
     const at = this.next;
     this.next += this.layout.bitmapSize + this.layout.blockSize;
-    await this.child.write(new Uint8Array(this.layout.bitmapSize).fill(0xff), at);
     return at + this.layout.bitmapSize;
   }
 
+  /** The engine has written (and made room for) the block's data: its bitmap (all ones), then its BAT entry. */
   async commit(offset: number, host: number): Promise<void> {
     const block = Math.floor(offset / this.layout.blockSize);
+    await this.child.write(new Uint8Array(this.layout.bitmapSize).fill(0xff), host - this.layout.bitmapSize);
     const sector = (host - this.layout.bitmapSize) / SECTOR;
     this.bat[block] = sector;
     const entry = new Uint8Array(4);
@@ -127,8 +132,13 @@ export class DynamicVhd implements MappedFormat {
     await this.child.write(entry, this.layout.batOffset + 4 * block);
   }
 
+  /** The footer at the end of the last block (an existing file opened for writing is extended first). */
   async flush(): Promise<void> {
-    if (this.footer) await this.child.write(this.footer, this.next);
+    if (!this.footer) return;
+    const c = this.child as BlockDevice & { growable?: boolean; truncate?: (size: number) => Promise<void> };
+    const end = this.next + FOOTER_SIZE;
+    if (end > c.size && !c.growable && typeof c.truncate === 'function') await c.truncate(end);
+    await c.write(this.footer, this.next);
   }
 
   /** Blocks stored (for info and tests). */

@@ -20,6 +20,17 @@ import { MIB, PAYLOAD_FULLY_PRESENT, PAYLOAD_NOT_PRESENT, PAYLOAD_PARTIALLY_PRES
 
 const UNALLOCATED = [PAYLOAD_NOT_PRESENT, PAYLOAD_UNDEFINED, PAYLOAD_UNMAPPED];
 
+/** What no payload block may overlap: headers and region tables, log, metadata region, BAT. */
+function metadataRanges(l: VhdxLayout): Array<[number, number, string]> {
+  const log = Number(l.header.logOffset);
+  return [
+    [0, MIB, 'headers and region tables'],
+    [log, log + l.header.logLength, 'log'],
+    [l.metadataOffset, l.metadataOffset + l.metadataLength, 'metadata region'],
+    [l.batOffset, l.batOffset + l.batLength, 'BAT region'],
+  ];
+}
+
 export class VhdxBat implements MappedFormat {
   readonly name = 'vhdx';
   readonly size: number;
@@ -62,6 +73,8 @@ export class VhdxBat implements MappedFormat {
       if (m < 1n || host + l.blockSize > child.size) {
         throw fieldError('corrupt', 'vhdx', `BAT entry ${i} file offset`, at, m * BigInt(MIB), `puts a ${l.blockSize}-byte block outside the ${child.size}-byte file`);
       }
+      const clash = metadataRanges(l).find(([s0, e0]) => host < e0 && s0 < host + l.blockSize);
+      if (clash) throw fieldError('corrupt', 'vhdx', `BAT entry ${i} file offset`, at, host, `puts a block over the ${clash[2]} [${clash[0]}, ${clash[1]})`);
       mib[b] = Number(m);
       next = Math.max(next, host + l.blockSize);
     }
