@@ -164,8 +164,30 @@ export interface FormatDriver {
    * refused a shrink the user did not ask for.
    */
   resize?(child: BlockDevice, newSize: number): Promise<void>;
+  /**
+   * `check`: one pass over the image in `child` (opened writable only when
+   * repairing), qemu-img check's rules; each finding is passed to `say`.
+   */
+  check?(child: BlockDevice, repair: Repair, say: (line: string) => void): Promise<CheckResult>;
   /** `measure`: the file size a new image of these options needs (see Measurement). */
   measure?(opts: CreateOptions, source?: MeasureSource): Promise<Measurement>;
+}
+
+/** `check -r`: free leaked clusters only, or also repair refcounts that are too low and copied flags. */
+export type Repair = 'leaks' | 'all' | undefined;
+
+/** `qemu-img check --output=json` fields (filename and format are added by the caller). */
+export interface CheckResult {
+  'image-end-offset'?: number;
+  'total-clusters'?: number;
+  'allocated-clusters'?: number;
+  'fragmented-clusters'?: number;
+  'compressed-clusters'?: number;
+  'check-errors': number;
+  leaks?: number;
+  corruptions?: number;
+  'leaks-fixed'?: number;
+  'corruptions-fixed'?: number;
 }
 
 /** What `measure` knows of the image to be copied. */

@@ -14,6 +14,7 @@ import { measureCommand } from './measure.js';
 import { createCommand } from './create.js';
 import { snapshotCommand } from './snapshot.js';
 import { resizeCommand } from './resize.js';
+import { checkCommand } from './check.js';
 
 export const COMMANDS: CommandSpec[] = [
   convertCommand,
@@ -30,4 +31,5 @@ export const COMMANDS: CommandSpec[] = [
   createCommand,
   snapshotCommand,
   resizeCommand,
+  checkCommand,
 ];

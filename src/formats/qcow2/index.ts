@@ -26,6 +26,7 @@ import { qcow2Stream } from './stream.js';
 import { measureQcow2 } from './measure.js';
 import { recordQcow2Backing } from './backing.js';
 import { resizeQcow2 } from './resize.js';
+import { checkQcow2Pass } from './check.js';
 
 export { Qcow2Image, openQcow2 } from './image.js';
 export { createQcow2, parseCreateOptions } from './create.js';
@@ -43,6 +44,7 @@ export const qcow2: FormatDriver = {
   measure: measureQcow2,
   recordBacking: recordQcow2Backing,
   resize: resizeQcow2,
+  check: checkQcow2Pass,
   // preallocation=metadata maps every cluster to the child's (new, empty) file.
   createsZeroed: (opts) => (opts.options.preallocation ?? 'off') === 'off',
 };

@@ -92,12 +92,15 @@ export class Qcow2File {
     for (let i = 0; i < bytes / 8; i++) this.rt.push(offsetBits(u64At(t, i * 8)));
   }
 
-  async l1(): Promise<number[]> {
-    const h = this.h;
-    if (h.l1Size * 8 > 32 << 20) throw new ImageError('corrupt', `qcow2: l1_size ${h.l1Size} is too large`, { format: FORMAT, field: 'l1_size', offset: 36, value: h.l1Size });
-    const b = await this.readBytes(h.l1TableOffset, h.l1Size * 8);
-    const out: number[] = [];
-    for (let i = 0; i < h.l1Size; i++) out.push(u64At(b, i * 8));
+  /** An L1 table's entries: the L2 table offset (bits 9..55) and the copied flag (bit 63). */
+  async l1(at = this.h.l1TableOffset, size = this.h.l1Size): Promise<Array<{ offset: number; copied: boolean; hi: number; lo: number }>> {
+    if (size * 8 > 32 << 20) throw new ImageError('corrupt', `qcow2: l1_size ${size} is too large`, { format: FORMAT, field: 'l1_size', value: size });
+    const b = await this.readBytes(at, size * 8);
+    const out: Array<{ offset: number; copied: boolean; hi: number; lo: number }> = [];
+    for (let i = 0; i < size; i++) {
+      const [hi, lo] = entryWords(b, i * 8);
+      out.push({ offset: stdOffset(hi, lo), copied: hi >= 0x80000000, hi, lo });
+    }
     return out;
   }
 

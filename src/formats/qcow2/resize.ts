@@ -16,7 +16,7 @@
 import type { BlockDevice } from '../../core/device.js';
 import { ImageError } from '../../core/errors.js';
 import { FORMAT, INCOMPAT_CORRUPT, INCOMPAT_DATA_FILE, INCOMPAT_DIRTY } from './header.js';
-import { Qcow2File, entryClusters, entryWords, offsetBits } from './offline.js';
+import { Qcow2File, entryClusters, entryWords } from './offline.js';
 
 export async function resizeQcow2(child: BlockDevice, newSize: number): Promise<void> {
   const f = await Qcow2File.open(child);
@@ -79,7 +79,7 @@ async function shrink(f: Qcow2File, newSize: number): Promise<void> {
   await child.flush();
   const freed: number[] = [];
   for (let i = Math.floor(newSize / span); i < l1.length; i++) {
-    const l2 = offsetBits(l1[i]!);
+    const l2 = l1[i]!.offset;
     if (!l2) continue;
     const t = await f.readBytes(l2, cs);
     const from = Math.max(0, Math.ceil((newSize - i * span) / cs));
