@@ -322,6 +322,18 @@ describe('hostile VHDXs', () => {
     await exercise(vhdx, base);
   });
 
+  it('a damaged header (either one: one of them is the current) or region table 1 is passed over for the intact copy', async () => {
+    const ref = new Uint8Array(readFileSync(src('small')));
+    for (const at of [64 * KiB + 300, 128 * KiB + 300, 192 * KiB + 300]) {
+      const bytes = mutate((b) => { b[at] ^= 1; });
+      const img = await vhdx.open(MemoryDevice.from(bytes, { readOnly: true }), {});
+      const got = new Uint8Array(ref.length);
+      await img.read(got, 0);
+      await img.close();
+      expect(Buffer.compare(got, ref)).toBe(0);
+    }
+  });
+
   it('both headers with failing checksums', async () => {
     await expectFieldError(vhdx, mutate((b) => { b[64 * KiB + 200] ^= 1; b[128 * KiB + 200] ^= 1; }), 'header', 'corrupt');
   });
