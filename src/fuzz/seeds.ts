@@ -8,7 +8,7 @@ import { spawn } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { Rng } from './rng.js';
-import type { SeedContext } from './types.js';
+import type { Seed, SeedContext } from './types.js';
 
 export interface ToolResult {
   status: number;
@@ -98,4 +98,26 @@ export function which(name: string): string | undefined {
     }
   }
   return undefined;
+}
+
+/**
+ * Seeds converted by qemu-img from one pattern file, one per variant:
+ * `[name suffix, -o options]`, e.g. dynamic and fixed.
+ */
+export async function convertedSeeds(
+  ctx: SeedContext,
+  format: string,
+  ext: string,
+  size: number,
+  pattern: number,
+  variants: readonly (readonly [string, readonly string[]])[],
+): Promise<Seed[]> {
+  const src = ctx.patternRaw(`${format}-src.raw`, size, pattern);
+  const out: Seed[] = [];
+  for (const [suffix, opts] of variants) {
+    const file = path.join(ctx.dir, `${format}-${suffix}.${ext}`);
+    await ctx.qemuImg(['convert', '-f', 'raw', '-O', format, ...opts, src, file]);
+    out.push({ name: `${format}-${suffix}`, format, path: file });
+  }
+  return out;
 }

@@ -6,7 +6,8 @@
 
 import { HEADER_AREA, OFF, parseHeader } from '../../formats/vdi/header.js';
 import { BLOCK_FREE, BLOCK_ZERO } from '../../formats/vdi/blockmap.js';
-import type { FuzzTarget, Layout, Seed, SeedContext, TableSpec } from '../types.js';
+import { convertedSeeds } from '../seeds.js';
+import type { FuzzTarget, Layout, TableSpec } from '../types.js';
 import { clipTable, fromOffsetTable } from './layout.js';
 
 const SIZE = 4 * 1024 * 1024 + 512 * 1024;
@@ -24,17 +25,6 @@ export async function vdiLayout(b: Uint8Array): Promise<Layout> {
   return { fields, tables, regions, unit: h.blockSize > 0 && h.blockSize <= 1 << 24 ? h.blockSize : 1 << 20 };
 }
 
-async function vdiSeeds(ctx: SeedContext): Promise<Seed[]> {
-  const src = ctx.patternRaw('vdi-src.raw', SIZE, 5);
-  const dyn = `${ctx.dir}/vdi-dynamic.vdi`;
-  const fixed = `${ctx.dir}/vdi-fixed.vdi`;
-  await ctx.qemuImg(['convert', '-f', 'raw', '-O', 'vdi', src, dyn]);
-  await ctx.qemuImg(['convert', '-f', 'raw', '-O', 'vdi', '-o', 'static=on', src, fixed]);
-  return [
-    { name: 'vdi-dynamic', format: 'vdi', path: dyn },
-    { name: 'vdi-fixed', format: 'vdi', path: fixed },
-  ];
-}
 
 export const vdiTarget: FuzzTarget = {
   format: 'vdi',
@@ -46,6 +36,6 @@ export const vdiTarget: FuzzTarget = {
       why: 'VirtualBox places each block after block_extra bytes (imgtool follows it); qemu-img ignores block_extra',
     },
   ],
-  buildSeeds: vdiSeeds,
+  buildSeeds: (ctx) => convertedSeeds(ctx, 'vdi', 'vdi', SIZE, 5, [['dynamic', []], ['fixed', ['-o', 'static=on']]]),
   layout: vdiLayout,
 };

@@ -7,7 +7,8 @@
  */
 
 import { DynHeader, Footer, FOOTER_SIZE, TYPE_DYNAMIC, vhdChecksum } from '../../formats/vhd/footer.js';
-import type { FuzzTarget, Layout, Seed, SeedContext, TableSpec } from '../types.js';
+import { convertedSeeds } from '../seeds.js';
+import type { FuzzTarget, Layout, TableSpec } from '../types.js';
 import { fromStruct, u32be, u64be } from './layout.js';
 
 const SIZE = 4 * 1024 * 1024;
@@ -60,22 +61,11 @@ function vhdReseal(b: Uint8Array, layout: Layout): string | undefined {
   return done.length ? done.join(', ') : undefined;
 }
 
-async function vhdSeeds(ctx: SeedContext): Promise<Seed[]> {
-  const src = ctx.patternRaw('vpc-src.raw', SIZE, 7);
-  const dyn = `${ctx.dir}/vpc-dynamic.vhd`;
-  const fixed = `${ctx.dir}/vpc-fixed.vhd`;
-  await ctx.qemuImg(['convert', '-f', 'raw', '-O', 'vpc', src, dyn]);
-  await ctx.qemuImg(['convert', '-f', 'raw', '-O', 'vpc', '-o', 'subformat=fixed', src, fixed]);
-  return [
-    { name: 'vpc-dynamic', format: 'vpc', path: dyn },
-    { name: 'vpc-fixed', format: 'vpc', path: fixed },
-  ];
-}
 
 export const vhdTarget: FuzzTarget = {
   format: 'vpc',
   qemuFormat: 'vpc',
-  buildSeeds: vhdSeeds,
+  buildSeeds: (ctx) => convertedSeeds(ctx, 'vpc', 'vhd', SIZE, 7, [['dynamic', []], ['fixed', ['-o', 'subformat=fixed']]]),
   layout: vhdLayout,
   reseal: vhdReseal,
 };

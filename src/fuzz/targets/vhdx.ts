@@ -6,7 +6,8 @@
  */
 
 import { BAT_GUID, HEADER_OFFSETS, Header, METADATA_GUID, MetadataEntry, MetadataTableHeader, REGION_OFFSETS, RegionEntry, RegionTableHeader, sealChecksum } from '../../formats/vhdx/structs.js';
-import type { FieldSpec, FuzzTarget, Layout, RegionSpec, Seed, SeedContext, TableSpec } from '../types.js';
+import { convertedSeeds } from '../seeds.js';
+import type { FieldSpec, FuzzTarget, Layout, RegionSpec, TableSpec } from '../types.js';
 import { fromStruct, u32le, u64le } from './layout.js';
 
 const SIZE = 4 * 1024 * 1024;
@@ -68,22 +69,11 @@ function vhdxReseal(b: Uint8Array): string | undefined {
   return done.length ? done.join(', ') : undefined;
 }
 
-async function vhdxSeeds(ctx: SeedContext): Promise<Seed[]> {
-  const src = ctx.patternRaw('vhdx-src.raw', SIZE, 9);
-  const dyn = `${ctx.dir}/vhdx-dynamic.vhdx`;
-  const fixed = `${ctx.dir}/vhdx-fixed.vhdx`;
-  await ctx.qemuImg(['convert', '-f', 'raw', '-O', 'vhdx', src, dyn]);
-  await ctx.qemuImg(['convert', '-f', 'raw', '-O', 'vhdx', '-o', 'subformat=fixed', src, fixed]);
-  return [
-    { name: 'vhdx-dynamic', format: 'vhdx', path: dyn },
-    { name: 'vhdx-fixed', format: 'vhdx', path: fixed },
-  ];
-}
 
 export const vhdxTarget: FuzzTarget = {
   format: 'vhdx',
   qemuFormat: 'vhdx',
-  buildSeeds: vhdxSeeds,
+  buildSeeds: (ctx) => convertedSeeds(ctx, 'vhdx', 'vhdx', SIZE, 9, [['dynamic', []], ['fixed', ['-o', 'subformat=fixed']]]),
   layout: vhdxLayout,
   reseal: vhdxReseal,
 };

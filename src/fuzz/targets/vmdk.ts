@@ -7,7 +7,8 @@
  */
 
 import { GD_AT_END, SECTOR, SparseHeader, VMDK4_MAGIC } from '../../formats/vmdk/header.js';
-import type { FuzzTarget, Layout, Seed, SeedContext, TableSpec } from '../types.js';
+import { convertedSeeds } from '../seeds.js';
+import type { FuzzTarget, Layout, TableSpec } from '../types.js';
 import { fromStruct, u32le, u64le } from './layout.js';
 import { readUint } from '../mutate.js';
 
@@ -51,20 +52,6 @@ export async function vmdkLayout(b: Uint8Array): Promise<Layout> {
   return { fields, tables, regions, unit: grain > 0 && grain <= 1 << 24 ? grain : 65536 };
 }
 
-async function vmdkSeeds(ctx: SeedContext): Promise<Seed[]> {
-  const src = ctx.patternRaw('vmdk-src.raw', SIZE, 8);
-  const out: Seed[] = [];
-  for (const [name, opts] of [
-    ['vmdk-sparse', []],
-    ['vmdk-stream', ['-o', 'subformat=streamOptimized']],
-    ['vmdk-zeroed', ['-o', 'zeroed_grain=on']],
-  ] as const) {
-    const file = `${ctx.dir}/${name}.vmdk`;
-    await ctx.qemuImg(['convert', '-f', 'raw', '-O', 'vmdk', ...opts, src, file]);
-    out.push({ name, format: 'vmdk', path: file });
-  }
-  return out;
-}
 
 export const vmdkTarget: FuzzTarget = {
   format: 'vmdk',
@@ -72,6 +59,6 @@ export const vmdkTarget: FuzzTarget = {
   qemuBacking: true,
   // Without the sparse magic qemu reads the file as a text descriptor and opens the extent files it names.
   qemuUnsafe: (b) => (b.length < 4 || u32le(b, 0) !== VMDK4_MAGIC ? 'not a sparse extent: qemu would open extent files by name' : undefined),
-  buildSeeds: vmdkSeeds,
+  buildSeeds: (ctx) => convertedSeeds(ctx, 'vmdk', 'vmdk', SIZE, 8, [['sparse', []], ['stream', ['-o', 'subformat=streamOptimized']], ['zeroed', ['-o', 'zeroed_grain=on']]]),
   layout: vmdkLayout,
 };
