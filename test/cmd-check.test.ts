@@ -139,6 +139,58 @@ describe('qcow2 check as qemu-img check', () => {
   });
 });
 
+describe('vdi check as qemu-img check; qcow structure', () => {
+  let vdi: string;
+  beforeAll(() => {
+    vdi = t.path('v.vdi');
+    must('qemu-img', ['convert', '-O', 'vdi', pristine, vdi]);
+  });
+
+  /** Damage a copy of the VDI's block map or header (fields little-endian). */
+  function vdiDamaged(kind: string): string {
+    const file = t.path(`v-${kind}.vdi`);
+    const d = readFileSync(vdi);
+    const bmap = d.readUInt32LE(0x154);
+    if (kind === 'duplicate') d.writeUInt32LE(d.readUInt32LE(bmap), bmap + 4 * 40);
+    if (kind === 'index-too-large') d.writeUInt32LE(100000, bmap + 4 * 3);
+    if (kind === 'blocks-allocated') d.writeUInt32LE(d.readUInt32LE(0x184) + 2, 0x184);
+    writeFileSync(file, d);
+    return file;
+  }
+
+  for (const kind of ['clean', 'duplicate', 'index-too-large', 'blocks-allocated']) {
+    it(`vdi ${kind}: same messages, exit code and JSON; -r answers 63 as qemu-img`, () => {
+      const file = kind === 'clean' ? vdi : vdiDamaged(kind);
+      const hash = sha256File(file);
+      const ours = imgtool(['check', file]);
+      const q = run('qemu-img', ['check', file]);
+      expect(ours.status).toBe(q.status);
+      expect(ours.stdout).toBe(q.stdout);
+      expect(ours.stderr).toBe(q.stderr);
+      expect(JSON.parse(imgtool(['check', '--output', 'json', file]).stdout)).toEqual(qemuCheck(file).json);
+      expect(imgtool(['check', '-r', 'all', file]).status).toBe(run('qemu-img', ['check', '-r', 'all', file]).status);
+      expect(sha256File(file)).toBe(hash);
+    });
+  }
+
+  it('qcow: clean images pass; a data cluster past the end and overlapping clusters are corruptions (exit 2)', () => {
+    const file = t.path('q.qcow');
+    expect(imgtool(['convert', '-O', 'qcow', pristine, file]).status).toBe(0);
+    expect(imgtool(['check', file]).status).toBe(0);
+    const d = readFileSync(file);
+    const l2 = Number(d.readBigUInt64BE(Number(d.readBigUInt64BE(40))));
+    d.writeBigUInt64BE(d.readBigUInt64BE(l2), l2 + 8 * 7); // a second reference to the first data cluster
+    d.writeBigUInt64BE(1n << 40n, l2 + 8 * 9); // past the end
+    const bad = t.path('bad.qcow');
+    writeFileSync(bad, d);
+    const r = imgtool(['check', bad]);
+    expect(r.status).toBe(2);
+    expect(r.stderr).toMatch(/past the end of the file/);
+    expect(r.stderr).toMatch(/overlaps/);
+    expect(JSON.parse(imgtool(['check', '--output', 'json', bad]).stdout).corruptions).toBe(2);
+  });
+});
+
 describe('other formats and hostile input', () => {
   it('raw has no check: exit 63, as qemu-img', () => {
     const file = t.path('a.raw');

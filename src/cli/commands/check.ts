@@ -1,5 +1,7 @@
 import { type CommandSpec, OUTPUT_OPTION, printJson, str, wantsJson } from '../command.js';
-import { FORMAT_OPTION, openFromArgs } from '../common.js';
+import { FORMAT_OPTION } from '../common.js';
+import { FileDevice } from '../../core/file.js';
+import { detectFormat, driverByName } from '../../formats/index.js';
 import { CHECK_EXIT, checkExitCode, checkImage, checkSummary } from '../../maintenance/check.js';
 import type { Repair } from '../../formats/types.js';
 import { ImageError } from '../../core/errors.js';
@@ -35,9 +37,15 @@ Exit codes (as qemu-img): 0 clean; 1 check not completed; 2 corruptions;
     if (r !== undefined && r !== 'leaks' && r !== 'all') throw new ImageError('usage', `Unknown option value for -r (expecting 'leaks' or 'all'): ${r}`);
     const quiet = args.values.quiet === true;
     try {
-      const opened = await openFromArgs(path, args, { metadataOnly: true });
-      const driver = opened.driver;
-      await opened.image.close();
+      // The driver by name or magic only: a damaged image must be checkable even when it cannot be opened.
+      const file = await FileDevice.open(path);
+      let driver;
+      try {
+        const format = str(args, 'format');
+        driver = format ? driverByName(format) : await detectFormat(file);
+      } finally {
+        await file.close();
+      }
       if (!driver.check) {
         ctx.stderr.write('imgtool: This image format does not support checks\n');
         return CHECK_EXIT.unsupported;
@@ -51,6 +59,10 @@ Exit codes (as qemu-img): 0 clean; 1 check not completed; 2 corruptions;
       return checkExitCode(result);
     } catch (e) {
       if (!(e instanceof ImageError) || e.kind === 'usage') throw e;
+      if (e.kind === 'unsupported') {
+        ctx.stderr.write(`imgtool: ${escapeLine(e.describe())}\n`);
+        return CHECK_EXIT.unsupported;
+      }
       ctx.stderr.write(`imgtool: Check failed: ${escapeLine(e.describe())}\n`);
       return CHECK_EXIT.notCompleted;
     }

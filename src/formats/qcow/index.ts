@@ -20,6 +20,7 @@ import { QcowImage, createQcow, readHeader, readL1 } from './image.js';
 import { measureQcow } from './measure.js';
 import { recordQcowBacking } from './backing.js';
 import { resizeQcow } from './resize.js';
+import { checkQcow } from './check.js';
 
 export { QcowImage } from './image.js';
 
@@ -71,5 +72,6 @@ export const qcow: FormatDriver = {
   measure: measureQcow,
   recordBacking: recordQcowBacking,
   resize: resizeQcow,
+  check: checkQcow,
   createsZeroed: () => true,
 };

@@ -25,6 +25,7 @@ import { VDI_CREATE_OPTIONS, VdiImage, createParams, createVdi, readBlockMap, re
 import { streamVdi } from './stream.js';
 import { measureVdi } from './measure.js';
 import { resizeVdi } from './resize.js';
+import { checkVdi } from './check.js';
 
 export { VdiImage } from './image.js';
 export { streamVdi } from './stream.js';
@@ -57,6 +58,7 @@ export const vdi: FormatDriver = {
   createOptions: VDI_CREATE_OPTIONS,
   measure: measureVdi,
   resize: resizeVdi,
+  check: checkVdi,
   // A fixed (static) VDI maps every block to the child's bytes.
   createsZeroed: (opts) => !['on', 'yes', 'true'].includes((opts.options.static ?? 'off').toLowerCase()),
 };
