@@ -33,7 +33,7 @@ import {
   sealChecksum,
 } from '../src/formats/vhdx/structs.js';
 import { exercise, expectFieldError } from './helpers/hostile.js';
-import { imgtool, must, qemuCheck, qemuCompare, qemuInfo, runAsync, sha256File, tempDir } from './helpers/peers.js';
+import { imgtool, must, qemuCheck, qemuCompare, qemuInfo, run, runAsync, sha256File, tempDir } from './helpers/peers.js';
 import { pattern } from './helpers/devices.js';
 
 const t = tempDir('imgtool-vhdx-');
@@ -125,6 +125,8 @@ describe('images imgtool writes', () => {
     expect(r.status, r.stderr).toBe(0);
     const c = qemuCheck(out, 'vhdx');
     expect(c.status, c.text).toBe(0);
+    const ic = imgtool(['check', out]);
+    expect(ic.status, ic.stdout + ic.stderr).toBe(0);
     const cmp = qemuCompare(src(from), out, 'raw', 'vhdx');
     expect(cmp.status, cmp.stdout + cmp.stderr).toBe(0);
     const theirs = qemuInfo(out);
@@ -265,6 +267,29 @@ describe('log replay', () => {
     expect(qemuCompare(file, t.path('expected.raw'), 'vhdx', 'raw').status).toBe(0);
   });
 
+  it('check: refuses a log that needs replay without -r as qemu-img does; check -r all replays it and reports what qemu-img reports', () => {
+    const bytes = withLog(base, entryFor());
+    const [ours, theirs] = [t.path('check-ours.vhdx'), t.path('check-qemu.vhdx')];
+    writeFileSync(ours, bytes);
+    writeFileSync(theirs, bytes);
+    const hash = sha256File(ours);
+    const plain = imgtool(['check', ours]);
+    expect(plain.status).not.toBe(0);
+    expect(run('qemu-img', ['check', theirs]).status).not.toBe(0);
+    expect(sha256File(ours)).toBe(hash);
+    const r = imgtool(['check', '-r', 'all', '--output', 'json', ours]);
+    const q = run('qemu-img', ['check', '-r', 'all', '--output=json', theirs]);
+    expect(r.status, r.stderr).toBe(q.status);
+    const strip = (j: string) => {
+      const { filename: _f, ...rest } = JSON.parse(j);
+      return rest;
+    };
+    expect(strip(r.stdout)).toEqual(strip(q.stdout));
+    expect(qemuCompare(ours, t.path('expected.raw'), 'vhdx', 'raw').status).toBe(0);
+    const c = qemuCheck(ours, 'vhdx');
+    expect(c.status, c.text).toBe(0);
+  });
+
   it('a log entry whose checksum fails is an error naming it; the file is unchanged', async () => {
     const entry = entryFor();
     entry[entry.length - 100] ^= 0xff; // inside the data sector
@@ -366,6 +391,23 @@ describe('hostile VHDXs', () => {
     const bytes = mutate((b) => put64le(b, batOffset, (BigInt(metaOffset / MiB) << 20n) | 6n));
     const e = await expectFieldError(vhdx, bytes, 'BAT entry 0 file offset', 'corrupt');
     expect(e.message).toMatch(/metadata region/);
+  });
+
+  it('a last block only partly in the file (as older qemu wrote them) reads as qemu-img reads it', async () => {
+    const dev = MemoryDevice.from(base, { readOnly: true });
+    const l = await readLayout(dev, await readHeaders(dev));
+    const last = l.blocks - 1;
+    const host = Number(u64le(base, batOffset + 8 * (last + Math.floor(last / l.chunkRatio))) >> 20n) * MiB;
+    expect(host + l.blockSize).toBe(base.length); // qemu-img appended it last
+    const tail = l.size - last * l.blockSize;
+    expect(tail).toBeLessThan(l.blockSize);
+    const file = t.path('partial-last.vhdx');
+    writeFileSync(file, base.subarray(0, host + tail));
+    expect(qemuCompare(file, src('small'), 'vhdx', 'raw').status).toBe(0);
+    const out = t.path('partial-last.raw');
+    const r = imgtool(['convert', '-O', 'raw', file, out]);
+    expect(r.status, r.stderr).toBe(0);
+    expect(qemuCompare(out, src('small'), 'raw', 'raw').status).toBe(0);
   });
 
   it('a BAT entry in a state no payload block has', async () => {

@@ -70,8 +70,10 @@ export class VhdxBat implements MappedFormat {
       if (state !== PAYLOAD_FULLY_PRESENT) continue;
       const m = e >> 20n;
       const host = Number(m) * MIB;
-      if (m < 1n || host + l.blockSize > child.size) {
-        throw fieldError('corrupt', 'vhdx', `BAT entry ${i} file offset`, at, m * BigInt(MIB), `puts a ${l.blockSize}-byte block outside the ${child.size}-byte file`);
+      // The last block may be partial in the file (qemu wrote such images): only its guest bytes must be there.
+      const length = Math.min(l.blockSize, l.size - b * l.blockSize);
+      if (m < 1n || host + length > child.size) {
+        throw fieldError('corrupt', 'vhdx', `BAT entry ${i} file offset`, at, m * BigInt(MIB), `puts a ${length}-byte block outside the ${child.size}-byte file`);
       }
       const clash = metadataRanges(l).find(([s0, e0]) => host < e0 && s0 < host + l.blockSize);
       if (clash) throw fieldError('corrupt', 'vhdx', `BAT entry ${i} file offset`, at, host, `puts a block over the ${clash[2]} [${clash[0]}, ${clash[1]})`);

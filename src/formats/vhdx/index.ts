@@ -11,6 +11,7 @@
 import type { BlockDevice } from '../../core/device.js';
 import type { CreateOptions, FormatDriver, Image, OpenOptions } from '../types.js';
 import { VHDX_CREATE_OPTIONS, createVhdx, vhdxParams } from './create.js';
+import { checkVhdx } from './check.js';
 import { openVhdx } from './open.js';
 
 export const vhdx: FormatDriver = {
@@ -23,6 +24,7 @@ export const vhdx: FormatDriver = {
   create(child: BlockDevice, opts: CreateOptions): Promise<Image> {
     return createVhdx(child, opts);
   },
+  check: checkVhdx,
   createsZeroed: (opts: CreateOptions) => !vhdxParams(opts).fixed,
   createOptions: VHDX_CREATE_OPTIONS,
 };
