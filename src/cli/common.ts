@@ -1,9 +1,9 @@
 /** Options and helpers shared by commands that open images. */
 
 import type { OptionSpec, ParsedArgs } from './command.js';
-import { flag, str } from './command.js';
-import { openImage, openImageOn, openImageWith, type OpenedImage } from '../formats/index.js';
-import { openStdin } from '../convert/stream.js';
+import { flag, list, str } from './command.js';
+import type { HttpOptions } from '../sources/index.js';
+import { openImage, openImageOn, openImageWith, openNamedSource, type OpenedImage } from '../formats/index.js';
 import { ImageError } from '../core/errors.js';
 import { escapeLine } from '../core/escape.js';
 import { makeProgress, type Progress, type ProgressMode } from '../convert/progress.js';
@@ -29,11 +29,31 @@ function diskFromArgs(args: ParsedArgs): number | undefined {
   return Number(v);
 }
 
+/** Where an image's bytes come from when SRC is an http(s) URL. */
+export const HTTP_OPTIONS: OptionSpec[] = [
+  { name: 'header', type: 'string', multiple: true, valueName: "'NAME: VALUE'", description: "with a URL: send this request header (e.g. 'Authorization: Bearer ...'; never printed)" },
+  { name: 'ca-file', type: 'string', valueName: 'PEM', description: 'with an https URL: also trust these certificate authorities (verification cannot be turned off)' },
+  { name: 'no-ranges', type: 'boolean', description: 'with a URL: download the image once instead of reading it in place with Range requests' },
+];
+
+/** Options of every command that reads an image: backing files, data files, and URL sources. */
 export const BACKING_OPTIONS: OptionSpec[] = [
   { name: 'backing', type: 'boolean', description: "read through the image's backing file (only inside the image's directory)" },
   { name: 'backing-dir', type: 'string', valueName: 'DIR', description: 'with --backing: directory backing files may resolve into' },
   { name: 'data-file', type: 'boolean', description: "allow a qcow2 image's external data file" },
+  ...HTTP_OPTIONS,
 ];
+
+/** The http options given on the command line (headers are checked for shape, their values never echoed). */
+export function httpFromArgs(args: ParsedArgs): HttpOptions {
+  const headers: Record<string, string> = {};
+  for (const h of list(args, 'header')) {
+    const m = /^([A-Za-z0-9!#$%&'*+.^_`|~-]+):\s*(.*)$/.exec(h);
+    if (!m) throw new ImageError('usage', "--header takes 'NAME: VALUE' (the value is not shown here)");
+    headers[m[1]!] = m[2]!;
+  }
+  return { headers, caFile: str(args, 'ca-file'), noRanges: flag(args, 'no-ranges') };
+}
 
 export const PROGRESS_OPTIONS: OptionSpec[] = [
   { name: 'show-progress', short: 'p', type: 'boolean', description: 'show progress (a bar on a terminal)' },
@@ -91,18 +111,19 @@ export async function openFromArgs(
   if (path === '-') {
     // Standard input: a file redirect is read in place, a pipe is spooled first.
     if (opts.writable) throw new ImageError('usage', 'standard input cannot be opened for writing');
-    return openImageOn(await openStdin(), '-', { format: str(args, 'format'), disk: diskFromArgs(args), warn }, async (req) => missingBacking(req.name, '-'));
+    return openImageOn(await openNamedSource('-'), '-', { format: str(args, 'format'), disk: diskFromArgs(args), warn }, async (req) => missingBacking(req.name, '-'));
   }
   const backing = flag(args, 'backing') ? (str(args, 'backing-dir') ?? true) : false;
   if (!backing && str(args, 'backing-dir')) throw new ImageError('usage', '--backing-dir needs --backing');
   if (opts.metadataOnly && !backing) {
     // Route through openImage with an opener that never touches the file system.
-    return openImageWith(path, { format: str(args, 'format'), disk: diskFromArgs(args), writable: opts.writable, dataFile: flag(args, 'data-file'), warn }, async (req) =>
+    return openImageWith(path, { format: str(args, 'format'), disk: diskFromArgs(args), writable: opts.writable, dataFile: flag(args, 'data-file'), warn, http: httpFromArgs(args) }, async (req) =>
       missingBacking(req.name, path),
     );
   }
   return openImage(path, {
     warn,
+    http: httpFromArgs(args),
     format: str(args, 'format'),
     disk: diskFromArgs(args),
     writable: opts.writable,

@@ -47,6 +47,17 @@ export interface BlockDevice {
   close(): Promise<void>;
 }
 
+/**
+ * The device holding an image the user named (a local file, a spool of a
+ * pipe or a decompressed stream, a URL): what `info` reports about it.
+ */
+export interface SourceDevice extends BlockDevice {
+  /** Bytes read through it so far (tests prove sparse reads with it). */
+  readonly bytesRead: number;
+  /** Bytes it occupies on disk (qemu-img's actual-size); undefined where that means nothing (a URL). */
+  allocatedOnDisk(): number | undefined;
+}
+
 /** Throw unless [offset, offset + length) lies inside [0, size). */
 export function checkRange(dev: { size: number }, offset: number, length: number, what = 'request'): void {
   if (

@@ -21,7 +21,7 @@ import * as fs from 'node:fs';
 import * as fsp from 'node:fs/promises';
 import { escapeLine } from './escape.js';
 import { execFile } from 'node:child_process';
-import { type BlockDevice, type Extent, checkRange, checkWritable } from './device.js';
+import { type Extent, type SourceDevice, checkRange, checkWritable } from './device.js';
 import { ImageError, ioError } from './errors.js';
 import { dataRunAt } from './seek-data.js';
 
@@ -40,7 +40,7 @@ export interface FileOpenOptions {
   fileOrBlockOnly?: string;
 }
 
-export class FileDevice implements BlockDevice {
+export class FileDevice implements SourceDevice {
   size: number;
   readonly readOnly: boolean;
   readonly growable: boolean;

@@ -8,6 +8,9 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import type { BlockDevice } from '../core/device.js';
 import { FileDevice } from '../core/file.js';
+import type { SourceDevice } from '../core/device.js';
+import { openSource, type HttpOptions } from '../sources/index.js';
+import { containerBound, declaredVirtualSize } from './declared-size.js';
 import { ImageError } from '../core/errors.js';
 import { OutputFile } from '../core/output.js';
 import { escapeLine } from '../core/escape.js';
@@ -17,9 +20,9 @@ import { qcow2 } from './qcow2/index.js';
 import { vdi } from './vdi/index.js';
 import { qcow } from './qcow/index.js';
 import { vmdk } from './vmdk/index.js';
+import { ovaDriver } from './ova/index.js';
 import { vpc } from './vhd/index.js';
 import { vhdx } from './vhdx/index.js';
-import { ovaDriver } from './ova/index.js';
 
 /** Probe order matters only if two magics could collide; raw is the fallback and stays last. */
 export const DRIVERS: FormatDriver[] = [vdi, qcow, qcow2, vmdk, vpc, ovaDriver(() => DRIVERS), vhdx, raw];
@@ -66,12 +69,15 @@ export interface OpenImageOptions {
   warn?: (message: string) => void;
   /** Containers of several disks (OVA): which disk, from 0. */
   disk?: number;
+  /** For an http(s) URL: headers (credentials), an extra CA file, no Range requests. */
+  http?: HttpOptions;
 }
 
 export interface OpenedImage {
   image: Image;
   driver: FormatDriver;
-  file: FileDevice;
+  /** The container: a local file, a URL, or a spool of a pipe or a decompressed stream. */
+  file: SourceDevice;
   path: string;
 }
 
@@ -87,7 +93,11 @@ export async function openImage(file: string, opts: OpenImageOptions = {}, depth
  * regular file or a block device, and opening it never blocks (a FIFO).
  */
 async function openChain(file: string, opts: OpenImageOptions, depth: number, role?: string): Promise<OpenedImage> {
-  const child = await FileDevice.open(file, { writable: opts.writable, fileOrBlockOnly: role });
+  // The image the user named may be a URL or compressed (read-only); backing files are local files.
+  const child =
+    role || opts.writable
+      ? await FileDevice.open(file, { writable: opts.writable, fileOrBlockOnly: role })
+      : await openNamedSource(file, opts.http);
   try {
     const driver = opts.format ? driverByName(opts.format) : await detectFormat(child);
     const allowDir =
@@ -126,7 +136,7 @@ async function openChain(file: string, opts: OpenImageOptions, depth: number, ro
  * describes without following.
  */
 export async function openImageOn(
-  child: FileDevice,
+  child: SourceDevice,
   file: string,
   opts: { format?: string; writable?: boolean; disk?: number; dataFile?: boolean; warn?: (message: string) => void },
   openBacking?: (req: BackingRequest) => Promise<Image>,
@@ -146,10 +156,13 @@ export async function openImageOn(
 /** Open with a caller-supplied backing opener (used by `info` to describe an image without following its backing file). */
 export async function openImageWith(
   file: string,
-  opts: { format?: string; writable?: boolean; disk?: number; dataFile?: boolean; warn?: (message: string) => void },
+  opts: { format?: string; writable?: boolean; disk?: number; dataFile?: boolean; warn?: (message: string) => void; http?: HttpOptions },
   openBacking: (req: BackingRequest) => Promise<Image>,
 ): Promise<OpenedImage> {
-  return openImageOn(await FileDevice.open(file, { writable: opts.writable }), file, opts, openBacking);
+  const child = opts.writable
+    ? await FileDevice.open(file, { writable: true })
+    : await openNamedSource(file, opts.http);
+  return openImageOn(child, file, opts, openBacking);
 }
 
 /** Open files a multi-file image (VMDK descriptor) names, only inside the image's own directory. */
@@ -240,13 +253,29 @@ export async function createImage(
 }
 
 /** `qemu-img info` JSON for an opened image: the driver's fields plus filename and actual-size. */
-export async function describe(opened: OpenedImage): Promise<ImageInfo & { filename: string; 'actual-size': number }> {
+export async function describe(opened: OpenedImage): Promise<ImageInfo & { filename: string; 'actual-size'?: number }> {
   const info = await opened.image.info();
   const warnings = opened.image.warnings ?? [];
+  const onDisk = opened.file.allocatedOnDisk();
   return {
     ...info,
     filename: opened.path,
-    'actual-size': opened.file.allocatedOnDisk(),
+    ...(onDisk === undefined ? {} : { 'actual-size': onDisk }),
     ...(warnings.length ? { warnings: [...warnings] } : {}),
   };
+}
+
+/**
+ * The container the user named: a local path, `-` (standard input), or an
+ * http(s) URL, compressed or not (see src/sources). A stream is capped by
+ * what the image inside declares.
+ */
+export async function openNamedSource(name: string, http?: HttpOptions): Promise<SourceDevice> {
+  return (await openSource(name, { http, limitFor: imageLimit })).device;
+}
+
+/** How long a streamed (decompressed, spooled) image may be: what its header declares, with room for metadata. */
+function imageLimit(head: Uint8Array): { bytes: number; why: string } | undefined {
+  const d = declaredVirtualSize(head);
+  return d && { bytes: containerBound(d.size), why: `the ${d.format} image inside declares ${d.size} bytes` };
 }

@@ -28,7 +28,7 @@ import * as fs from 'node:fs';
 import { rootCertificates } from 'node:tls';
 import type { Readable } from 'node:stream';
 import { EnvHttpProxyAgent, request, type Dispatcher } from 'undici';
-import { type BlockDevice, type Extent, checkRange, checkWritable } from '../core/device.js';
+import { type Extent, type SourceDevice, checkRange, checkWritable } from '../core/device.js';
 import { ImageError } from '../core/errors.js';
 import { escapeLine } from '../core/escape.js';
 
@@ -192,7 +192,7 @@ async function readBody(body: Answer['body'], into: Uint8Array, name: string): P
   if (pos !== into.length) throw new ImageError('io', `${name}: the server sent ${pos} of ${into.length} bytes (connection cut?)`);
 }
 
-export class HttpDevice implements BlockDevice {
+export class HttpDevice implements SourceDevice {
   readonly readOnly = true;
   /** Bytes received in range answers (tests and --debug). */
   bytesFetched = 0;
@@ -328,6 +328,13 @@ export class HttpDevice implements BlockDevice {
   async status(offset: number, length: number): Promise<Extent> {
     checkRange(this, offset, length, 'status');
     return { offset, length, kind: 'data' };
+  }
+  get bytesRead(): number {
+    return this.bytesFetched;
+  }
+  /** Nothing of it is on this machine's disk: qemu-img info has no actual-size for a URL either. */
+  allocatedOnDisk(): undefined {
+    return undefined;
   }
   async flush(): Promise<void> {}
   async close(): Promise<void> {

@@ -3,8 +3,13 @@
  * Range requests, or streamed once and spooled when the server cannot seek).
  */
 
-import type { BlockDevice } from '../core/device.js';
-import { HttpDevice, type HttpOptions } from './http.js';
+import * as fs from 'node:fs';
+import * as os from 'node:os';
+import { FileDevice } from '../core/file.js';
+import { ImageError } from '../core/errors.js';
+import { decompress, declaredContentSize, detectWrapper, type Wrapper } from './decompress.js';
+import type { BlockDevice, SourceDevice } from '../core/device.js';
+import { HttpDevice, type HttpOptions, isUrl } from './http.js';
 import { spoolStream } from './spool.js';
 
 export { HttpDevice, isUrl, displayUrl, type HttpOptions } from './http.js';
@@ -16,7 +21,7 @@ export interface UrlOptions {
 }
 
 /** A device over the image at `url`: in place when the server honours Range, else spooled. */
-export async function openUrl(url: string, opts: UrlOptions = {}): Promise<BlockDevice> {
+export async function openUrl(url: string, opts: UrlOptions = {}): Promise<SourceDevice> {
   const r = await HttpDevice.open(url, opts.http);
   if (r.ranges) return r.device;
   try {
@@ -26,3 +31,162 @@ export async function openUrl(url: string, opts: UrlOptions = {}): Promise<Block
   }
 }
 
+
+// ------------------------------------------------------------ any source
+
+
+export { detectWrapper, type Wrapper } from './decompress.js';
+
+export interface SourceOptions extends UrlOptions {
+  /**
+   * Given the first bytes of a decompressed (or streamed) image, how many
+   * bytes it may need at most, and why: the stream is stopped past that.
+   */
+  limitFor?: (innerHead: Uint8Array) => { bytes: number; why: string } | undefined;
+}
+
+export interface OpenedSource {
+  device: SourceDevice;
+  /** The compression wrapper that was taken off, if any. */
+  wrapper?: Wrapper;
+}
+
+const PEEK = 64 * 1024;
+const DISK_RESERVE = 256 << 20;
+
+/**
+ * Open what the user named as an image: a local path, `-` (standard input),
+ * or an http(s) URL; take a gzip/xz/zstd/bzip2 wrapper off on the fly. A
+ * stream that cannot be read in place ends up in a sparse spool file.
+ */
+export async function openSource(name: string, opts: SourceOptions = {}): Promise<OpenedSource> {
+  let device: SourceDevice | undefined;
+  let stream: AsyncIterable<Uint8Array> | undefined;
+  let closeStream: (() => Promise<void>) | undefined;
+  if (isUrl(name)) {
+    const r = await HttpDevice.open(name, opts.http);
+    if (r.ranges) device = r.device;
+    else {
+      stream = r.body as AsyncIterable<Uint8Array>;
+      closeStream = r.close;
+    }
+  } else if (name === '-') {
+    const st = fs.fstatSync(0);
+    if (st.isFile() || st.isBlockDevice()) device = await FileDevice.open('/dev/stdin');
+    else stream = process.stdin as AsyncIterable<Uint8Array>;
+  } else {
+    device = await FileDevice.open(name);
+  }
+  try {
+    if (device) {
+      const head = new Uint8Array(Math.min(PEEK, device.size));
+      await device.read(head, 0);
+      const wrapper = detectWrapper(head);
+      if (!wrapper) return { device };
+      const wrapped = device;
+      device = undefined;
+      try {
+        return { device: await unwrap(wrapper, head, readAll(wrapped), opts), wrapper };
+      } finally {
+        await wrapped.close();
+      }
+    }
+    const peeked = await peek(stream!, PEEK);
+    const wrapper = detectWrapper(peeked.head);
+    if (wrapper) return { device: await unwrap(wrapper, peeked.head, peeked.stream, opts), wrapper };
+    return { device: await spoolStream(limited(peeked.stream, opts), { scratchDir: opts.scratchDir, diskBudget: diskCap(opts.scratchDir) }) };
+  } catch (e) {
+    await device?.close().catch(() => {});
+    throw e;
+  } finally {
+    await closeStream?.().catch(() => {});
+  }
+}
+
+async function unwrap(kind: Wrapper, head: Uint8Array, wrapped: AsyncIterable<Uint8Array>, opts: SourceOptions): Promise<SourceDevice> {
+  const declared = declaredContentSize(kind, head);
+  const inner = limited(decompress(kind, wrapped), opts, declared);
+  return spoolStream(inner, { scratchDir: opts.scratchDir, diskBudget: diskCap(opts.scratchDir) });
+}
+
+/** Never spool more than the scratch file system can hold (less a reserve). */
+function diskCap(dir = os.tmpdir()): { bytes: number; why: string } | undefined {
+  try {
+    const s = fs.statfsSync(dir);
+    return { bytes: Math.max(0, s.bavail * s.bsize - DISK_RESERVE), why: `the free space in ${dir}` };
+  } catch {
+    return undefined;
+  }
+}
+
+/**
+ * Pass `input` through, stopping with an error once it runs past what the
+ * image inside declares (decided from its first bytes) or what the wrapper
+ * declared for its content.
+ */
+async function* limited(input: AsyncIterable<Uint8Array>, opts: SourceOptions, declared?: number): AsyncGenerator<Uint8Array> {
+  let limit: { bytes: number; why: string } | undefined =
+    declared !== undefined ? { bytes: declared, why: 'the size the compressed stream declares' } : undefined;
+  let decided = !opts.limitFor;
+  let head: Uint8Array[] = [];
+  let headLen = 0;
+  let total = 0;
+  const check = () => {
+    if (limit && total > limit.bytes) {
+      throw new ImageError('invalid-format', `the image is longer than ${limit.bytes} bytes (${limit.why}): a decompression bomb or a corrupt image; stopped`, {
+        value: total,
+      });
+    }
+  };
+  const decide = () => {
+    decided = true;
+    const own = opts.limitFor!(Buffer.concat(head));
+    if (own && (!limit || own.bytes < limit.bytes)) limit = own;
+    head = [];
+  };
+  for await (const chunk of input) {
+    total += chunk.length;
+    if (!decided) {
+      head.push(chunk);
+      headLen += chunk.length;
+      if (headLen >= PEEK) decide();
+    }
+    check();
+    yield chunk;
+  }
+  if (!decided && headLen) decide();
+  check();
+}
+
+/** Read a device front to back in 1 MiB pieces. */
+async function* readAll(dev: BlockDevice): AsyncGenerator<Uint8Array> {
+  const CHUNK = 1 << 20;
+  for (let pos = 0; pos < dev.size; pos += CHUNK) {
+    const buf = new Uint8Array(Math.min(CHUNK, dev.size - pos));
+    await dev.read(buf, pos);
+    yield buf;
+  }
+}
+
+/** The first `n` bytes of a stream (fewer if it is shorter), and the whole stream again. */
+async function peek(input: AsyncIterable<Uint8Array>, n: number): Promise<{ head: Uint8Array; stream: AsyncIterable<Uint8Array> }> {
+  const it = input[Symbol.asyncIterator]();
+  const taken: Uint8Array[] = [];
+  let len = 0;
+  while (len < n) {
+    const r = await it.next();
+    if (r.done) break;
+    taken.push(r.value);
+    len += r.value.length;
+  }
+  const head = Buffer.concat(taken).subarray(0, n);
+  async function* again(): AsyncGenerator<Uint8Array> {
+    yield* taken;
+    for (;;) {
+      const r = await it.next();
+      if (r.done) return;
+      yield r.value;
+    }
+  }
+  return { head, stream: again() };
+}

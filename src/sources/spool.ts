@@ -18,6 +18,8 @@ export interface SpoolOptions {
   scratchDir?: string;
   /** Refuse a stream longer than this many bytes (a decompression bomb). */
   cap?: { bytes: number; why: string };
+  /** Stop before the spool's data (its non-zero blocks) passes this many bytes: keep the disk from filling. */
+  diskBudget?: { bytes: number; why: string };
   /** Told the bytes spooled so far. */
   progress?: (bytes: number) => void;
 }
@@ -31,7 +33,16 @@ export async function spoolStream(stream: AsyncIterable<Uint8Array>, opts: Spool
   fs.unlinkSync(file);
   try {
     let pos = 0;
+    let written = 0;
     let carry: Uint8Array = new Uint8Array(0);
+    const put = async (b: Uint8Array, at: number) => {
+      if (isZero(b)) return;
+      written += b.length;
+      if (opts.diskBudget && written > opts.diskBudget.bytes) {
+        throw new ImageError('io', `spooling the stream would need more than ${opts.diskBudget.bytes} bytes of scratch space (${opts.diskBudget.why}): stopped`);
+      }
+      await spool.write(b, at);
+    };
     for await (const chunk of stream) {
       if (opts.cap && pos + carry.length + chunk.length > opts.cap.bytes) {
         throw new ImageError('invalid-format', `the stream is longer than ${opts.cap.bytes} bytes (${opts.cap.why}): stopped`, {
@@ -40,16 +51,13 @@ export async function spoolStream(stream: AsyncIterable<Uint8Array>, opts: Spool
       }
       const buf = carry.length ? Buffer.concat([carry, chunk]) : chunk;
       const whole = buf.length - (buf.length % BLOCK);
-      for (let off = 0; off < whole; off += BLOCK) {
-        const b = buf.subarray(off, off + BLOCK);
-        if (!isZero(b)) await spool.write(b, pos + off);
-      }
+      for (let off = 0; off < whole; off += BLOCK) await put(buf.subarray(off, off + BLOCK), pos + off);
       pos += whole;
       carry = Uint8Array.from(buf.subarray(whole));
       opts.progress?.(pos);
     }
     if (carry.length) {
-      if (!isZero(carry)) await spool.write(carry, pos);
+      await put(carry, pos);
       pos += carry.length;
     }
     await spool.truncate(pos);

@@ -127,3 +127,28 @@ export function imgtool(args: string[], opts: { input?: string | Buffer; timeout
   if (r.error) throw r.error;
   return { status: r.status ?? -1, stdout: r.stdout, stderr: r.stderr };
 }
+
+/**
+ * Run the built imgtool CLI without blocking this process's event loop: for
+ * tests whose peer lives in the test process itself (a local HTTP server).
+ */
+export function imgtoolAsync(args: string[], opts: { input?: Buffer; timeout?: number; env?: NodeJS.ProcessEnv } = {}): Promise<RunResult> {
+  return new Promise((resolve, reject) => {
+    const child = spawn(process.execPath, [CLI, ...args], { stdio: ['pipe', 'pipe', 'pipe'], env: opts.env ?? process.env });
+    let stdout = '';
+    let stderr = '';
+    child.stdout.on('data', (d) => (stdout += String(d)));
+    child.stderr.on('data', (d) => (stderr += String(d)));
+    const timer = setTimeout(() => child.kill('SIGKILL'), opts.timeout ?? 300_000);
+    child.on('error', (e) => {
+      clearTimeout(timer);
+      reject(e);
+    });
+    child.on('close', (status) => {
+      clearTimeout(timer);
+      resolve({ status: status ?? -1, stdout, stderr });
+    });
+    child.stdin.on('error', () => {}); // a child that exits before reading all of it
+    child.stdin.end(opts.input ?? '');
+  });
+}

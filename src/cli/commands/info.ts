@@ -31,8 +31,8 @@ Example:
         `image: ${escapeLine(info.filename)}`,
         `file format: ${info.format}`,
         `virtual size: ${formatSize(info['virtual-size'])} (${info['virtual-size']} bytes)`,
-        `disk size: ${formatSize(info['actual-size'])}`,
       ];
+      if (info['actual-size'] !== undefined) lines.push(`disk size: ${formatSize(info['actual-size'])}`);
       if (info['cluster-size'] !== undefined) lines.push(`cluster_size: ${info['cluster-size']}`);
       if (info['backing-filename']) {
         lines.push(`backing file: ${escapeLine(info['backing-filename'])}`);
