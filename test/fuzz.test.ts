@@ -155,6 +155,7 @@ describe('fuzz: the classification can fail', () => {
     ['grows-buffers', 'const a = []; for (;;) { a.push(Buffer.alloc(32 << 20, 1)); await new Promise((r) => setTimeout(r, 5)); }', 'memory'],
     ['writes-input', "fs.appendFileSync(opts?.path ?? '', 'x'); buf.fill(0);", 'modified'],
     ['stray-rejection', "Promise.reject(new RangeError('late')); buf.fill(0); await new Promise((r) => setTimeout(r, 50));", 'crash'],
+    ['throws-after-replying', "buf.fill(0); if (offset === 0) setImmediate(() => { throw new RangeError('later'); });", 'crash'],
   ];
   it.each(cases)('a driver that %s is classified as expected and saved as a finding', async (name, body, want) => {
     const dir = tmp.path(`fake-${name}`);

@@ -160,6 +160,19 @@ export async function runFuzz(o: FuzzOptions): Promise<FuzzReport> {
   const casePath = path.join(seedDir, 'case');
   const total = o.only !== undefined ? 1 : o.cases ?? (o.timeSec ? Infinity : 1000);
   const notes = new Map<string, number>();
+  /** The last few cases, for crashes that surface after their case replied. */
+  const recent = new Map<number, { p: PreparedSeed; forced: string | undefined; mutations: Mutation[]; bytes: Uint8Array }>();
+  const drainLate = () => {
+    for (const late of runner.takeLate()) {
+      const c = recent.get(late.id);
+      if (!c) continue;
+      const lst = stats.get(c.p.seed.format)!;
+      lst.byClass.crash = (lst.byClass.crash ?? 0) + 1;
+      const f = saveFinding(o, o.findings, 'crash', c.p, late.id, c.forced, c.mutations, c.bytes, late.error, 'surfaced after the case had replied');
+      report.findings.push(f);
+      log(`FINDING late crash ${c.p.seed.name} case ${late.id}: ${late.error?.name ?? ''} ${late.error?.message ?? ''}`);
+    }
+  };
   try {
     for (let n = 0; n < total; n++) {
       if (o.timeSec && Date.now() - t0 > o.timeSec * 1000) break;
@@ -222,9 +235,15 @@ export async function runFuzz(o: FuzzOptions): Promise<FuzzReport> {
         report.findings.push(f);
         log(`FINDING ${cls} ${p.seed.name} case ${i}: ${f.description.join('; ')}: ${r.error?.name ?? ''} ${r.error?.message ?? detail ?? ''}`);
       }
+      recent.set(i, { p, forced, mutations, bytes });
+      if (recent.size > 4) recent.delete(recent.keys().next().value!);
+      drainLate();
       report.cases++;
       if (report.cases % 1000 === 0) log(`${report.cases} cases, ${Math.round((Date.now() - t0) / 1000)} s, ${report.findings.length} findings`);
     }
+    // A grace period for what the last case left behind (a timer that throws).
+    await new Promise((resolve) => setTimeout(resolve, 250));
+    drainLate();
   } finally {
     runner.close();
     fs.rmSync(casePath, { force: true });

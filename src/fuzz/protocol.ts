@@ -45,4 +45,6 @@ export interface CaseReply {
   exported?: boolean;
   /** Peak resident set of the worker during the case, bytes (0 when unknown). */
   peakRss: number;
+  /** An exception or rejection that surfaced after the case had replied (a timer, a stray promise). */
+  late?: boolean;
 }

@@ -46,6 +46,9 @@ export class Runner {
   private ready: Promise<void> | undefined;
   /** Workers started (1 + restarts after hangs, memory kills and deaths). */
   starts = 0;
+  /** Crashes reported after their case had already replied. */
+  private late: CaseReply[] = [];
+  private expected = -2;
 
   constructor(private readonly opts: RunnerOptions) {}
 
@@ -69,6 +72,11 @@ export class Runner {
           resolve();
           return;
         }
+        if (m.late) {
+          this.late.push(m);
+          return;
+        }
+        if (m.id !== this.expected) return; // a second answer for a case already settled
         const p = this.pending;
         this.pending = undefined;
         p?.({ outcome: m.outcome, reply: m, error: m.error });
@@ -124,8 +132,16 @@ export class Runner {
         }
       }, 50);
       this.pending = finish;
+      this.expected = req.id;
       child.send(req);
     });
+  }
+
+  /** Late crashes since the last call (each names the case it followed). */
+  takeLate(): CaseReply[] {
+    const l = this.late;
+    this.late = [];
+    return l;
   }
 
   close(): void {

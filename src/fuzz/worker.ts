@@ -134,13 +134,17 @@ export async function runCase(req: CaseRequest): Promise<CaseReply> {
 }
 
 let current: number | undefined;
+let last: number | undefined;
 
 function main(): void {
   const send = (m: CaseReply) => process.send?.(m);
   // A stray rejection or exception from a driver belongs to the case running now.
   const stray = (e: unknown) => {
-    if (current !== undefined) send({ type: 'result', id: current, outcome: 'crash', error: report(e), peakRss: peakRss() });
-    process.exit(70);
+    const late = current === undefined;
+    const id = current ?? last;
+    if (id !== undefined) send({ type: 'result', id, outcome: 'crash', error: report(e), peakRss: peakRss(), late });
+    // During a case the process state is suspect: end it (the parent starts another). Between cases, carry on.
+    if (!late) process.exit(70);
   };
   process.on('unhandledRejection', stray);
   process.on('uncaughtException', stray);
@@ -150,6 +154,7 @@ function main(): void {
     void runCase(req).then((r) => {
       r.peakRss = peakRss();
       current = undefined;
+      last = req.id;
       send(r);
     });
   });
