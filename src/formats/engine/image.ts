@@ -1,7 +1,8 @@
 /** An Image from any BlockDevice plus a description: drivers built on the engine compose devices, then describe them. */
 
 import type { BlockDevice, Extent } from '../../core/device.js';
-import type { Image, ImageInfo } from '../types.js';
+import type { Image, ImageInfo, LayerRun } from '../types.js';
+import { layerStatusOf } from './layer.js';
 
 export class DescribedImage implements Image {
   constructor(
@@ -43,5 +44,9 @@ export class DescribedImage implements Image {
   }
   info(): Promise<ImageInfo> {
     return this.describe();
+  }
+  /** This layer's run with its host offset (map, check): see LayerRun. */
+  layerStatus(offset: number, length: number): Promise<LayerRun> {
+    return layerStatusOf(this.dev, offset, length);
   }
 }

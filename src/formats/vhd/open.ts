@@ -102,7 +102,7 @@ export class VhdImage extends DescribedImage {
   ) {
     super('vpc', dev, describe, onClose);
   }
-  async layerStatus(offset: number, length: number): Promise<LayerRun> {
+  override async layerStatus(offset: number, length: number): Promise<LayerRun> {
     checkRange(this, offset, length, 'status');
     return this.layer(offset, length);
   }
