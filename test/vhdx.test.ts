@@ -304,6 +304,13 @@ describe('log replay', () => {
     expect(sha256File(file)).toBe(hash);
   });
 
+  it('a log entry whose length is not a 4 KiB multiple is an error naming it', async () => {
+    const entry = entryFor();
+    put32le(entry, 8, entry.length - 100);
+    sealChecksum(entry, 4);
+    await expectFieldError(vhdx, withLog(base, entry), 'log entry length', 'corrupt');
+  });
+
   it('a descriptor whose file offset is not 4 KiB aligned is an error naming it', async () => {
     await expectFieldError(vhdx, withLog(base, logEntry(5n, [{ offset: host0 + 100, data: write }], base.length)), 'log entry descriptor 0 file offset', 'corrupt');
   });

@@ -11,8 +11,8 @@
  * from there must follow each other with consecutive sequence numbers.
  *
  * imgtool is stricter than qemu in one place: an entry carrying this log's
- * GUID whose checksum fails, newer than every valid entry (or with no valid
- * entry at all), is an error (qemu silently replays nothing). Older damaged
+ * GUID whose checksum or length fails, newer than every valid entry (or with
+ * no valid entry at all), is an error (qemu silently replays nothing). Older damaged
  * entries are leftovers of the circular buffer and are ignored.
  *
  * Replay yields operations; the caller applies them in memory (a read: the
@@ -56,7 +56,15 @@ interface Entry {
   ops: ReplayOp[];
 }
 
-type Parsed = { ok: true; entry: Entry } | { ok: false; badChecksum?: bigint };
+/** A damaged entry of this log: which check failed (the field named in the error), its sequence number, where it is. */
+interface Damage {
+  field: 'log entry checksum' | 'log entry length';
+  seq: bigint;
+  at: number;
+  value: number;
+}
+
+type Parsed = { ok: true; entry: Entry } | { ok: false; damage?: Damage };
 
 class LogReader {
   constructor(
@@ -82,9 +90,11 @@ class LogReader {
     if (head.signature !== SIG_LOGE || !guidEqual(head.logGuid, this.header.logGuid)) return { ok: false };
     const len = head.entryLength;
     const descBytes = Math.ceil((64 + 32 * head.descriptorCount) / LOG_SECTOR) * LOG_SECTOR;
-    if (len === 0 || len % LOG_SECTOR !== 0 || len > this.log.length || head.descriptorCount > len / 32 || descBytes > len) return { ok: false };
+    if (len === 0 || len % LOG_SECTOR !== 0 || len > this.log.length || head.descriptorCount > len / 32 || descBytes > len) {
+      return { ok: false, damage: { field: 'log entry length', seq: head.sequenceNumber, at: at + 8, value: len } };
+    }
     const whole = this.slice(at, len);
-    if (checksumWithout(whole, 4) !== head.checksum) return { ok: false, badChecksum: head.sequenceNumber };
+    if (checksumWithout(whole, 4) !== head.checksum) return { ok: false, damage: { field: 'log entry checksum', seq: head.sequenceNumber, at: at + 4, value: head.checksum } };
     const ops: ReplayOp[] = [];
     let dataAt = descBytes;
     for (let i = 0; i < head.descriptorCount; i++) {
@@ -135,22 +145,19 @@ export async function readLog(child: BlockDevice, header: HeaderValue, headerAt:
   const r = new LogReader(log, logOffset, header, fileLimit);
   const valid = new Map<number, Entry>();
   let best: Entry | undefined;
-  let newestBad = -1n;
+  let newestBad: Damage | undefined;
   for (let at = 0; at < length; at += LOG_SECTOR) {
     if (u32le(log, at) !== SIG_LOGE) continue;
     const p = r.parse(at);
     if (p.ok) {
       valid.set(at, p.entry);
       if (!best || p.entry.header.sequenceNumber > best.header.sequenceNumber) best = p.entry;
-    } else if (p.badChecksum !== undefined && p.badChecksum > newestBad) newestBad = p.badChecksum;
+    } else if (p.damage && (!newestBad || p.damage.seq > newestBad.seq)) newestBad = p.damage;
   }
-  if (newestBad >= 0n && (!best || newestBad > best.header.sequenceNumber)) {
-    throw new ImageError('corrupt', `vhdx: log entry checksum (CRC-32C) fails for the entry with sequence ${newestBad}, newer than any valid entry: the log cannot be replayed`, {
-      format: 'vhdx',
-      field: 'log entry checksum',
-      offset: logOffset,
-      value: newestBad,
-    });
+  if (newestBad && (!best || newestBad.seq > best.header.sequenceNumber)) {
+    const d = newestBad;
+    const why = d.field === 'log entry checksum' ? 'does not match the entry (CRC-32C)' : 'is not a 4 KiB multiple holding its descriptors inside the log';
+    throw fieldError('corrupt', 'vhdx', d.field, logOffset + d.at, d.value, `${why}, in the entry with sequence ${d.seq}, newer than any valid entry: the log cannot be replayed`);
   }
   if (!best) return { ops: [], fileSize: 0, entries: 0 };
   // The sequence runs from the newest entry's tail to the newest entry.
