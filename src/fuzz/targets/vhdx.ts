@@ -36,7 +36,10 @@ export async function vhdxLayout(b: Uint8Array): Promise<Layout> {
       const off = u64le(b, eat + RegionEntry.offsetOf('fileOffset'));
       const len = u32le(b, eat + RegionEntry.offsetOf('length'));
       if (sameGuid(b, eat, BAT_GUID)) {
-        tables.push({ name: 'BAT', offset: off, count: Math.floor(len / 8), entrySize: 8, endian: 'le', pointsTo: 'count', flags: [1n, 2n, 4n, 6n, 7n, 1n << 20n] });
+        // The region is sized generously: mutate up to a little past the last entry in use.
+        let used = Math.min(Math.floor(len / 8), Math.floor((b.length - off) / 8));
+        while (used > 0 && u64le(b, off + (used - 1) * 8) === 0) used--;
+        tables.push({ name: 'BAT', offset: off, count: used + 16, entrySize: 8, endian: 'le', pointsTo: 'count', flags: [1n, 2n, 4n, 6n, 7n, 1n << 20n] });
       }
       if (sameGuid(b, eat, METADATA_GUID)) {
         add(fromStruct(MetadataTableHeader, off, 'le', 'metadata table '));
@@ -73,7 +76,7 @@ function vhdxReseal(b: Uint8Array): string | undefined {
 export const vhdxTarget: FuzzTarget = {
   format: 'vhdx',
   qemuFormat: 'vhdx',
-  buildSeeds: (ctx) => convertedSeeds(ctx, 'vhdx', 'vhdx', SIZE, 9, [['dynamic', []], ['fixed', ['-o', 'subformat=fixed']]]),
+  buildSeeds: (ctx) => convertedSeeds(ctx, 'vhdx', 'vhdx', SIZE, 9, [['dynamic', ['-o', 'block_size=1M']], ['fixed', ['-o', 'subformat=fixed,block_size=1M']]]),
   layout: vhdxLayout,
   reseal: vhdxReseal,
 };
