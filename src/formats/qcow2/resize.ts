@@ -24,6 +24,7 @@ export async function resizeQcow2(child: BlockDevice, newSize: number): Promise<
   if (h.incompatible & (INCOMPAT_DIRTY | INCOMPAT_CORRUPT)) {
     throw new ImageError('corrupt', `qcow2: the image is marked ${h.incompatible & INCOMPAT_CORRUPT ? 'corrupt' : 'dirty'}: run 'imgtool check -r all' first`, { format: FORMAT });
   }
+  if (!Number.isSafeInteger(newSize) || newSize < 0) throw new ImageError('usage', `qcow2: invalid size ${newSize}`, { format: FORMAT, value: newSize });
   if (newSize % 512 !== 0) throw new ImageError('usage', `qcow2: the new size ${newSize} is not a multiple of 512`, { format: FORMAT, value: newSize });
   if (newSize >= h.size) return grow(f, newSize);
   if (h.nbSnapshots) throw new ImageError('unsupported', "qcow2: can't shrink an image which has snapshots", { format: FORMAT });
