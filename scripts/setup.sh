@@ -14,7 +14,7 @@ PACKAGES=(
   qemu-system-x86 busybox-static grub-pc-bin grub-common cpio
   libvirt-clients libxml2-utils time attr patch xz-utils zstd
   libvirt-daemon libvirt-daemon-driver-qemu
-  kmod
+  kmod openssl
 )
 
 if [ "$(id -u)" = 0 ]; then

@@ -104,6 +104,24 @@ describe('http(s) sources', () => {
     }
   });
 
+  it('verifies TLS: a self-signed server fails clearly, and works with --ca-file', async () => {
+    must('openssl', ['req', '-x509', '-newkey', 'rsa:2048', '-nodes', '-days', '2', '-subj', '/CN=localhost', '-addext', 'subjectAltName=DNS:localhost',
+      '-keyout', t.path('key.pem'), '-out', t.path('cert.pem')]);
+    const tls = await serveDir(t.dir, { tls: { key: readFileSync(t.path('key.pem'), 'utf8'), cert: readFileSync(t.path('cert.pem'), 'utf8') } });
+    try {
+      const refused = await imgtoolAsync(['info', tls.url('inner.qcow2')]);
+      expect(refused.status).toBe(5);
+      expect(refused.stderr.trim().split('\n')).toHaveLength(1);
+      expect(refused.stderr).toMatch(/certificate/i);
+      const out = t.path('tls.qcow2');
+      const ok = await imgtoolAsync(['convert', '--ca-file', t.path('cert.pem'), tls.url('inner.qcow2'), out]);
+      expect(ok.status, ok.stderr).toBe(0);
+      expect(qemuCompare(t.path('inner.raw'), out, 'raw', 'qcow2').status).toBe(0);
+    } finally {
+      await tls.close();
+    }
+  });
+
   it('follows redirects', async () => {
     const out = t.path('redirected.raw');
     expect((await imgtoolAsync(['convert', '-O', 'raw', server.url('redirect/3/inner.qcow2'), out])).status).toBe(0);

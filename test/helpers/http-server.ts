@@ -6,6 +6,7 @@
  * It counts the body bytes it sends.
  */
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
+import { createServer as createHttpsServer } from 'node:https';
 import { createReadStream, statSync } from 'node:fs';
 import { join } from 'node:path';
 import type { AddressInfo } from 'node:net';
@@ -20,6 +21,8 @@ export interface ServeOptions {
   token?: string;
   /** Answer 503 to the first N requests. */
   unavailableFirst?: number;
+  /** Serve https with this key and certificate (PEM). */
+  tls?: { key: string; cert: string };
 }
 
 export interface TestServer {
@@ -84,11 +87,12 @@ export async function serveDir(dir: string, opts: ServeOptions = {}): Promise<Te
     state.bytesSent += end - start + 1;
     createReadStream(file, { start, end }).pipe(res);
   };
-  const server: Server = createServer(handler);
+  const server: Server = opts.tls ? createHttpsServer({ key: opts.tls.key, cert: opts.tls.cert }, handler) : createServer(handler);
   await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
   const port = (server.address() as AddressInfo).port;
   return {
-    url: (p: string) => `http://127.0.0.1:${port}/${p.replace(/^\//, '')}`,
+    // https needs the certificate's name (localhost); plain http stays on the address it listens on.
+    url: (p: string) => `${opts.tls ? 'https://localhost' : 'http://127.0.0.1'}:${port}/${p.replace(/^\//, '')}`,
     get bytesSent() {
       return state.bytesSent;
     },
