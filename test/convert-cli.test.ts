@@ -79,7 +79,7 @@ describe('imgtool convert (raw)', () => {
     for (let i = 0; i < 256; i++) writeSync(fd, chunk, 0, chunk.length, i << 20);
     closeSync(fd);
     const dst = t.path('big-out.raw');
-    const cli = new URL('../dist/cli/main.js', import.meta.url).pathname;
+    const cli = new URL('../dist/bin/main.js', import.meta.url).pathname;
     const child = spawn(process.execPath, [cli, 'convert', '-O', 'raw', '-S', '0', src, dst]);
     // Wait until the temporary output exists, then interrupt.
     const started = Date.now();
@@ -132,7 +132,7 @@ describe('imgtool convert with pipes', () => {
 
   it('writes raw to standard output', () => {
     const src = sparseRaw('q.img', 5 << 20);
-    const r = spawnSync(process.execPath, [new URL('../dist/cli/main.js', import.meta.url).pathname, 'convert', src, '-'], { maxBuffer: 64 << 20 });
+    const r = spawnSync(process.execPath, [new URL('../dist/bin/main.js', import.meta.url).pathname, 'convert', src, '-'], { maxBuffer: 64 << 20 });
     expect(r.status).toBe(0);
     expect(Buffer.compare(r.stdout, readFileSync(src))).toBe(0);
   });
@@ -149,7 +149,8 @@ describe('imgtool info', () => {
 
 describe('help', () => {
   it('describes every option of every command', async () => {
-    const { COMMANDS } = await import('../src/cli/commands/index.js');
+    const { loadAllCommands } = await import('../src/cli/commands/index.js');
+    const COMMANDS = await loadAllCommands();
     const top = imgtool(['--help']).stdout;
     for (const c of COMMANDS) {
       expect(top).toContain(c.name);

@@ -24,7 +24,7 @@ function bounded(args: string[]): RunResult {
   const r = spawnSync(process.execPath, [CLI, ...args], { encoding: 'utf8', timeout: 20_000, killSignal: 'SIGKILL' });
   return { status: r.status ?? -1, stdout: r.stdout, stderr: r.stderr };
 }
-const CLI = process.env.IMGTOOL_CLI ?? new URL('../dist/cli/main.js', import.meta.url).pathname;
+const CLI = process.env.IMGTOOL_CLI ?? new URL('../dist/bin/main.js', import.meta.url).pathname;
 
 /** An overlay (qcow2, 1 MiB) whose backing-file name is `name` (not checked when made). */
 function overlay(file: string, name: string, fmt = 'raw'): string {

@@ -49,7 +49,7 @@ describe('the library', () => {
     const files: string[] = packed[0].files.map((f: { path: string }) => f.path);
     expect(files).toContain('dist/index.js');
     expect(files).toContain('dist/index.d.ts');
-    expect(files).toContain('dist/cli/main.js');
+    expect(files).toContain('dist/bin/main.js');
     expect(files.filter((f) => f.startsWith('wasm/build/') && f.endsWith('.wasm')).sort()).toEqual(['wasm/build/e2fsck.wasm', 'wasm/build/mke2fs.wasm', 'wasm/build/resize2fs.wasm']);
     const app = t.path('app');
     mkdirSync(app);

@@ -76,7 +76,7 @@ describe('conversion to a pipe', () => {
   it.each(['raw', 'vdi', 'qcow2'])('writes %s to standard output; saved by cat, it is valid and identical to the source', (fmt) => {
     const src = path('ends', 'qcow2');
     const out = t.path(`piped.${fmt}`);
-    const cli = new URL('../dist/cli/main.js', import.meta.url).pathname;
+    const cli = new URL('../dist/bin/main.js', import.meta.url).pathname;
     must('bash', ['-c', `set -o pipefail; '${process.execPath}' '${cli}' convert -O ${fmt} '${src}' - | cat > '${out}'`]);
     expect(qemuCompare(src, out, 'qcow2', fmt).status).toBe(0);
     if (fmt !== 'raw') {

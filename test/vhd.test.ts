@@ -134,7 +134,7 @@ describe('images imgtool writes', () => {
 
   it.each(['dynamic', 'fixed'])('streams a %s VHD to a pipe; the saved stream is identical to the source', (sub) => {
     const out = t.path(`piped-${sub}.vhd`);
-    const cli = new URL('../dist/cli/main.js', import.meta.url).pathname;
+    const cli = new URL('../dist/bin/main.js', import.meta.url).pathname;
     must('bash', ['-c', `set -o pipefail; '${process.execPath}' '${cli}' convert -O vpc -o subformat=${sub} '${small}' - | cat > '${out}'`]);
     expect(qemuCompare(small, out, 'raw', 'vpc').status).toBe(0);
     expect(infoJson(['--output', 'json', out]).format).toBe('vpc');

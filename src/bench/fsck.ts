@@ -18,7 +18,7 @@ import * as path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { type Inputs, type Row, median, timed, workDir } from './bench.js';
 
-const CLI = fileURLToPath(new URL('../cli/main.js', import.meta.url));
+const CLI = fileURLToPath(new URL('../bin/main.js', import.meta.url));
 
 export interface FsckBenchResult {
   /** Medians over the runs, wall-clock seconds. */

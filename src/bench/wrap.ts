@@ -9,7 +9,7 @@ import * as path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { type Inputs, type Row, pairRuns, timed } from './bench.js';
 
-const CLI = fileURLToPath(new URL('../cli/main.js', import.meta.url));
+const CLI = fileURLToPath(new URL('../bin/main.js', import.meta.url));
 
 export function wrapRows(inp: Inputs, runs: number): Row[] {
   const ours = path.join(inp.dir, 'wrap-imgtool.qcow2');

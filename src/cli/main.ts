@@ -14,8 +14,8 @@
  * a system call (process.exit would wait for that thread forever).
  */
 
-import { COMMANDS } from './commands/index.js';
-import { commandHelp, parseCommandArgs, type CliContext, type CommandSpec } from './command.js';
+import { COMMAND_INDEX, type CommandEntry } from './commands/index.js';
+import { commandHelp, parseCommandArgs, type CliContext } from './command.js';
 import { EXIT_CODES, ImageError } from '../core/errors.js';
 import { cleanupPendingOutputs } from '../core/output.js';
 import { escapeLine, terminalSafe } from '../core/escape.js';
@@ -24,14 +24,14 @@ import { setDebugSink } from '../core/debug.js';
 const VERSION = '0.1.0';
 
 function mainHelp(): string {
-  const width = Math.max(...COMMANDS.map((c) => c.name.length)) + 2;
+  const width = Math.max(...COMMAND_INDEX.map((c) => c.name.length)) + 2;
   return [
     'usage: imgtool COMMAND [options] ...',
     '',
     'Disk-image conversion and partitioning: raw, qcow, qcow2, VDI; Xen single-filesystem images to bootable KVM disks.',
     '',
     'commands:',
-    ...COMMANDS.map((c) => `  ${c.name.padEnd(width)}${c.summary}`),
+    ...COMMAND_INDEX.map((c) => `  ${c.name.padEnd(width)}${c.summary}`),
     '',
     "Run 'imgtool COMMAND --help' for a command's options.",
     '',
@@ -39,12 +39,12 @@ function mainHelp(): string {
 }
 
 /** Find the command named by the leading words of argv (longest match: `part list` before `part`). */
-function findCommand(argv: string[]): { spec: CommandSpec; rest: string[] } | undefined {
-  let best: { spec: CommandSpec; rest: string[] } | undefined;
-  for (const spec of COMMANDS) {
-    const words = spec.name.split(' ');
-    if (words.every((w, i) => argv[i] === w) && (!best || words.length > best.spec.name.split(' ').length)) {
-      best = { spec, rest: argv.slice(words.length) };
+function findCommand(argv: string[]): { entry: CommandEntry; rest: string[] } | undefined {
+  let best: { entry: CommandEntry; rest: string[] } | undefined;
+  for (const entry of COMMAND_INDEX) {
+    const words = entry.name.split(' ');
+    if (words.every((w, i) => argv[i] === w) && (!best || words.length > best.entry.name.split(' ').length)) {
+      best = { entry, rest: argv.slice(words.length) };
     }
   }
   return best;
@@ -53,7 +53,7 @@ function findCommand(argv: string[]): { spec: CommandSpec; rest: string[] } | un
 export async function main(argv: string[], ctx: CliContext): Promise<number> {
   if (argv.length === 0 || argv[0] === '--help' || argv[0] === '-h' || argv[0] === 'help') {
     const topic = argv[0] === 'help' ? findCommand(argv.slice(1)) : undefined;
-    ctx.stdout.write(topic ? commandHelp(topic.spec) : mainHelp());
+    ctx.stdout.write(topic ? commandHelp(await topic.entry.load()) : mainHelp());
     return argv.length === 0 ? 2 : 0;
   }
   if (argv[0] === '--version' || argv[0] === '-V') {
@@ -63,19 +63,20 @@ export async function main(argv: string[], ctx: CliContext): Promise<number> {
   const found = findCommand(argv);
   if (!found) {
     // A group name alone (`imgtool part`) lists its subcommands.
-    const group = COMMANDS.filter((c) => c.name.startsWith(argv[0] + ' '));
+    const group = COMMAND_INDEX.filter((c) => c.name.startsWith(argv[0] + ' '));
     if (group.length) {
       ctx.stderr.write(`usage: imgtool ${argv[0]} SUBCOMMAND ...\n\n${group.map((c) => `  ${c.name.padEnd(16)}${c.summary}`).join('\n')}\n`);
       return EXIT_CODES.usage;
     }
     throw new ImageError('usage', `unknown command '${argv[0]}' (see 'imgtool --help')`);
   }
-  const args = parseCommandArgs(found.spec, found.rest);
+  const spec = await found.entry.load();
+  const args = parseCommandArgs(spec, found.rest);
   if (args.values.help) {
-    ctx.stdout.write(commandHelp(found.spec));
+    ctx.stdout.write(commandHelp(spec));
     return 0;
   }
-  return found.spec.run(args, ctx);
+  return spec.run(args, ctx);
 }
 
 /** Resolve once everything written to `stream` has been handed to the OS (pipes are asynchronous in Node). */
@@ -101,7 +102,8 @@ function endBySignal(sig: NodeJS.Signals): void {
   process.kill(process.pid, sig);
 }
 
-async function cli(): Promise<void> {
+/** Run the command line in this process (the bin entry and `node dist/cli/main.js`). */
+export async function cli(): Promise<void> {
   const argv = process.argv.slice(2);
   const debug = argv.includes('--debug');
   const ctx: CliContext = {
@@ -110,7 +112,12 @@ async function cli(): Promise<void> {
     isTTY: !!process.stderr.isTTY,
     debug,
   };
-  if (debug) setDebugSink((line) => ctx.stderr.write(line));
+  if (debug) {
+    setDebugSink((line) => ctx.stderr.write(line));
+    // Stack traces name the TypeScript lines (source maps); off otherwise: it costs start-up.
+    // (The bundle's entry, bin.ts, turns them on before anything else is loaded.)
+    process.setSourceMapsEnabled(true);
+  }
   for (const sig of ['SIGINT', 'SIGTERM', 'SIGHUP'] as const) process.on(sig, endBySignal);
   // A closed pipe on stdout (imgtool ... | head) is not an error worth a trace.
   process.stdout.on('error', (e: NodeJS.ErrnoException) => {
@@ -142,7 +149,7 @@ async function cli(): Promise<void> {
   process.exit(code);
 }
 
-// Run when executed directly (bin or `node dist/cli/main.js`), not when imported by tests.
+// Run when executed directly (the bundle dist/bin/main.js, or `node dist/cli/main.js`), not when imported by tests.
 import { realpathSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 const self = fileURLToPath(import.meta.url);

@@ -27,7 +27,11 @@
 import * as fs from 'node:fs';
 import { rootCertificates } from 'node:tls';
 import type { Readable } from 'node:stream';
-import { EnvHttpProxyAgent, request, type Dispatcher } from 'undici';
+import type { Dispatcher } from 'undici';
+import { createRequire } from 'node:module';
+
+/** undici, loaded when a URL is first opened (most runs never need it). */
+const undici = () => createRequire(import.meta.url)('undici') as typeof import('undici');
 import { type Extent, type SourceDevice, checkRange, checkWritable } from '../core/device.js';
 import { ImageError } from '../core/errors.js';
 import { escapeLine } from '../core/escape.js';
@@ -99,7 +103,7 @@ class Client {
       }
     }
     // A --ca-file adds to Node's bundled trust store; it never replaces it, and nothing turns verification off.
-    this.dispatcher = new EnvHttpProxyAgent(ca ? { connect: { ca: [...rootCertificates, ca] } } : {});
+    this.dispatcher = new (undici().EnvHttpProxyAgent)(ca ? { connect: { ca: [...rootCertificates, ca] } } : {});
   }
 
   /**
@@ -114,7 +118,7 @@ class Client {
       try {
         let target = start;
         for (let hop = 0; ; hop++) {
-          const answer = (await request(target.url, {
+          const answer = (await undici().request(target.url, {
             method: 'GET',
             headers: { ...target.headers, ...extra },
             dispatcher: this.dispatcher,

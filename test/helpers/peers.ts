@@ -113,7 +113,7 @@ export function sha256File(path: string): string {
 }
 
 // IMGTOOL_CLI runs the tests against another build (e.g. an older commit's, to see a new test fail there).
-export const CLI = process.env.IMGTOOL_CLI ?? new URL('../../dist/cli/main.js', import.meta.url).pathname;
+export const CLI = process.env.IMGTOOL_CLI ?? new URL('../../dist/bin/main.js', import.meta.url).pathname;
 
 /** Run the built imgtool CLI (npm test builds first). */
 export function imgtool(args: string[], opts: { input?: string | Buffer; timeout?: number; env?: NodeJS.ProcessEnv } = {}): RunResult {

@@ -14,7 +14,7 @@
 import type { BlockDevice } from '../../core/device.js';
 import { ImageError } from '../../core/errors.js';
 import { SliceDevice } from '../../core/slice.js';
-import { Header } from 'tar';
+import { createRequire } from 'node:module';
 import { DescribedImage } from '../engine/image.js';
 import type { FormatDriver, Image, ImageInfo, OpenOptions } from '../types.js';
 import { verifyManifest } from './manifest.js';
@@ -27,6 +27,8 @@ function probeOva(head: Uint8Array): boolean {
   if (head.length < 512) return false;
   const block = Buffer.from(head.buffer, head.byteOffset, 512);
   if (block.subarray(257, 262).toString('latin1') !== 'ustar') return false;
+  // node-tar is loaded only for files that are tar archives (start-up stays light).
+  const { Header } = createRequire(import.meta.url)('tar') as typeof import('tar');
   const h = new Header(block);
   return h.cksumValid && /\.ovf$/i.test(h.path ?? '');
 }

@@ -11,7 +11,7 @@
  * Attributes are matched by local name, whatever namespace prefix the file uses.
  */
 
-import { DOMParser } from '@xmldom/xmldom';
+import { createRequire } from 'node:module';
 import { ImageError } from '../../core/errors.js';
 
 export interface OvfDisk {
@@ -67,6 +67,7 @@ export function parseOvf(text: string): OvfDisk[] {
   const errors: string[] = [];
   let doc;
   try {
+    const { DOMParser } = createRequire(import.meta.url)('@xmldom/xmldom') as typeof import('@xmldom/xmldom');
     doc = new DOMParser({
       errorHandler: (level: string, msg: string) => {
         if (level !== 'warning') errors.push(msg);

@@ -12,7 +12,8 @@
  * place, but its names still choose which window is opened).
  */
 
-import { Header, Pax } from 'tar';
+import { createRequire } from 'node:module';
+import type { Pax } from 'tar';
 import type { BlockDevice } from '../../core/device.js';
 import { ImageError } from '../../core/errors.js';
 
@@ -48,6 +49,7 @@ export function checkEntryName(name: string, offset: number): void {
 export async function tarEntries(dev: BlockDevice): Promise<TarEntry[]> {
   const out: TarEntry[] = [];
   const block = Buffer.alloc(BLOCK);
+  const { Header, Pax: PaxParser } = createRequire(import.meta.url)('tar') as typeof import('tar');
   let ex: Pax | undefined;
   let longName: string | undefined;
   for (let pos = 0; pos + BLOCK <= dev.size; ) {
@@ -67,7 +69,7 @@ export async function tarEntries(dev: BlockDevice): Promise<TarEntry[]> {
       const text = Buffer.alloc(size);
       await dev.read(text, dataAt);
       if (type === 'NextFileHasLongPath') longName = text.toString('utf8').replace(/\0.*$/s, '');
-      else if (type === 'ExtendedHeader') ex = Pax.parse(text.toString('utf8'), ex, false);
+      else if (type === 'ExtendedHeader') ex = PaxParser.parse(text.toString('utf8'), ex, false);
       pos = next;
       continue;
     }
