@@ -200,6 +200,24 @@ describe('other formats and hostile input', () => {
     expect(run('qemu-img', ['check', '-f', 'raw', file]).status).toBe(63);
   });
 
+  it('an L1 table of 256k entries all naming one L2 table completes (each table is read once, not 256k times)', () => {
+    const d = readFileSync(pristine);
+    const l2 = d.readBigUInt64BE(Number(d.readBigUInt64BE(40)));
+    const entries = 1 << 18;
+    const at = Math.ceil(d.length / CS) * CS;
+    const l1 = Buffer.alloc(entries * 8);
+    for (let i = 0; i < entries; i++) l1.writeBigUInt64BE(l2, i * 8);
+    const out = Buffer.concat([d, Buffer.alloc(at - d.length), l1]);
+    out.writeBigUInt64BE(BigInt(entries) * 512n * 1024n * 1024n, 24); // the size those entries map
+    out.writeUInt32BE(entries, 36);
+    out.writeBigUInt64BE(BigInt(at), 40);
+    const file = t.path('many-l1.qcow2');
+    writeFileSync(file, out);
+    const r = imgtool(['check', '--output', 'json', file], { timeout: 120_000 });
+    expect(r.status).toBe(2);
+    expect(JSON.parse(r.stdout).corruptions).toBeGreaterThan(0);
+  });
+
   it('mutated metadata: a completed check or a clear error, never a crash', () => {
     const base = readFileSync(pristine);
     let seed = 12345;

@@ -53,25 +53,29 @@ class Checker {
   }
 
   /** Count a reference to every cluster of [offset, offset + size), unless it lies a cluster or more past the end of the file. */
-  inc(offset: number, size: number): void {
-    if (size <= 0) return;
+  inc(offset: number, size: number, weight = 1): boolean {
+    if (size <= 0) return false;
     const fileLen = this.f.child.size;
     if (offset + size - fileLen >= this.f.cs) {
       this.say(`ERROR: counting reference for region exceeding the end of the file by one cluster or more: offset 0x${hex(offset)} size 0x${hex(size)}`);
       this.c.corruptions++;
-      return;
+      return false;
     }
     const cs = this.f.cs;
     for (let k = Math.floor(offset / cs); k <= Math.floor((offset + size - 1) / cs); k++) {
-      this.refs.set(k, (this.refs.get(k) ?? 0) + 1);
+      this.refs.set(k, (this.refs.get(k) ?? 0) + weight);
       if (k >= this.nbClusters) this.nbClusters = k + 1;
     }
+    return true;
   }
 
   async l1(l1Offset: number, l1Size: number, active: boolean): Promise<void> {
     const f = this.f;
     this.inc(l1Offset, l1Size * 8);
     const table = await f.l1(l1Offset, l1Size);
+    // An L2 table named again by the same L1 table (only a hostile image does that) is read once and its
+    // references counted again with a weight: the work stays bounded by the file's size.
+    const seen = new Map<number, { refs: Array<[number, number]>; again: number }>();
     for (let i = 0; i < l1Size; i++) {
       const l2 = table[i]!.offset;
       if (!l2) continue;
@@ -84,11 +88,22 @@ class Checker {
         this.say(`ERROR l2_offset=${hex(l2)}: Table is not cluster aligned; L1 entry corrupted`);
         this.c.corruptions++;
       }
-      await this.l2(l2, active);
+      const known = seen.get(l2);
+      if (known) {
+        known.again++;
+        continue;
+      }
+      const refs: Array<[number, number]> = [];
+      await this.l2(l2, active, refs);
+      seen.set(l2, { refs, again: 0 });
     }
+    for (const { refs, again } of seen.values()) if (again) for (const [o, n] of refs) this.inc(o, n, again);
   }
 
-  private async l2(l2Offset: number, active: boolean): Promise<void> {
+  private async l2(l2Offset: number, active: boolean, refs: Array<[number, number]>): Promise<void> {
+    const count = (offset: number, size: number) => {
+      if (this.inc(offset, size)) refs.push([offset, size]);
+    };
     const f = this.f;
     const t = await f.readBytes(l2Offset, f.cs);
     const dataFile = (f.h.incompatible & INCOMPAT_DATA_FILE) !== 0;
@@ -113,7 +128,7 @@ class Checker {
           continue;
         }
         const d = compressedDesc(hi & ~COPIED_HI, lo, f.h.clusterBits);
-        if (d.offset >= 0) this.inc(d.offset, d.length);
+        if (d.offset >= 0) count(d.offset, d.length);
         if (active) {
           this.c.allocated++;
           this.c.compressed++;
@@ -137,7 +152,7 @@ class Checker {
         if (this.nextContiguous && host !== this.nextContiguous) this.c.fragmented++;
         this.nextContiguous = host + f.cs;
       }
-      if (!dataFile) this.inc(host, f.cs);
+      if (!dataFile) count(host, f.cs);
     }
   }
 
@@ -240,6 +255,7 @@ class Checker {
     const f = this.f;
     const dataFile = (f.h.incompatible & INCOMPAT_DATA_FILE) !== 0;
     const l1 = await f.l1();
+    const scanned = new Set<number>();
     for (let i = 0; i < l1.length; i++) {
       const { offset: l2, copied, hi: ehi, lo: elo } = l1[i]!;
       if (!l2) continue;
@@ -254,6 +270,9 @@ class Checker {
           this.c.corruptionsFixed++;
         }
       }
+      // A table named again (a hostile image) was scanned already.
+      if (scanned.has(l2)) continue;
+      scanned.add(l2);
       const t = await f.readBytes(l2, f.cs);
       let dirty = 0;
       for (let j = 0; j < f.l2Entries; j++) {
