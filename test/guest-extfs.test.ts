@@ -138,4 +138,23 @@ describe('withExtFs', () => {
       await b.close();
     }
   });
+
+  it('writes and reads back a file larger than libext2fs\'s 16 MiB heap (a Debian initrd), judged by host debugfs', async () => {
+    const img = t.path('big-file.img');
+    must('mke2fs', ['-q', '-F', '-t', 'ext4', img, '64M']);
+    const big = Buffer.from(pattern(24 << 20, 9));
+    const dev = await FileDevice.open(img, { writable: true });
+    try {
+      await withExtFs(dev, async (fs) => {
+        await fs.writeFile('/initrd.img', big, { mode: 0o644 });
+        expect(Buffer.compare(await fs.readFile('/initrd.img'), big)).toBe(0);
+      });
+    } finally {
+      await dev.close();
+    }
+    const out = t.path('big-file.out');
+    must('debugfs', ['-R', `dump /initrd.img ${out}`, img]);
+    expect(Buffer.compare(readFileSync(out), big)).toBe(0);
+    expect(run('e2fsck', ['-fn', img]).status).toBe(0);
+  });
 });

@@ -39,8 +39,17 @@ export interface ExtStats {
 
 export interface ExtFileHandle {
   read(buffer: Uint8Array, offset: number, length: number, position: number): Promise<{ bytesRead: number }>;
+  write(buffer: Buffer, offset: number, length: number, position: number): Promise<{ bytesWritten: number }>;
   close(): Promise<void>;
 }
+
+/**
+ * Bytes per read or write call into libext2fs. Its WebAssembly heap is fixed
+ * at 16 MiB (the module exports its own memory; it cannot grow), and each
+ * call copies its buffer into that heap: a whole 16 MiB initrd in one call
+ * aborts with "OOM".
+ */
+const IO_CHUNK = 1 << 20;
 
 /** The part of ext2fs's `fs.promises` imgtool uses. Paths are absolute inside the filesystem. */
 export interface ExtFs {
@@ -59,7 +68,7 @@ export interface ExtFs {
   rename(from: string, to: string): Promise<void>;
   /** Discard every free block range (see WithExtFsOptions.onDiscard). */
   trim(): Promise<void>;
-  open(path: string, flags: string): Promise<ExtFileHandle>;
+  open(path: string, flags: string, mode?: number): Promise<ExtFileHandle>;
 }
 
 interface Ext2fsModule {
@@ -132,8 +141,8 @@ const MAX_READ = 2 ** 31 - 1;
 /**
  * ext2fs 4.2.5's readFile always decodes as UTF-8 (its option handling lets
  * the defaults win), which corrupts binary files, and its writeFile ignores
- * `mode`. readFile is re-done here over open/read; writeFile takes a mode by
- * chmod after writing.
+ * `mode`. readFile is re-done here over open/read, writeFile over open/write,
+ * both in IO_CHUNK pieces; writeFile takes a mode by chmod after writing.
  */
 function fixedFs(raw: ExtFs): ExtFs {
   const readWhole = async (p: string): Promise<Buffer> => {
@@ -145,7 +154,7 @@ function fixedFs(raw: ExtFs): ExtFs {
       const buf = Buffer.alloc(st.size);
       let pos = 0;
       while (pos < st.size) {
-        const { bytesRead } = await fh.read(buf, pos, Math.min(st.size - pos, 1 << 20), pos);
+        const { bytesRead } = await fh.read(buf, pos, Math.min(st.size - pos, IO_CHUNK), pos);
         if (bytesRead <= 0) break;
         pos += bytesRead;
       }
@@ -161,7 +170,19 @@ function fixedFs(raw: ExtFs): ExtFs {
     return e ? b.toString(e) : b;
   }) as ExtFs['readFile'];
   fs.writeFile = async (p: string, data: string | Uint8Array, opts?: { mode?: number }) => {
-    await raw.writeFile(p, typeof data === 'string' ? Buffer.from(data) : Buffer.from(data.buffer, data.byteOffset, data.byteLength));
+    const bytes = typeof data === 'string' ? Buffer.from(data) : Buffer.from(data.buffer, data.byteOffset, data.byteLength);
+    const fh = (await raw.open(p, 'w', opts?.mode ?? 0o644)) as ExtFileHandle;
+    try {
+      for (let pos = 0; pos < bytes.length; ) {
+        // A view from 0: ext2fs 4.2.5's FileHandle.write ignores its buffer-offset argument.
+        const piece = bytes.subarray(pos, pos + Math.min(IO_CHUNK, bytes.length - pos));
+        const { bytesWritten } = await fh.write(piece, 0, piece.length, pos);
+        if (bytesWritten <= 0) throw Object.assign(new Error(`${p}: short write at ${pos}`), { code: 'EIO' });
+        pos += bytesWritten;
+      }
+    } finally {
+      await fh.close();
+    }
     if (opts?.mode !== undefined) await raw.chmod(p, opts.mode);
   };
   return fs;
