@@ -292,3 +292,29 @@ describe('hostile VHDs (the fields iotests 088 pokes, and more)', () => {
     await expectFieldError(vpc, b, 'current_size', 'unsupported');
   });
 });
+
+describe('two valid footers that disagree (found by npm run fuzz)', () => {
+  it('reads what qemu-img reads: the copy at offset 0 rules', async () => {
+    const src = t.path('disagree-src.raw');
+    writeFileSync(src, pattern(4 << 20, 21));
+    const img = t.path('disagree.vhd');
+    must('qemu-img', ['convert', '-O', 'vpc', src, img]);
+    // The copy at 0 now names a fixed disk, checksum resealed; the end footer still says dynamic.
+    const b = readFileSync(img);
+    put32be(b, Footer.offsetOf('diskType'), 2);
+    put32be(b, Footer.offsetOf('checksum'), vhdChecksum(b.subarray(0, 512), Footer.offsetOf('checksum')));
+    writeFileSync(img, b);
+    const ours = t.path('disagree-ours.raw');
+    const theirs = t.path('disagree-qemu.raw');
+    must('qemu-img', ['convert', '-f', 'vpc', '-O', 'raw', img, theirs]);
+    const r = imgtool(['convert', '-f', 'vpc', '-O', 'raw', img, ours]);
+    // qemu takes the file as fixed and reads past its end as zeros; imgtool, reading the
+    // same footer, refuses a fixed disk larger than its file (typed, naming the field).
+    // What it must never do is read the end footer's dynamic disk: different bytes.
+    if (r.status === 0) expect(qemuCompare(theirs, ours, 'raw', 'raw').status).toBe(0);
+    else {
+      expect(r.status).toBe(3);
+      expect(r.stderr).toMatch(/current_size/);
+    }
+  });
+});

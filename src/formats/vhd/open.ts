@@ -1,7 +1,7 @@
 /**
- * Opening a VHD: find a footer whose checksum verifies (the one at the end;
- * for dynamic and differencing disks the copy at offset 0 when the end one
- * is damaged), size the disk as qemu-img 7.2 does, then
+ * Opening a VHD: find a footer whose checksum verifies (for dynamic and
+ * differencing disks the copy at offset 0, which qemu reads first; else the
+ * one at the end), size the disk as qemu-img 7.2 does, then
  *
  *   fixed         the first `size` bytes of the file, as they are
  *   dynamic       the shared engine over the BAT (dynamic.ts)
@@ -48,19 +48,20 @@ async function sectorAt(child: BlockDevice, at: number): Promise<Uint8Array> {
   return b;
 }
 
-/** The footer that rules: the end one when it verifies, else the copy at offset 0. */
+/** The footer that rules: a verified copy at offset 0 (as qemu reads it), else the end one when it verifies. */
 export async function findFooter(child: BlockDevice): Promise<FoundFooter> {
   if (child.size < FOOTER_SIZE) {
     throw new ImageError('invalid-format', `vpc: the file is ${child.size} bytes, too small for a VHD footer`, { format: 'vpc', value: child.size });
   }
   const endAt = child.size - FOOTER_SIZE;
   const end = await sectorAt(child, endAt);
-  if (footerValid(end)) return { footer: Footer.parse(end), bytes: end, at: endAt, usedCopy: false };
+  const endOk = footerValid(end);
+  // qemu reads offset 0 first: a footer that verifies there rules (whatever
+  // disk type it names), even where the end footer (also valid) says
+  // otherwise; imgtool reads what qemu reads (found by npm run fuzz).
   const head = endAt > 0 ? await sectorAt(child, 0) : end;
-  if (endAt > 0 && footerValid(head)) {
-    const f = Footer.parse(head);
-    if (f.diskType !== TYPE_FIXED) return { footer: f, bytes: head, at: 0, usedCopy: true };
-  }
+  if (endAt > 0 && footerValid(head)) return { footer: Footer.parse(head), bytes: head, at: 0, usedCopy: !endOk };
+  if (endOk) return { footer: Footer.parse(end), bytes: end, at: endAt, usedCopy: false };
   const bad = ascii(end.subarray(0, 8)) === COOKIE ? { b: end, at: endAt } : ascii(head.subarray(0, 8)) === COOKIE ? { b: head, at: 0 } : undefined;
   if (!bad) throw new ImageError('invalid-format', 'vpc: no "conectix" footer at the end of the file or at its start', { format: 'vpc' });
   const field = bad.at + Footer.offsetOf('checksum');
