@@ -51,7 +51,8 @@ const subjects: Subject[] = [
   { name: 'overlay', make: async (size) => new OverlayDevice(new MemoryDevice(size, { readOnly: true })) },
   ...DRIVERS.filter((d) => d.create).map((d) => ({
     name: `${d.name} driver`,
-    make: async (size: number) => d.create!(new MemoryDevice(0, { growable: true }), { size, options: {} }),
+    // VHD sizes follow CHS geometry unless force_size=on (qemu-img's rule): the contract wants the exact size.
+    make: async (size: number) => d.create!(new MemoryDevice(0, { growable: true }), { size, options: d.name === 'vpc' ? { force_size: 'on' } : {} }),
   })),
 ];
 
