@@ -16,7 +16,7 @@
 
 import { type BlockDevice, type Extent, extents as walkExtents } from './core/device.js';
 import { ImageError } from './core/errors.js';
-import { copyDevice, type CopyStats } from './convert/convert.js';
+import { convertImage, type ConvertResult } from './convert/image.js';
 import type { Progress } from './convert/progress.js';
 import {
   type OpenedImage,
@@ -39,6 +39,7 @@ export type { ErrorKind, ErrorContext } from './core/errors.js';
 export type { BlockDevice, Extent, ExtentKind } from './core/device.js';
 export type { Image, ImageInfo } from './formats/types.js';
 export type { CopyStats } from './convert/convert.js';
+export type { ConvertResult } from './convert/image.js';
 export type { DiskInfo } from './partition/inspect.js';
 export type { FsckResult } from './fs/e2fsprogs.js';
 export type { WrapReport } from './wrap/wrap.js';
@@ -161,14 +162,6 @@ export interface ConvertOptions extends OpenOptions {
   signal?: AbortSignal;
 }
 
-export interface ConvertResult extends CopyStats {
-  source: string;
-  'source-format': string;
-  target: string;
-  'target-format': string;
-  'virtual-size': number;
-}
-
 function progressFor(cb?: (done: number, total: number) => void): Progress | undefined {
   if (!cb) return undefined;
   let total = 0;
@@ -187,31 +180,15 @@ export async function convert(src: string, dst: string, opts: ConvertOptions = {
   const format = outputFormat(dst, opts.outputFormat);
   const opened = await openOpened(src, opts);
   try {
-    const created = await createFormatImage(
-      dst,
+    return await convertImage(opened, dst, {
       format,
-      { size: opened.image.size, options: opts.options ?? {}, compress: opts.compress },
-      { force: opts.force, inputs: [src] },
-    );
-    try {
-      const info = await created.image.info();
-      const stats = await copyDevice(opened.image, created.image, {
-        sparseSize: opts.sparseSize,
-        targetGranularity: info['cluster-size'],
-        targetIsZero: created.zeroInit,
-        concurrency: opts.compress ? 8 : 4,
-        progress: progressFor(opts.onProgress),
-        signal: opts.signal,
-      });
-      await created.image.flush();
-      await created.image.close();
-      await created.output.commit();
-      return { source: src, 'source-format': opened.driver.name, target: dst, 'target-format': format, 'virtual-size': opened.image.size, ...stats };
-    } catch (e) {
-      await created.image.close().catch(() => {});
-      await created.output.abort();
-      throw e;
-    }
+      options: opts.options,
+      compress: opts.compress,
+      sparseSize: opts.sparseSize,
+      force: opts.force,
+      progress: progressFor(opts.onProgress),
+      signal: opts.signal,
+    });
   } finally {
     await opened.image.close();
   }

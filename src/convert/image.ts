@@ -12,6 +12,7 @@ export interface ConvertImageOptions {
   sparseSize?: number;
   force?: boolean;
   progress?: Progress;
+  signal?: AbortSignal;
 }
 
 export interface ConvertResult extends CopyStats {
@@ -37,6 +38,7 @@ export async function convertImage(src: OpenedImage, dst: string, opts: ConvertI
       targetIsZero: created.zeroInit,
       concurrency: opts.compress ? 8 : 4,
       progress: opts.progress,
+      signal: opts.signal,
     });
     // Data durable before the rename makes the output visible.
     await created.image.flush();

@@ -44,9 +44,9 @@ export function run(name: string, args: string[], opts: { input?: string | Buffe
  * worker must keep answering its parent: a long spawnSync in a hook makes
  * it time out). For long set-up steps: building guests, making filesystems.
  */
-export function runAsync(cmd: string, args: string[], opts: { timeout?: number; input?: string } = {}): Promise<RunResult> {
+export function runAsync(cmd: string, args: string[], opts: { timeout?: number; input?: string | Buffer; env?: NodeJS.ProcessEnv } = {}): Promise<RunResult> {
   return new Promise((resolve, reject) => {
-    const child = spawn(cmd, args, { stdio: ['pipe', 'pipe', 'pipe'] });
+    const child = spawn(cmd, args, { stdio: ['pipe', 'pipe', 'pipe'], env: opts.env ?? process.env });
     let stdout = '';
     let stderr = '';
     child.stdout.on('data', (d) => (stdout += String(d)));
@@ -60,6 +60,7 @@ export function runAsync(cmd: string, args: string[], opts: { timeout?: number; 
       clearTimeout(timer);
       resolve({ status: status ?? -1, stdout, stderr });
     });
+    child.stdin.on('error', () => {}); // a child that exits before reading all of it
     child.stdin.end(opts.input ?? '');
   });
 }
@@ -133,22 +134,5 @@ export function imgtool(args: string[], opts: { input?: string | Buffer; timeout
  * tests whose peer lives in the test process itself (a local HTTP server).
  */
 export function imgtoolAsync(args: string[], opts: { input?: Buffer; timeout?: number; env?: NodeJS.ProcessEnv } = {}): Promise<RunResult> {
-  return new Promise((resolve, reject) => {
-    const child = spawn(process.execPath, [CLI, ...args], { stdio: ['pipe', 'pipe', 'pipe'], env: opts.env ?? process.env });
-    let stdout = '';
-    let stderr = '';
-    child.stdout.on('data', (d) => (stdout += String(d)));
-    child.stderr.on('data', (d) => (stderr += String(d)));
-    const timer = setTimeout(() => child.kill('SIGKILL'), opts.timeout ?? 300_000);
-    child.on('error', (e) => {
-      clearTimeout(timer);
-      reject(e);
-    });
-    child.on('close', (status) => {
-      clearTimeout(timer);
-      resolve({ status: status ?? -1, stdout, stderr });
-    });
-    child.stdin.on('error', () => {}); // a child that exits before reading all of it
-    child.stdin.end(opts.input ?? '');
-  });
+  return runAsync(process.execPath, [CLI, ...args], opts);
 }
