@@ -202,6 +202,22 @@ function convertRow(name: string, inp: Inputs, runs: number, src: string, fmt: s
 
 export type ExtraBench = (inp: Inputs, runs: number) => Row[] | Promise<Row[]>;
 
+/** Start-up: `imgtool info` on a small qcow2 against bare Node (`node -e 0`) and against `qemu-img info`. */
+function startupRows(inp: Inputs, runs: number): Row[] {
+  const small = path.join(inp.dir, 'small.qcow2');
+  execFileSync('qemu-img', ['create', '-q', '-f', 'qcow2', small, '64M']);
+  const info = () => timed(process.execPath, [CLI, 'info', small]);
+  const rows = [
+    pairRuns('start-up: imgtool info small.qcow2 vs node -e 0', runs, info, () => timed(process.execPath, ['-e', '0']), {
+      peerName: 'node -e 0',
+      target: '≤ +60 ms',
+    }),
+    pairRuns('start-up: imgtool info small.qcow2 vs qemu-img info', runs, info, () => timed('qemu-img', ['info', small]), { target: 'report' }),
+  ];
+  fs.rmSync(small, { force: true });
+  return rows;
+}
+
 /** Other modules add rows here (fsck, wrap, vdi). */
 export const BENCH_ROWS: ExtraBench[] = [];
 
@@ -241,6 +257,12 @@ async function main(): Promise<void> {
     await safely('convert', () => convertRow('convert vdi → qcow2', inp, runs, sparseVdi, 'qcow2', [], '≤ 1.0'));
     await safely('convert', () => convertRow('convert qcow2 → vdi', inp, runs, inp.sparseQcow2, 'vdi', [], '≤ 1.0'));
     fs.rmSync(sparseVdi, { force: true });
+    await safely('convert', () => convertRow('convert raw → raw', inp, runs, inp.sparse, 'raw', [], '≤ 1.0'));
+    const sparseQcow = path.join(inp.dir, 'sparse.qcow');
+    if (!only || only.includes('convert')) execFileSync('qemu-img', ['convert', '-O', 'qcow', inp.sparse, sparseQcow]);
+    await safely('convert', () => convertRow('convert qcow → qcow2', inp, runs, sparseQcow, 'qcow2', [], '≤ 1.0'));
+    fs.rmSync(sparseQcow, { force: true });
+    await safely('startup', () => startupRows(inp, Math.max(runs, 10)));
     const { wrapRows } = await import('./wrap.js');
     const { fsckBenchRows } = await import('./fsck.js');
     for (const extra of [wrapRows, fsckBenchRows, ...BENCH_ROWS]) await safely(extra.name, () => extra(inp, runs));
