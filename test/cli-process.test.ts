@@ -13,7 +13,7 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { spawn } from 'node:child_process';
 import { existsSync, mkdirSync, readdirSync, writeFileSync } from 'node:fs';
-import { CLI, imgtool, must, tempDir } from './helpers/peers.js';
+import { CLI, imgtool, must, run, tempDir } from './helpers/peers.js';
 
 const t = tempDir('imgtool-cliproc-');
 afterAll(() => t.cleanup());
@@ -94,6 +94,20 @@ describe('a signal always ends imgtool', () => {
     } else if (end !== 'still running') {
       expect(end.signal).toBe('SIGTERM');
       expect(p.stderr()).toMatch(/interrupted \(SIGTERM\)/);
+    }
+  });
+});
+
+describe('writing to a pipe', () => {
+  it('exits 0 with every byte delivered, run after run (waiting for a drain that never came exited 13)', () => {
+    const src = t.path('pipe-src.raw');
+    must('qemu-img', ['create', '-q', '-f', 'raw', src, '8M']);
+    must('qemu-io', ['-f', 'raw', '-c', 'write -P 0x5a 1M 3M', src]);
+    const out = t.path('pipe-out.vhd');
+    for (let i = 0; i < 25; i++) {
+      const r = run('bash', ['-c', `set -o pipefail; '${process.execPath}' '${CLI}' convert -O vpc -o subformat=dynamic '${src}' - | cat > '${out}'`]);
+      expect(r.status, `run ${i}: ${r.stderr}`).toBe(0);
+      expect(run('qemu-img', ['compare', '-q', src, out]).status, `run ${i}`).toBe(0);
     }
   });
 });

@@ -33,18 +33,12 @@ import {
   sealChecksum,
 } from '../src/formats/vhdx/structs.js';
 import { exercise, expectFieldError } from './helpers/hostile.js';
-import { imgtool, must, qemuCheck, qemuCompare, qemuInfo, run, runAsync, sha256File, tempDir } from './helpers/peers.js';
+import { imgtool, must, qemuCheck, qemuCompare, qemuInfo, run, runAsync, sha256File, tempDir, infoJson } from './helpers/peers.js';
 import { pattern } from './helpers/devices.js';
 
 const t = tempDir('imgtool-vhdx-');
 afterAll(() => t.cleanup());
 
-/** imgtool info --output json …, asserting it succeeded (its stderr in the message when not). */
-function infoJson(args: string[]): Record<string, any> {
-  const r = imgtool(['info', ...args]);
-  expect(r.status, r.stderr).toBe(0);
-  return JSON.parse(r.stdout);
-}
 const MiB = 1 << 20;
 const GiB = 1024 * MiB;
 const KiB = 1024;

@@ -79,14 +79,17 @@ export async function main(argv: string[], ctx: CliContext): Promise<number> {
   return spec.run(args, ctx);
 }
 
-/** Resolve once everything written to `stream` has been handed to the OS (pipes are asynchronous in Node). */
+/**
+ * Resolve once everything written to `stream` has been handed to the OS
+ * (pipes are asynchronous in Node). An empty write's callback runs after all
+ * earlier writes; waiting for 'drain' would hang when no write ever filled
+ * the buffer, leaving the (top-level awaited) command unsettled: exit 13.
+ */
 function drained(stream: NodeJS.WriteStream): Promise<void> {
-  if (stream.destroyed || stream.writableLength === 0) return Promise.resolve();
+  if (stream.destroyed || !stream.writable) return Promise.resolve();
   return new Promise((resolve) => {
-    const done = () => resolve();
-    stream.once('drain', done);
-    stream.once('error', done);
-    stream.once('close', done);
+    stream.once('error', () => resolve());
+    stream.write('', () => resolve());
   });
 }
 

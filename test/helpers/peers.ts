@@ -136,3 +136,10 @@ export function imgtool(args: string[], opts: { input?: string | Buffer; timeout
 export function imgtoolAsync(args: string[], opts: { input?: Buffer; timeout?: number; env?: NodeJS.ProcessEnv } = {}): Promise<RunResult> {
   return runAsync(process.execPath, [CLI, ...args], opts);
 }
+
+/** `imgtool info --output json …` parsed, failing with its stderr when it did not succeed. */
+export function infoJson(args: string[]): Record<string, any> {
+  const r = imgtool(['info', ...args]);
+  if (r.status !== 0) throw new Error(`imgtool info ${args.join(' ')} exited ${r.status}: ${r.stderr}`);
+  return JSON.parse(r.stdout);
+}
