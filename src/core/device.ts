@@ -45,6 +45,12 @@ export interface BlockDevice {
   status(offset: number, length: number): Promise<Extent>;
   flush(): Promise<void>;
   close(): Promise<void>;
+  /**
+   * Set the container's length to `size` bytes (grow or shrink). Optional:
+   * only devices that can change their size have it (a regular file); call it
+   * through resizeDevice, which gives the 'unsupported' error otherwise.
+   */
+  resize?(size: number): Promise<void>;
 }
 
 /**
@@ -73,6 +79,23 @@ export function checkRange(dev: { size: number }, offset: number, length: number
       { offset, value: length },
     );
   }
+}
+
+/**
+ * Resize `dev` to `size` bytes, or throw ImageError 'unsupported' naming `what`
+ * (the format or operation) when the device cannot change its size.
+ */
+export async function resizeDevice(dev: BlockDevice, size: number, what: string): Promise<void> {
+  if (typeof dev.resize !== 'function') {
+    throw new ImageError('unsupported', `${what}: the device cannot change its size to ${size} bytes`, { value: size, operation: 'resize' });
+  }
+  await dev.resize(size);
+}
+
+/** Grow `dev` to at least `end` bytes; growable devices (new files) grow by being written. */
+export async function growDevice(dev: BlockDevice & { growable?: boolean }, end: number, what: string): Promise<void> {
+  if (end <= dev.size || dev.growable) return;
+  await resizeDevice(dev, end, what);
 }
 
 export function checkWritable(dev: { readOnly: boolean }, path?: string): void {

@@ -177,7 +177,7 @@ export class FileDevice implements SourceDevice {
     checkWritable(this, this.path);
     if (this.growable && offset + length > this.size) {
       const oldSize = this.size;
-      await this.truncate(offset + length);
+      await this.resize(offset + length);
       if (offset >= oldSize) return;
       length = oldSize - offset;
     }
@@ -216,8 +216,13 @@ export class FileDevice implements SourceDevice {
     return { offset, length, kind: 'data' };
   }
 
+  /** Kept for callers not yet moved to resize (qcow2): the same operation. */
+  truncate(size: number): Promise<void> {
+    return this.resize(size);
+  }
+
   /** Set the file's length (regular files only). Extending leaves a hole. */
-  async truncate(size: number): Promise<void> {
+  async resize(size: number): Promise<void> {
     checkWritable(this, this.path);
     if (this.isBlockDevice) {
       if (size > this.size) throw new ImageError('usage', `${this.path}: block device is smaller than ${size} bytes`, { path: this.path });

@@ -4,7 +4,7 @@
  * ranges stay sparse.
  */
 
-import { type BlockDevice, type Extent, checkRange } from '../core/device.js';
+import { type BlockDevice, type Extent, checkRange, resizeDevice } from '../core/device.js';
 import type { CreateOptions, FormatDriver, Image, ImageInfo, LayerRun, OpenOptions } from './types.js';
 import { ImageError } from '../core/errors.js';
 
@@ -50,10 +50,6 @@ class RawImage implements Image {
   }
 }
 
-interface Truncatable {
-  truncate(size: number): Promise<void>;
-}
-
 export const raw: FormatDriver = {
   name: 'raw',
   extensions: ['img', 'raw', 'bin', 'iso'],
@@ -65,17 +61,14 @@ export const raw: FormatDriver = {
     const unknown = Object.keys(opts.options);
     if (unknown.length) throw new ImageError('usage', `raw: unknown option '${unknown[0]}'`, { format: 'raw' });
     if (opts.compress) throw new ImageError('usage', 'raw images cannot be compressed (-c)', { format: 'raw' });
-    const t = child as Partial<Truncatable>;
-    if (typeof t.truncate === 'function') await t.truncate(opts.size);
+    if (typeof child.resize === 'function') await child.resize(opts.size);
     else if (child.size < opts.size) await child.writeZeroes(child.size, opts.size - child.size);
     return new RawImage(child, opts.size);
   },
   createOptions: {},
   // The file is the disk: every byte counts, the size in whole sectors as qemu-img measure says.
   resize: async (child, newSize) => {
-    const t = child as Partial<Truncatable>;
-    if (typeof t.truncate !== 'function') throw new ImageError('unsupported', 'raw: this device cannot change its size', { format: 'raw' });
-    await t.truncate(newSize);
+    await resizeDevice(child, newSize, 'raw');
     await child.flush();
   },
   measure: async (opts) => ({ required: Math.ceil(opts.size / 512) * 512, 'fully-allocated': Math.ceil(opts.size / 512) * 512 }),

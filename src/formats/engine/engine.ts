@@ -24,7 +24,7 @@
  *               contract: overlapping requests are never in flight together)
  */
 
-import { type BlockDevice, type Extent, checkRange, checkWritable } from '../../core/device.js';
+import { type BlockDevice, type Extent, checkRange, checkWritable, growDevice } from '../../core/device.js';
 import { ImageError } from '../../core/errors.js';
 import { Mutex } from '../../core/mutex.js';
 import { compressCluster, decompressCluster } from './codecs.js';
@@ -200,15 +200,10 @@ export class MappedDevice implements BlockDevice {
   /**
    * Grow the container to hold `end` bytes: a growable device (a new file)
    * grows by being written; an existing file opened for writing is extended
-   * with truncate. (The one place mapped formats grow their container.)
+   * with resize. (The one place mapped formats grow their container.)
    */
   private async makeRoom(end: number): Promise<void> {
-    const c = this.o.container as BlockDevice & { growable?: boolean; truncate?: (size: number) => Promise<void> };
-    if (end <= c.size || c.growable) return;
-    if (typeof c.truncate !== 'function') {
-      throw new ImageError('unsupported', `${this.fmt.name}: the container cannot grow to ${end} bytes`, { format: this.fmt.name, operation: 'write' });
-    }
-    await c.truncate(end);
+    await growDevice(this.o.container, end, this.fmt.name);
   }
 
   async writeZeroes(offset: number, length: number): Promise<void> {

@@ -21,7 +21,7 @@
  */
 
 import * as path from 'node:path';
-import { type BlockDevice, type Extent, checkRange, checkWritable, isZero } from '../../core/device.js';
+import { type BlockDevice, type Extent, checkRange, checkWritable, isZero, growDevice } from '../../core/device.js';
 import { Mutex } from '../../core/mutex.js';
 import { ImageError, fieldError } from '../../core/errors.js';
 import type { Image, ImageInfo } from '../types.js';
@@ -644,16 +644,11 @@ export class QcowImage implements Image {
 
   /**
    * Make the child at least `end` bytes long: growable children (new files)
-   * extend by writing, an existing file opened for writing through truncate
+   * extend by writing, an existing file opened for writing through resize
    * (only ever growing it: we hold the metadata mutex).
    */
   private async ensureChildSize(end: number): Promise<void> {
-    const c = this.child as BlockDevice & { growable?: boolean; truncate?: (size: number) => Promise<void> };
-    if (c.size >= end || c.growable) return;
-    if (typeof c.truncate !== 'function') {
-      throw new ImageError('io', `qcow: the image file cannot grow to ${end} bytes to allocate a cluster`, { format: 'qcow', offset: end });
-    }
-    await c.truncate(end);
+    await growDevice(this.child, end, 'qcow');
   }
 
   async writeZeroes(offset: number, length: number): Promise<void> {

@@ -21,7 +21,7 @@
  * they describe, so a crash leaves at worst unreferenced blocks.
  */
 
-import { type BlockDevice, type Extent, checkRange, checkWritable, isZero } from '../../core/device.js';
+import { type BlockDevice, type Extent, checkRange, checkWritable, isZero, growDevice } from '../../core/device.js';
 import { ImageError, fieldError } from '../../core/errors.js';
 import type { Image, ImageInfo } from '../types.js';
 import type { WarningLog } from '../warnings.js';
@@ -455,15 +455,10 @@ export class VdiImage implements Image {
   /**
    * Make the child at least `end` bytes long. Growable children (new files)
    * extend by writing; an existing file opened for writing is extended with
-   * truncate, which only ever grows it here (checked and done synchronously).
+   * resize, which only ever grows it here (checked and done synchronously).
    */
   private async ensureChildSize(end: number): Promise<void> {
-    const c = this.child as BlockDevice & { growable?: boolean; truncate?: (size: number) => Promise<void> };
-    if (c.size >= end || c.growable) return;
-    if (typeof c.truncate !== 'function') {
-      throw new ImageError('io', `vdi: the image file cannot grow to ${end} bytes to allocate a block`, { format: 'vdi', offset: end });
-    }
-    await c.truncate(end);
+    await growDevice(this.child, end, 'vdi');
   }
 
   /** Write a whole new data block: the piece, zeros around it, zeros in the extra area. */

@@ -135,9 +135,9 @@ export class DynamicVhd implements MappedFormat {
   /** The footer at the end of the last block (an existing file opened for writing is extended first). */
   async flush(): Promise<void> {
     if (!this.footer) return;
-    const c = this.child as BlockDevice & { growable?: boolean; truncate?: (size: number) => Promise<void> };
+    const c = this.child as BlockDevice & { growable?: boolean };
     const end = this.next + FOOTER_SIZE;
-    if (end > c.size && !c.growable && typeof c.truncate === 'function') await c.truncate(end);
+    if (end > c.size && !c.growable && typeof c.resize === 'function') await c.resize(end);
     await c.write(this.footer, this.next);
   }
 

@@ -125,10 +125,6 @@ function metadataRegion(p: VhdxParams): Uint8Array {
   return out;
 }
 
-interface Truncatable {
-  truncate(size: number): Promise<void>;
-}
-
 export async function createVhdx(child: BlockDevice, opts: CreateOptions): Promise<Image> {
   const p = vhdxParams(opts);
   const logOffset = MIB;
@@ -158,8 +154,7 @@ export async function createVhdx(child: BlockDevice, opts: CreateOptions): Promi
   }
   await child.write(bat, batOffset);
   const end = p.fixed ? dataStart + blocks * p.blockSize : dataStart;
-  const t = child as Partial<Truncatable>;
-  if (typeof t.truncate === 'function') await t.truncate(end);
+  if (typeof child.resize === 'function') await child.resize(end);
   else if (child.size < end) await child.writeZeroes(child.size, end - child.size);
   // Log: zeros (the file was empty); headers last, once everything they describe is in place.
   const base = Header.parse(new Uint8Array(Header.size));
