@@ -76,8 +76,7 @@ const GROW_STEP = 1 << 30;
 type Visit = (kind: number, guest: number, length: number, host: number, hi: number, lo: number) => boolean;
 
 
-interface Truncatable {
-  truncate(size: number): Promise<void>;
+interface Growable {
   growable?: boolean;
 }
 
@@ -629,11 +628,11 @@ export class Qcow2Image implements Image {
    */
   private async growChild(size: number, dev: BlockDevice = this.child): Promise<void> {
     if (dev.size >= size) return;
-    const t = dev as unknown as Partial<Truncatable>;
-    if (typeof t.truncate === 'function') {
+    const t = dev as BlockDevice & Growable;
+    if (typeof dev.resize === 'function') {
       const ahead = dev === this.child && t.growable ? Math.min(GROW_STEP, Math.max(64 << 20, dev.size)) : 0;
       this.grownAhead = this.grownAhead || ahead > 0;
-      return t.truncate(size + ahead);
+      return dev.resize(size + ahead);
     }
     if (t.growable) return; // writes past the end extend it
     throw new ImageError('unsupported', `qcow2: the container cannot grow to ${size} bytes`, { format: FORMAT, path: this.path });
@@ -1097,9 +1096,9 @@ export class Qcow2Image implements Image {
         try {
           await this.writeMetadata();
           // End the file on a cluster boundary, as qemu does.
-          const t = this.child as unknown as Partial<Truncatable>;
-          if (this.grownAhead && this.child.size > this.end && typeof t.truncate === 'function') await t.truncate(this.end);
-          else if (this.child.size < this.end && typeof t.truncate === 'function') await t.truncate(this.end);
+          const c = this.child;
+          if (this.grownAhead && c.size > this.end && c.resize) await c.resize(this.end);
+          else if (c.size < this.end && c.resize) await c.resize(this.end);
           else if (this.child.size < this.end) await this.child.writeZeroes(this.child.size, this.end - this.child.size);
           await this.child.flush();
           if (this.data !== this.child) await this.data.flush();
