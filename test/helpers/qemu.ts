@@ -18,7 +18,10 @@ export function section(out: string, name: string): string {
   if (start < 0) throw new Error(`no '--- ${name}' section in the serial output:\n${out.slice(-3000)}`);
   const rest = out.slice(start + name.length + 5);
   const end = rest.search(/^(---|IMGTOOL-END)/m);
-  return end < 0 ? rest : rest.slice(0, end);
+  // The kernel prints to the same serial console (printk lines such as
+  // "[    2.21] clocksource: ..." can land inside a section at any moment):
+  // they are not the guest script's output, so drop them.
+  return (end < 0 ? rest : rest.slice(0, end)).replace(/^\[\s*\d+\.\d+\] .*\n?/gm, '');
 }
 
 export function expectFixedGuest(out: string, fsUuid: string, swapUuid: string): void {
