@@ -22,7 +22,7 @@ export const FORMAT_OPTION: OptionSpec = {
 export const DISK_OPTION: OptionSpec = { name: 'disk', type: 'string', valueName: 'N', description: 'which disk of an OVA (from 0; default 0)' };
 
 /** `--disk N` when the command has it as a number (wrap's repeated --disk PATH is another option). */
-function diskFromArgs(args: ParsedArgs): number | undefined {
+export function diskFromArgs(args: ParsedArgs): number | undefined {
   const v = args.values.disk;
   if (typeof v !== 'string') return undefined;
   if (!/^\d+$/.test(v)) throw new ImageError('usage', `--disk must be a disk number (0, 1, ...), not '${v}'`);

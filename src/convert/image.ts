@@ -58,3 +58,12 @@ export async function convertImage(src: OpenedImage, dst: string, opts: ConvertI
     throw e;
   }
 }
+
+/** convertImage, then close the source. */
+export async function convertOpened(src: OpenedImage, dst: string, opts: ConvertImageOptions): Promise<ConvertResult> {
+  try {
+    return await convertImage(src, dst, opts);
+  } finally {
+    await src.image.close();
+  }
+}

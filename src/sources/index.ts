@@ -14,6 +14,7 @@ import { spoolStream } from './spool.js';
 
 export { HttpDevice, isUrl, displayUrl, type HttpOptions } from './http.js';
 export { spoolStream, type SpoolOptions } from './spool.js';
+export { StreamReader } from './reader.js';
 
 export interface UrlOptions {
   http?: HttpOptions;
@@ -54,20 +55,40 @@ export interface OpenedSource {
 const PEEK = 64 * 1024;
 const DISK_RESERVE = 256 << 20;
 
+/** A source read front to back: what `openSourceStream` gives for a pipe, a URL without ranges, or a compressed input. */
+export interface SourceStream {
+  /** Every byte of the (decompressed) image, from the first; capped as `SourceOptions.limitFor` says. Iterate it once. */
+  stream: AsyncIterable<Uint8Array>;
+  /** Its first bytes (up to 64 KiB; all of it when shorter), for probing. */
+  head: Uint8Array;
+  /** The stream's length when known in advance (an HTTP Content-Length, a zstd frame's content size). */
+  size?: number;
+  /** The compression wrapper being taken off, if any. */
+  wrapper?: Wrapper;
+  /** Release the connection or file under the stream (safe to call twice). */
+  close(): Promise<void>;
+}
+
+export type StreamedSource = ({ device: SourceDevice; stream?: undefined } | ({ device?: undefined } & SourceStream)) & { wrapper?: Wrapper };
+
 /**
  * Open what the user named as an image: a local path, `-` (standard input),
- * or an http(s) URL; take a gzip/xz/zstd/bzip2 wrapper off on the fly. A
- * stream that cannot be read in place ends up in a sparse spool file.
+ * or an http(s) URL. A seekable source (a file, a URL whose server honours
+ * Range) comes back as a device; anything else (a pipe, a URL without
+ * ranges, a gzip/xz/zstd/bzip2 wrapper, taken off on the fly) as a stream
+ * with its first bytes, for a caller that can read the image front to back.
  */
-export async function openSource(name: string, opts: SourceOptions = {}): Promise<OpenedSource> {
+export async function openSourceStream(name: string, opts: SourceOptions = {}): Promise<StreamedSource> {
   let device: SourceDevice | undefined;
   let stream: AsyncIterable<Uint8Array> | undefined;
-  let closeStream: (() => Promise<void>) | undefined;
+  let size: number | undefined;
+  let closeStream: () => Promise<void> = async () => {};
   if (isUrl(name)) {
     const r = await HttpDevice.open(name, opts.http);
     if (r.ranges) device = r.device;
     else {
       stream = r.body as AsyncIterable<Uint8Array>;
+      size = r.size;
       closeStream = r.close;
     }
   } else if (name === '-') {
@@ -84,33 +105,54 @@ export async function openSource(name: string, opts: SourceOptions = {}): Promis
       const wrapper = detectWrapper(head);
       if (!wrapper) return { device };
       const wrapped = device;
-      device = undefined;
-      try {
-        return { device: await unwrap(wrapper, head, readAll(wrapped), opts), wrapper };
-      } finally {
-        await wrapped.close();
-      }
+      return { ...(await unwrapStream(wrapper, head, readAll(wrapped), opts)), close: once(() => wrapped.close()) };
     }
     const peeked = await peek(stream!, PEEK);
     const wrapper = detectWrapper(peeked.head);
-    if (wrapper) return { device: await unwrap(wrapper, peeked.head, peeked.stream, opts), wrapper };
-    return { device: await spoolStream(limited(peeked.stream, opts), { scratchDir: opts.scratchDir, diskBudget: diskCap(opts.scratchDir) }) };
+    const close = once(closeStream);
+    if (wrapper) return { ...(await unwrapStream(wrapper, peeked.head, peeked.stream, opts)), close };
+    const lim = limited(peeked.stream, opts, size, 'the Content-Length the server sent');
+    return { stream: lim, head: peeked.head, size, close };
   } catch (e) {
     await device?.close().catch(() => {});
+    await closeStream().catch(() => {});
     throw e;
-  } finally {
-    await closeStream?.().catch(() => {});
   }
 }
 
-async function unwrap(kind: Wrapper, head: Uint8Array, wrapped: AsyncIterable<Uint8Array>, opts: SourceOptions): Promise<SourceDevice> {
+/**
+ * Open what the user named as an image (see openSourceStream) as a device:
+ * a stream that cannot be read in place ends up in a sparse spool file.
+ */
+export async function openSource(name: string, opts: SourceOptions = {}): Promise<OpenedSource> {
+  const s = await openSourceStream(name, opts);
+  if (s.device) return { device: s.device };
+  return { device: await spoolSource(s, opts.scratchDir), wrapper: s.wrapper };
+}
+
+/** Spool what is left of a source stream into a sparse scratch file (never more than the scratch file system holds), then close the source. */
+export async function spoolSource(s: SourceStream, scratchDir?: string, stream: AsyncIterable<Uint8Array> = s.stream): Promise<SourceDevice> {
+  try {
+    return await spoolStream(stream, { scratchDir, diskBudget: diskCap(scratchDir) });
+  } finally {
+    await s.close().catch(() => {});
+  }
+}
+
+function once(fn: () => Promise<void>): () => Promise<void> {
+  let p: Promise<void> | undefined;
+  return () => (p ??= fn());
+}
+
+/** The decompressed stream of a wrapped input, its first bytes peeked. */
+async function unwrapStream(kind: Wrapper, head: Uint8Array, wrapped: AsyncIterable<Uint8Array>, opts: SourceOptions): Promise<Omit<SourceStream, 'close'>> {
   const declared = declaredContentSize(kind, head);
-  const inner = limited(decompress(kind, wrapped), opts, declared);
-  return spoolStream(inner, { scratchDir: opts.scratchDir, diskBudget: diskCap(opts.scratchDir) });
+  const inner = await peek(decompress(kind, wrapped), PEEK);
+  return { stream: limited(inner.stream, opts, declared), head: inner.head, size: declared, wrapper: kind };
 }
 
 /** Never spool more than the scratch file system can hold (less a reserve). */
-function diskCap(dir = os.tmpdir()): { bytes: number; why: string } | undefined {
+export function diskCap(dir = os.tmpdir()): { bytes: number; why: string } | undefined {
   try {
     const s = fs.statfsSync(dir);
     return { bytes: Math.max(0, s.bavail * s.bsize - DISK_RESERVE), why: `the free space in ${dir}` };
@@ -124,9 +166,8 @@ function diskCap(dir = os.tmpdir()): { bytes: number; why: string } | undefined 
  * image inside declares (decided from its first bytes) or what the wrapper
  * declared for its content.
  */
-async function* limited(input: AsyncIterable<Uint8Array>, opts: SourceOptions, declared?: number): AsyncGenerator<Uint8Array> {
-  let limit: { bytes: number; why: string } | undefined =
-    declared !== undefined ? { bytes: declared, why: 'the size the compressed stream declares' } : undefined;
+async function* limited(input: AsyncIterable<Uint8Array>, opts: SourceOptions, declared?: number, declaredWhy = 'the size the compressed stream declares'): AsyncGenerator<Uint8Array> {
+  let limit: { bytes: number; why: string } | undefined = declared !== undefined ? { bytes: declared, why: declaredWhy } : undefined;
   let decided = !opts.limitFor;
   let head: Uint8Array[] = [];
   let headLen = 0;
@@ -169,7 +210,7 @@ async function* readAll(dev: BlockDevice): AsyncGenerator<Uint8Array> {
 }
 
 /** The first `n` bytes of a stream (fewer if it is shorter), and the whole stream again. */
-async function peek(input: AsyncIterable<Uint8Array>, n: number): Promise<{ head: Uint8Array; stream: AsyncIterable<Uint8Array> }> {
+export async function peek(input: AsyncIterable<Uint8Array>, n: number): Promise<{ head: Uint8Array; stream: AsyncIterable<Uint8Array> }> {
   const it = input[Symbol.asyncIterator]();
   const taken: Uint8Array[] = [];
   let len = 0;

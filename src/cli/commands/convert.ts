@@ -1,6 +1,7 @@
 import { type CommandSpec, OUTPUT_OPTION, flag, list, printJson, str, wantsJson } from '../command.js';
-import { BACKING_OPTIONS, DISK_OPTION, FORCE_OPTION, FORMAT_OPTION, PROGRESS_OPTIONS, openFromArgs, progressFromArgs } from '../common.js';
-import { convertImage } from '../../convert/image.js';
+import { BACKING_OPTIONS, DISK_OPTION, FORCE_OPTION, FORMAT_OPTION, PROGRESS_OPTIONS, diskFromArgs, httpFromArgs, openFromArgs, printWarning, progressFromArgs } from '../common.js';
+import { convertSource } from '../../convert/sequential.js';
+import { convertOpened } from '../../convert/image.js';
 import { parseKeyValues, parseSize } from '../../core/size.js';
 import { driverByName, formatFromExtension } from '../../formats/index.js';
 import { writeToStdout } from '../../convert/stream.js';
@@ -47,26 +48,29 @@ Exit codes: 0 success; 2 usage (bad option, output exists); 3 invalid or corrupt
     if (!outFormat) {
       throw new ImageError('usage', `cannot tell the output format from '${dst}': name it with -O (raw, qcow, qcow2, vdi)`);
     }
+    const copy = {
+      format: outFormat,
+      options: parseKeyValues(list(args, 'options')),
+      compress: flag(args, 'compress'),
+      sparseSize: parseSize(str(args, 'sparse-size') ?? '4k', '-S'),
+      force: flag(args, 'force'),
+      progress: progressFromArgs(args, ctx),
+    };
+    if (dst !== '-') {
+      // Seekable sources are converted in place; a pipe, a server without ranges or a compressed
+      // input front to back (without a scratch copy when its format allows: see convert/sequential.ts).
+      const streamable = !flag(args, 'backing') && !flag(args, 'data-file');
+      const open = () => openFromArgs(src, args);
+      const result = streamable
+        ? await convertSource(src, dst, { ...copy, inputFormat: str(args, 'format'), disk: diskFromArgs(args), http: httpFromArgs(args), warn: printWarning }, open)
+        : await convertOpened(await open(), dst, copy);
+      if (json) printJson(ctx, result);
+      return 0;
+    }
     const opened = await openFromArgs(src, args);
     try {
-      if (dst === '-') {
-        const bytes = await writeToStdout(opened.image, driverByName(outFormat), {
-          size: opened.image.size,
-          options: parseKeyValues(list(args, 'options')),
-          compress: flag(args, 'compress'),
-        });
-        if (json) ctx.stderr.write(JSON.stringify({ source: src, target: '-', 'target-format': outFormat, 'bytes-written': bytes }) + '\n');
-        return 0;
-      }
-      const result = await convertImage(opened, dst, {
-        format: outFormat,
-        options: parseKeyValues(list(args, 'options')),
-        compress: flag(args, 'compress'),
-        sparseSize: parseSize(str(args, 'sparse-size') ?? '4k', '-S'),
-        force: flag(args, 'force'),
-        progress: progressFromArgs(args, ctx),
-      });
-      if (json) printJson(ctx, result);
+      const bytes = await writeToStdout(opened.image, driverByName(outFormat), { size: opened.image.size, options: copy.options, compress: copy.compress });
+      if (json) ctx.stderr.write(JSON.stringify({ source: src, target: '-', 'target-format': outFormat, 'bytes-written': bytes }) + '\n');
     } finally {
       await opened.image.close();
     }
