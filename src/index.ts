@@ -16,7 +16,8 @@
 
 import { type BlockDevice, type Extent, extents as walkExtents } from './core/device.js';
 import { ImageError } from './core/errors.js';
-import { convertImage, type ConvertResult } from './convert/image.js';
+import { convertOpened, type ConvertResult } from './convert/image.js';
+import { convertSource } from './convert/sequential.js';
 import type { Progress } from './convert/progress.js';
 import {
   type OpenedImage,
@@ -177,21 +178,18 @@ function progressFor(cb?: (done: number, total: number) => void): Progress | und
 
 /** `imgtool convert`: copy `src` into a new image `dst`, only allocated data. */
 export async function convert(src: string, dst: string, opts: ConvertOptions = {}): Promise<ConvertResult> {
-  const format = outputFormat(dst, opts.outputFormat);
-  const opened = await openOpened(src, opts);
-  try {
-    return await convertImage(opened, dst, {
-      format,
-      options: opts.options,
-      compress: opts.compress,
-      sparseSize: opts.sparseSize,
-      force: opts.force,
-      progress: progressFor(opts.onProgress),
-      signal: opts.signal,
-    });
-  } finally {
-    await opened.image.close();
-  }
+  const copy = {
+    format: outputFormat(dst, opts.outputFormat),
+    options: opts.options,
+    compress: opts.compress,
+    sparseSize: opts.sparseSize,
+    force: opts.force,
+    progress: progressFor(opts.onProgress),
+    signal: opts.signal,
+  };
+  // As the CLI: a pipe, a server without ranges or a compressed input is read front to back (convert/sequential.ts).
+  if (opts.backing || opts.dataFile) return convertOpened(await openOpened(src, opts), dst, copy);
+  return convertSource(src, dst, { ...copy, inputFormat: opts.format, disk: opts.disk, http: opts.http, warn: opts.onWarning }, () => openOpened(src, opts));
 }
 
 export interface WrapLibraryOptions extends OpenOptions, Omit<WrapOptions, 'output' | 'format' | 'progress' | 'parts' | 'domain'> {

@@ -25,7 +25,7 @@ import { isZero } from '../core/device.js';
 import { ImageError, fieldError } from '../core/errors.js';
 import type { StreamReader } from '../sources/reader.js';
 import { u32le, u32leArray } from '../core/bytes.js';
-import { decompressCluster } from '../formats/engine/codecs.js';
+import * as zlib from 'node:zlib';
 import { MAX_DESCRIPTOR_BYTES, parseDescriptor } from '../formats/vmdk/descriptor.js';
 import {
   COMPRESS_DEFLATE,
@@ -89,6 +89,21 @@ function checkHeader(h: Header, at = 0): VmdkStreamHeader {
     throw bad('capacity', field('capacity'), h.capacity, `needs more than ${MAX_GD_ENTRIES} grain directory entries`, 'unsupported');
   }
   return { header: h, capacity, grainBytes };
+}
+
+/**
+ * One grain's zlib stream, inflated: it must end (a size that cuts it short
+ * is an error, not a grain filled up with zeros) and give at least `need`
+ * bytes, at most `grainBytes`.
+ */
+function inflateGrain(data: Uint8Array, grainBytes: number, need: number, at: number): Promise<Uint8Array> {
+  return new Promise((resolve, reject) => {
+    zlib.inflate(data, { maxOutputLength: grainBytes, chunkSize: Math.max(1024, grainBytes) }, (err, out) => {
+      if (err) reject(new ImageError('corrupt', `vmdk: the grain at ${at}: its ${data.length} bytes of zlib data are invalid or cut short (${err.message})`, { format: 'vmdk', field: 'grain data', offset: at + 12, value: data.length }, { cause: err }));
+      else if (out.length < need) reject(bad('grain data', at + 12, out.length, `inflates to ${out.length} bytes, not the grain's ${need}`));
+      else resolve(out);
+    });
+  });
 }
 
 /** Growable list of numbers (grain indexes, sectors), in increasing order. */
@@ -234,7 +249,10 @@ export async function readStreamVmdk(
           data.set(await r.read(size - first, `grain data (marker at ${at})`), first);
           await r.skip((SECTOR - ((12 + size) % SECTOR)) % SECTOR, 'the padding after a grain');
         }
-        pending.push(decompressCluster('vmdk', 'zlib', data, grainBytes, at + 12).then((out) => [Number(val) * SECTOR, out] as [number, Uint8Array]));
+        const offset = Number(val) * SECTOR;
+        const job = inflateGrain(data, grainBytes, Math.min(grainBytes, capacity - offset), at).then((out) => [offset, out] as [number, Uint8Array]);
+        job.catch(() => {}); // awaited in order by drain; a failure before then is not unhandled
+        pending.push(job);
         await drain(INFLATE_AHEAD);
         continue;
       }

@@ -237,7 +237,11 @@ export class HttpDevice implements SourceDevice {
           ranges: false,
           body: answer.body as unknown as Readable,
           size: Number.isSafeInteger(len) ? len : undefined,
-          close: () => client.close(),
+          // A body left unread (the reader failed or stopped) is dropped first: closing waits for open requests.
+          close: async () => {
+            (answer.body as unknown as Readable).destroy();
+            await client.close();
+          },
         };
       }
       if (answer.status === 416) {

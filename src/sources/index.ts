@@ -105,14 +105,17 @@ export async function openSourceStream(name: string, opts: SourceOptions = {}): 
       const wrapper = detectWrapper(head);
       if (!wrapper) return { device };
       const wrapped = device;
-      return { ...(await unwrapStream(wrapper, head, readAll(wrapped), opts)), close: once(() => wrapped.close()) };
+      const u = await unwrapStream(wrapper, head, readAll(wrapped), opts);
+      return { ...u, close: closer(u.stream, () => wrapped.close()) };
     }
     const peeked = await peek(stream!, PEEK);
     const wrapper = detectWrapper(peeked.head);
-    const close = once(closeStream);
-    if (wrapper) return { ...(await unwrapStream(wrapper, peeked.head, peeked.stream, opts)), close };
+    if (wrapper) {
+      const u = await unwrapStream(wrapper, peeked.head, peeked.stream, opts);
+      return { ...u, close: closer(u.stream, closeStream) };
+    }
     const lim = limited(peeked.stream, opts, size, 'the Content-Length the server sent');
-    return { stream: lim, head: peeked.head, size, close };
+    return { stream: lim, head: peeked.head, size, close: closer(lim, closeStream) };
   } catch (e) {
     await device?.close().catch(() => {});
     await closeStream().catch(() => {});
@@ -139,9 +142,21 @@ export async function spoolSource(s: SourceStream, scratchDir?: string, stream: 
   }
 }
 
-function once(fn: () => Promise<void>): () => Promise<void> {
+/**
+ * Close a source once: release what is under it, and end the generators of
+ * the stream (a reader that stopped early leaves them suspended: a host
+ * decompressor would live on).
+ */
+function closer(stream: AsyncIterable<Uint8Array>, release: () => Promise<void>): () => Promise<void> {
   let p: Promise<void> | undefined;
-  return () => (p ??= fn());
+  return () =>
+    (p ??= (async () => {
+      try {
+        await release();
+      } finally {
+        void (stream as AsyncGenerator<Uint8Array>).return?.(undefined).catch(() => {});
+      }
+    })());
 }
 
 /** The decompressed stream of a wrapped input, its first bytes peeked. */

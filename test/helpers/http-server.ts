@@ -3,7 +3,8 @@
  * files from a directory the way web servers and object stores do, with the
  * misbehaviours a client must survive: no Range support, a file that changes
  * between requests, dropped connections, redirects, a bearer token.
- * It counts the body bytes it sends.
+ * It counts the body bytes it sends (in all, and per path: `bodyBytes`,
+ * bytes really written to the socket, so a client that stops early shows).
  */
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import { createServer as createHttpsServer } from 'node:https';
@@ -31,11 +32,26 @@ export interface TestServer {
   requests: number;
   /** Authorization headers seen (to prove a token is not forwarded elsewhere). */
   authSeen: string[];
+  /** Requests per path (e.g. '/disk.vmdk'). */
+  requestsFor(path: string): number;
+  /** Body bytes written to the socket per path. */
+  bodyBytes(path: string): number;
   close(): Promise<void>;
 }
 
 export async function serveDir(dir: string, opts: ServeOptions = {}): Promise<TestServer> {
-  const state = { bytesSent: 0, requests: 0, authSeen: [] as string[] };
+  const state = { bytesSent: 0, requests: 0, authSeen: [] as string[], perPath: new Map<string, { requests: number; bytes: number }>() };
+  const counted = (p: string) => {
+    let c = state.perPath.get(p);
+    if (!c) state.perPath.set(p, (c = { requests: 0, bytes: 0 }));
+    return c;
+  };
+  /** Pipe `file` (a range of it) into `res`, counting the bytes as they go. */
+  const send = (path: string, file: string, res: ServerResponse, range?: { start: number; end: number }) => {
+    const body = createReadStream(file, range);
+    body.on('data', (chunk) => (counted(path).bytes += chunk.length));
+    body.pipe(res);
+  };
   const handler = (req: IncomingMessage, res: ServerResponse) => {
     state.requests++;
     const n = state.requests;
@@ -49,6 +65,7 @@ export async function serveDir(dir: string, opts: ServeOptions = {}): Promise<Te
       return;
     }
     const url = new URL(req.url ?? '/', 'http://x');
+    counted(url.pathname).requests++;
     const redirect = /^\/redirect\/(\d+)(\/.*)$/.exec(url.pathname);
     if (redirect) {
       const left = Number(redirect[1]);
@@ -74,7 +91,7 @@ export async function serveDir(dir: string, opts: ServeOptions = {}): Promise<Te
       res.writeHead(200, { ...common, 'content-length': size });
       state.bytesSent += size;
       if (size === 0) res.end();
-      else createReadStream(file).pipe(res);
+      else send(url.pathname, file, res);
       return;
     }
     const start = Number(m[1]);
@@ -85,7 +102,7 @@ export async function serveDir(dir: string, opts: ServeOptions = {}): Promise<Te
     }
     res.writeHead(206, { ...common, 'accept-ranges': 'bytes', 'content-range': `bytes ${start}-${end}/${size}`, 'content-length': end - start + 1 });
     state.bytesSent += end - start + 1;
-    createReadStream(file, { start, end }).pipe(res);
+    send(url.pathname, file, res, { start, end });
   };
   const server: Server = opts.tls ? createHttpsServer({ key: opts.tls.key, cert: opts.tls.cert }, handler) : createServer(handler);
   await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
@@ -102,6 +119,8 @@ export async function serveDir(dir: string, opts: ServeOptions = {}): Promise<Te
     get authSeen() {
       return state.authSeen;
     },
+    requestsFor: (p: string) => state.perPath.get(p)?.requests ?? 0,
+    bodyBytes: (p: string) => state.perPath.get(p)?.bytes ?? 0,
     close: () =>
       new Promise<void>((r) => {
         server.closeAllConnections();
