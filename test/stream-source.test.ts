@@ -11,7 +11,7 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { existsSync, mkdirSync, readFileSync, readdirSync, statSync, writeFileSync } from 'node:fs';
 import { createHash } from 'node:crypto';
-import { imgtoolAsync, must, qemuCheck, qemuCompare, tempDir } from './helpers/peers.js';
+import { CLI, imgtoolAsync, must, qemuCheck, qemuCompare, runAsync, tempDir } from './helpers/peers.js';
 import { serveDir, type TestServer } from './helpers/http-server.js';
 
 const t = tempDir('imgtool-stream-');
@@ -57,6 +57,16 @@ beforeAll(async () => {
   must('tar', ['-C', ovaDir, '-cf', t.path('manifest-last.ova'), 'vm.ovf', 'disk.vmdk', 'vm.mf']);
   writeFileSync(t.path('ova/vm.mf'), `SHA1(vm.ovf)= ${sha('sha1', `${ovaDir}/vm.ovf`)}\nSHA256(disk.vmdk)= ${'0'.repeat(64)}\n`);
   must('tar', ['-C', ovaDir, '-cf', t.path('bad-manifest.ova'), 'vm.ovf', 'vm.mf', 'disk.vmdk']);
+  // Two disks (--disk 1 is the second), a qcow2 disk (spooled alone), a '..' entry name.
+  must('qemu-img', ['create', '-q', '-f', 'raw', t.path('other.raw'), '2M']);
+  must('qemu-io', ['-f', 'raw', '-c', 'write -P 0x42 512k 64k', t.path('other.raw')]);
+  must('qemu-img', ['convert', '-O', 'vmdk', '-o', 'subformat=streamOptimized', t.path('other.raw'), `${ovaDir}/other.vmdk`]);
+  writeFileSync(`${ovaDir}/two.ovf`, ovf('other.vmdk').replace('</References>', '<File ovf:id="file2" ovf:href="disk.vmdk"/></References>').replace('</DiskSection>', '<Disk ovf:capacity="9" ovf:capacityAllocationUnits="byte * 2^20" ovf:diskId="vmdisk2" ovf:fileRef="file2"/></DiskSection>'));
+  must('tar', ['-C', ovaDir, '-cf', t.path('two.ova'), 'two.ovf', 'other.vmdk', 'disk.vmdk']);
+  must('qemu-img', ['convert', '-O', 'qcow2', t.path('disk.raw'), `${ovaDir}/disk.qcow2`]);
+  writeFileSync(`${ovaDir}/qcow2.ovf`, ovf('disk.qcow2'));
+  must('tar', ['-C', ovaDir, '-cf', t.path('qcow2.ova'), 'qcow2.ovf', 'disk.qcow2']);
+  must('tar', ['-C', ovaDir, '-P', '--transform', 's,^disk,../disk,', '-cf', t.path('dotdot.ova'), 'vm.ovf', 'disk.vmdk']);
   for (const f of ['disk.raw', 'qemu.vmdk', 'vmware.vmdk', 'manifest.ova']) {
     must('sh', ['-c', `gzip -kc '${t.path(f)}' > '${t.path(f)}.gz' && xz -kc '${t.path(f)}' > '${t.path(f)}.xz'`]);
   }
@@ -108,6 +118,24 @@ describe('front to back, without a scratch file', () => {
     await convertsWithoutScratch(['-', '-O', 'raw'], t.path('pipe-raw.img'), 'raw', readFileSync(t.path('disk.raw')));
     // holes stay holes: the 9 MiB output holds about the data
     expect(statSync(t.path('pipe-raw.img')).blocks * 512).toBeLessThan(4 * MiB);
+    // a named pipe given as a path is read the same way
+    const fifo = await runAsync('bash', ['-c', `exec "$0" "$1" convert <(cat '${t.path('manifest.ova.xz')}') '${t.path('fifo.qcow2')}'`, process.execPath, CLI], { env: noScratch() });
+    expect(fifo.status, fifo.stderr).toBe(0);
+    expect(qemuCompare(t.path('disk.raw'), t.path('fifo.qcow2'), 'raw', 'qcow2').status).toBe(0);
+  });
+
+  it('the library convert() takes the same path', async () => {
+    const lib = (await import(new URL('../dist/index.js', import.meta.url).href)) as typeof import('../src/index.js');
+    const saved = process.env.TMPDIR;
+    process.env.TMPDIR = t.path('no-such-dir');
+    try {
+      const r = await lib.convert(t.path('vmware.vmdk.xz'), t.path('lib.qcow2'));
+      expect(r['source-format']).toBe('vmdk');
+      expect(r['virtual-size']).toBe(9 * MiB);
+    } finally {
+      process.env.TMPDIR = saved;
+    }
+    expect(qemuCompare(t.path('disk.raw'), t.path('lib.qcow2'), 'raw', 'qcow2').status).toBe(0);
   });
 
   it('gzip and xz wrappers, from a file, a pipe and a URL without ranges', async () => {
@@ -136,6 +164,28 @@ describe('front to back, without a scratch file', () => {
     const rawPipe = await imgtoolAsync(['convert', '-', t.path('rawpipe.qcow2')], { input: readFileSync(t.path('disk.raw')), env: noScratch() });
     expect(rawPipe.status).not.toBe(0);
     noOutputLeft(t.path('rawpipe.qcow2'));
+  });
+
+  it('an OVA: --disk 1 streams the second disk; a qcow2 disk inside is spooled alone, after the rest of the archive', async () => {
+    await convertsWithoutScratch(['--disk', '1', '-'], t.path('disk1.qcow2'), 'qcow2', readFileSync(t.path('two.ova')));
+    const d0 = await imgtoolAsync(['convert', '-O', 'raw', plain.url('two.ova'), t.path('disk0.raw')], { env: noScratch() });
+    expect(d0.status, d0.stderr).toBe(0);
+    expect(qemuCompare(t.path('other.raw'), t.path('disk0.raw'), 'raw', 'raw').status).toBe(0);
+    const q = await imgtoolAsync(['convert', '-', t.path('ova-qcow2.qcow2')], { input: readFileSync(t.path('qcow2.ova')), env: { ...process.env, TMPDIR: scratch } });
+    expect(q.status, q.stderr).toBe(0);
+    expect(qemuCompare(t.path('disk.raw'), t.path('ova-qcow2.qcow2'), 'raw', 'qcow2').status).toBe(0);
+    const cannot = await imgtoolAsync(['convert', '-', t.path('ova-qcow2-nospool.qcow2')], { input: readFileSync(t.path('qcow2.ova')), env: noScratch() });
+    expect(cannot.status).not.toBe(0);
+    noOutputLeft(t.path('ova-qcow2-nospool.qcow2'));
+  });
+
+  it('a bomb: a 9 MiB VMDK followed by 300 MiB of zeros in an xz stream stops at the cap the header declares', async () => {
+    const bomb = t.path('bomb.vmdk.xz');
+    must('sh', ['-c', `(cat '${t.path('qemu.vmdk')}'; head -c 300M /dev/zero) | xz -1 -T1 > '${bomb}'`]);
+    const r = await imgtoolAsync(['convert', bomb, t.path('bomb.qcow2')], { env: noScratch() });
+    expect(r.status, r.stderr).toBe(3);
+    expect(r.stderr).toMatch(/longer than \d+ bytes \(the vmdk image inside declares 9437184 bytes\)/);
+    noOutputLeft(t.path('bomb.qcow2'));
   });
 });
 
@@ -180,6 +230,29 @@ describe('hostile streams fail clearly and leave no output', () => {
   it('a grain the grain table does not point at', async () => {
     // move grain 1's LBA up by one grain (still increasing, still inside): the table says otherwise
     await corrupt('gt-mismatch', (b, m) => b.writeBigUInt64LE(m[1]![1] + 128n, m[1]![0]), /grain table entry/);
+  });
+
+  it("VMware's layout: a footer naming another grain directory", async () => {
+    const b = Buffer.from(readFileSync(t.path('vmware.vmdk')));
+    const footer = b.length - 2 * 512;
+    b.writeBigUInt64LE(b.readBigUInt64LE(footer + 56) - 1n, footer + 56);
+    const out = t.path('footer.qcow2');
+    const r = await imgtoolAsync(['convert', '-', out], { input: b, env: noScratch() });
+    expect(r.status, r.stderr).toBe(3);
+    expect(r.stderr).toMatch(/footer gdOffset.*is not the sector of the grain directory/);
+    noOutputLeft(out);
+  });
+
+  it("an OVA entry named '../disk.vmdk', and an OVA cut short", async () => {
+    const r = await imgtoolAsync(['convert', '-', t.path('dotdot.qcow2')], { input: readFileSync(t.path('dotdot.ova')), env: noScratch() });
+    expect(r.status, r.stderr).toBe(3);
+    expect(r.stderr).toMatch(/tar entry name '\.\.\/disk\.vmdk' leaves the archive/);
+    noOutputLeft(t.path('dotdot.qcow2'));
+    const whole = readFileSync(t.path('manifest.ova'));
+    const cut = await imgtoolAsync(['convert', '-', t.path('cut.qcow2')], { input: whole.subarray(0, whole.length - 20_000), env: noScratch() });
+    expect(cut.status, cut.stderr).toBe(3);
+    expect(cut.stderr.trim().split('\n')).toHaveLength(1);
+    noOutputLeft(t.path('cut.qcow2'));
   });
 
   it('an OVA whose manifest does not match its disk', async () => {

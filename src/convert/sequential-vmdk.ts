@@ -47,8 +47,8 @@ import { MAX_GD_ENTRIES, MAX_GRAIN_SECTORS } from '../formats/vmdk/sparse.js';
 
 /** The overhead (header, descriptor, tables) is held in memory: at most this much. */
 const MAX_OVERHEAD = 64 << 20;
-/** Grains being inflated at once. */
-const INFLATE_AHEAD = 8;
+/** Grains being inflated at once: up to 8, and at most 32 MiB of them. */
+const inflateAhead = (grainBytes: number) => Math.max(1, Math.min(8, Math.floor((32 << 20) / grainBytes)));
 
 const bad = (field: string, offset: number, value: number | bigint | string, why: string, kind: 'invalid-format' | 'corrupt' | 'unsupported' = 'corrupt') =>
   fieldError(kind, 'vmdk', field, offset, value, why);
@@ -106,13 +106,13 @@ function inflateGrain(data: Uint8Array, grainBytes: number, need: number, at: nu
   });
 }
 
-/** Growable list of numbers (grain indexes, sectors), in increasing order. */
+/** Growable list of 32-bit numbers (grain indexes, sectors), in increasing order. */
 class Column {
-  a = new Float64Array(1024);
+  a = new Uint32Array(1024);
   n = 0;
   push(v: number): void {
     if (this.n === this.a.length) {
-      const b = new Float64Array(this.a.length * 2);
+      const b = new Uint32Array(this.a.length * 2);
       b.set(this.a);
       this.a = b;
     }
@@ -204,7 +204,7 @@ export async function readStreamVmdk(
   // Grains (and tables, in the VMware layout) until the end-of-stream marker.
   const grains = new Column();
   const sectors = new Column();
-  const referenced: boolean[] = [];
+  let referenced = new Uint8Array(1024);
   const tableOf = new Map<number, number>(); // GT sector → its GD index (-1: no grain entries)
   let gd: { at: number; entries: Uint32Array } | undefined;
   let footer: Header | undefined;
@@ -238,9 +238,14 @@ export async function readStreamVmdk(
           const gte = headGt(grain);
           if (gte !== hostSector) throw bad('grain marker', at, val, `is at sector ${hostSector}, but the grain table entry for grain ${grain} says ${gte}`);
         } else {
+          if (hostSector > 0xffffffff) throw bad('grain marker', at, val, 'is past the 2 TiB of stream a grain table entry can address');
           grains.push(grain);
           sectors.push(hostSector);
-          referenced.push(false);
+          if (grains.n > referenced.length) {
+            const b = new Uint8Array(referenced.length * 2);
+            b.set(referenced);
+            referenced = b;
+          }
         }
         const data = new Uint8Array(size);
         const first = Math.min(size, SECTOR - 12);
@@ -253,7 +258,7 @@ export async function readStreamVmdk(
         const job = inflateGrain(data, grainBytes, Math.min(grainBytes, capacity - offset), at).then((out) => [offset, out] as [number, Uint8Array]);
         job.catch(() => {}); // awaited in order by drain; a failure before then is not unhandled
         pending.push(job);
-        await drain(INFLATE_AHEAD);
+        await drain(inflateAhead(grainBytes));
         continue;
       }
       const type = u32le(sector, 12);
@@ -279,7 +284,7 @@ export async function readStreamVmdk(
           const g = grains.a[k]!;
           if (g % gtes !== i || (index >= 0 && Math.floor(g / gtes) !== index)) throw bad(`grain table entry ${i}`, where, e, `points at the grain for LBA ${g * Number(h.grainSize)}, which this entry does not map`);
           if (referenced[k]) throw bad(`grain table entry ${i}`, where, e, 'points at a grain another entry already maps');
-          referenced[k] = true;
+          referenced[k] = 1;
           index = Math.floor(g / gtes);
         }
         tableOf.set(tableAt / SECTOR, index);
@@ -336,7 +341,7 @@ export async function readStreamVmdk(
     tableOf.set(e, -2); // used
   }
   for (const [s, t] of tableOf) if (t >= 0) throw bad('grain table', s * SECTOR, s, 'maps grains but no grain directory entry points at it');
-  const lost = referenced.indexOf(false);
+  const lost = referenced.subarray(0, grains.n).indexOf(0);
   if (lost >= 0) throw bad('grain marker', sectors.a[lost]! * SECTOR, grains.a[lost]! * Number(h.grainSize), 'is a grain no grain table entry maps');
   return capacity;
 }

@@ -95,6 +95,11 @@ export async function openSourceStream(name: string, opts: SourceOptions = {}): 
     const st = fs.fstatSync(0);
     if (st.isFile() || st.isBlockDevice()) device = await FileDevice.open('/dev/stdin');
     else stream = process.stdin as AsyncIterable<Uint8Array>;
+  } else if (isStreamFile(name)) {
+    // A named pipe (`<(zcat disk.vmdk.gz)`): read once, like standard input.
+    const input = fs.createReadStream(name);
+    stream = input as AsyncIterable<Uint8Array>;
+    closeStream = async () => void input.destroy();
   } else {
     device = await FileDevice.open(name);
   }
@@ -131,6 +136,11 @@ export async function openSource(name: string, opts: SourceOptions = {}): Promis
   const s = await openSourceStream(name, opts);
   if (s.device) return { device: s.device };
   return { device: await spoolSource(s, opts.scratchDir), wrapper: s.wrapper };
+}
+
+function isStreamFile(name: string): boolean {
+  const st = fs.statSync(name, { throwIfNoEntry: false });
+  return !!st && st.isFIFO();
 }
 
 /** Spool what is left of a source stream into a sparse scratch file (never more than the scratch file system holds), then close the source. */
