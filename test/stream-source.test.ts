@@ -179,6 +179,25 @@ describe('front to back, without a scratch file', () => {
     noOutputLeft(t.path('ova-qcow2-nospool.qcow2'));
   });
 
+  it('a streamOptimized VMDK whose tables lie after its grains is spooled (qemu-img reads it so too)', async () => {
+    const b = readFileSync(t.path('qemu.vmdk'));
+    const gdSector = Number(b.readBigUInt64LE(56));
+    const gtSector = b.readUInt32LE(gdSector * 512);
+    const newGt = Math.ceil(b.length / 512);
+    const gd = Buffer.alloc(512);
+    gd.writeUInt32LE(newGt, 0);
+    const moved = Buffer.concat([b, Buffer.alloc(newGt * 512 - b.length), b.subarray(gtSector * 512, gtSector * 512 + 2048), gd]);
+    moved.writeBigUInt64LE(BigInt(newGt + 4), 56);
+    writeFileSync(t.path('moved.vmdk'), moved);
+    expect(qemuCompare(t.path('disk.raw'), t.path('moved.vmdk'), 'raw', 'vmdk').status).toBe(0);
+    const r = await imgtoolAsync(['convert', '-', t.path('moved.qcow2')], { input: moved, env: { ...process.env, TMPDIR: scratch } });
+    expect(r.status, r.stderr).toBe(0);
+    expect(qemuCompare(t.path('disk.raw'), t.path('moved.qcow2'), 'raw', 'qcow2').status).toBe(0);
+    const cannot = await imgtoolAsync(['convert', '-', t.path('moved-nospool.qcow2')], { input: moved, env: noScratch() });
+    expect(cannot.status).not.toBe(0);
+    noOutputLeft(t.path('moved-nospool.qcow2'));
+  });
+
   it('a bomb: a 9 MiB VMDK followed by 300 MiB of zeros in an xz stream stops at the cap the header declares', async () => {
     const bomb = t.path('bomb.vmdk.xz');
     must('sh', ['-c', `(cat '${t.path('qemu.vmdk')}'; head -c 300M /dev/zero) | xz -1 -T1 > '${bomb}'`]);

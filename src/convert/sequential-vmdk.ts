@@ -18,7 +18,8 @@
  * (VMware: GT and GD markers, the footer names the GD; checked at the end).
  * Either way every grain a table names was in the stream at that sector,
  * and every grain in the stream is named once. Anything else is an error;
- * the caller removes the output.
+ * the caller removes the output. (Tables anywhere else: NotStreamable,
+ * before anything is written; the caller spools.)
  */
 
 import { isZero } from '../core/device.js';
@@ -106,6 +107,20 @@ function inflateGrain(data: Uint8Array, grainBytes: number, need: number, at: nu
   });
 }
 
+/**
+ * The image cannot be read front to back after all (its tables lie past
+ * the first grain): `prefix` holds what was read of it, for the caller to
+ * spool with the rest. Nothing was written yet.
+ */
+export class NotStreamable extends Error {
+  constructor(
+    readonly prefix: Uint8Array,
+    why: string,
+  ) {
+    super(`vmdk: ${why}`);
+  }
+}
+
 /** Growable list of 32-bit numbers (grain indexes, sectors), in increasing order. */
 class Column {
   a = new Uint32Array(1024);
@@ -182,7 +197,7 @@ export async function readStreamVmdk(
   if (h.gdOffset !== GD_AT_END) {
     const gdAt = h.gdOffset * 512n;
     if (gdAt < 512n || gdAt + BigInt(gdEntries * 4) > BigInt(overhead)) {
-      throw bad('gdOffset', SparseHeader.offsetOf('gdOffset'), h.gdOffset, `puts the grain directory outside the ${overhead}-byte overhead before the first grain`, 'unsupported');
+      throw new NotStreamable(region, 'its grain directory is not in the overhead before the first grain');
     }
     const gd = u32leArray(region.subarray(Number(gdAt)), gdEntries);
     const tables: (Uint32Array | undefined)[] = [];
@@ -190,7 +205,7 @@ export async function readStreamVmdk(
       if (gd[i] === 0) continue;
       const at = gd[i]! * SECTOR;
       if (at < SECTOR || at + gtes * 4 > overhead) {
-        throw bad(`grain directory entry ${i}`, Number(gdAt) + 4 * i, gd[i]!, `puts a grain table outside the ${overhead}-byte overhead`, 'unsupported');
+        throw new NotStreamable(region, `grain table ${i} is not in the overhead before the first grain`);
       }
       const t = u32leArray(region.subarray(at), gtes);
       tables[i] = t;
@@ -210,6 +225,7 @@ export async function readStreamVmdk(
   let footer: Header | undefined;
   let lastLba = -1n;
   let seen = 0;
+  let gtMarkers = 0;
   const limit = zlibBound(grainBytes);
   const pending: Array<Promise<[number, Uint8Array]>> = [];
   const drain = async (keep: number) => {
@@ -272,8 +288,8 @@ export async function readStreamVmdk(
       } else if (type === MARKER_GT) {
         const tableAt = r.pos;
         const t = u32leArray(await meta(gtSectors, 'grain table'), gtes);
+        if (++gtMarkers > gdEntries) throw bad('grain table marker', at, gtMarkers, `is one more grain table than the ${gdEntries} the grain directory can name`);
         if (headGt) continue; // the tables in the overhead rule (qemu reads those)
-        if (tableOf.size >= gdEntries) throw bad('grain table marker', at, tableOf.size, `is one more grain table than the ${gdEntries} the grain directory can name`);
         let index = -1;
         for (let i = 0; i < gtes; i++) {
           const e = t[i]!;

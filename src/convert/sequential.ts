@@ -35,7 +35,7 @@ import { checkEntryName } from '../formats/ova/tar.js';
 import { TarStream } from '../formats/ova/tar-stream.js';
 import { type HttpOptions, type SourceStream, StreamReader, openSourceStream, peek, spoolSource, spoolStream, diskCap } from '../sources/index.js';
 import { type ConvertImageOptions, type ConvertResult, convertOpened } from './image.js';
-import { readStreamVmdk, streamableVmdk } from './sequential-vmdk.js';
+import { NotStreamable, readStreamVmdk, streamableVmdk } from './sequential-vmdk.js';
 import { Sink } from './sink.js';
 
 export interface SourceConvertOptions extends ConvertImageOptions {
@@ -99,11 +99,17 @@ export async function convertStream(s: SourceStream, name: string, dst: string, 
     if (plan === 'raw') {
       ({ sink, size } = await copyRaw(s.stream, s.size, name, dst, opts, !opts.inputFormat));
     } else if (plan === 'vmdk') {
-      size = await readStreamVmdk(
-        new StreamReader(s.stream, name),
-        async (capacity) => void (sink = await Sink.create(dst, capacity, opts, name)),
-        (o, d) => sink!.put(o, d),
-      );
+      const r = new StreamReader(s.stream, name);
+      try {
+        size = await readStreamVmdk(
+          r,
+          async (capacity) => void (sink = await Sink.create(dst, capacity, opts, name)),
+          (o, d) => sink!.put(o, d),
+        );
+      } catch (e) {
+        if (!(e instanceof NotStreamable)) throw e;
+        return await convertSpooled(await spoolSource(s, opts.scratchDir, prepend(e.prefix, r.rest())), name, dst, opts);
+      }
     } else {
       const r = await convertOva(new StreamReader(s.stream, name), name, dst, opts);
       if ('spooled' in r) return r.spooled;
@@ -190,6 +196,11 @@ class Digests {
   }
 }
 
+async function* prepend(first: Uint8Array, rest: AsyncIterable<Uint8Array>): AsyncGenerator<Uint8Array> {
+  yield first;
+  yield* rest;
+}
+
 async function* hashed(data: AsyncIterable<Uint8Array>, h: { update(b: Uint8Array): void }): AsyncGenerator<Uint8Array> {
   for await (const b of data) {
     h.update(b);
@@ -249,12 +260,18 @@ async function convertOva(
           ({ sink } = await copyRaw(body.stream, e.size, `${name}/${e.name}`, dst, { ...opts, inputFormat: undefined }, false));
           result = { size: e.size, sourceFormat: 'ova' };
         } else if (driver.name === 'vmdk' && streamableVmdk(body.head)) {
-          const size = await readStreamVmdk(
-            new StreamReader(body.stream, `${name}/${e.name}`),
-            async (capacity) => void (sink = await Sink.create(dst, capacity, opts, name)),
-            (o, d) => sink!.put(o, d),
-          );
-          result = { size, sourceFormat: 'ova' };
+          const inner = new StreamReader(body.stream, `${name}/${e.name}`);
+          try {
+            const size = await readStreamVmdk(
+              inner,
+              async (capacity) => void (sink = await Sink.create(dst, capacity, opts, name)),
+              (o, d) => sink!.put(o, d),
+            );
+            result = { size, sourceFormat: 'ova' };
+          } catch (err) {
+            if (!(err instanceof NotStreamable)) throw err;
+            spooled = await spoolStream(prepend(err.prefix, inner.rest()), { scratchDir: opts.scratchDir, diskBudget: diskCap(opts.scratchDir) });
+          }
         } else {
           spooled = await spoolStream(body.stream, { scratchDir: opts.scratchDir, diskBudget: diskCap(opts.scratchDir) });
         }
