@@ -118,6 +118,12 @@ describe('front to back, without a scratch file', () => {
     await convertsWithoutScratch(['-', '-O', 'raw'], t.path('pipe-raw.img'), 'raw', readFileSync(t.path('disk.raw')));
     // holes stay holes: the 9 MiB output holds about the data
     expect(statSync(t.path('pipe-raw.img')).blocks * 512).toBeLessThan(4 * MiB);
+    // ending right after the last grain, as qemu-img's larger streams do (no end-of-stream marker, no padding)
+    const b = readFileSync(t.path('qemu.vmdk'));
+    const last = markers(b).at(-1)!;
+    writeFileSync(t.path('unpadded.vmdk'), b.subarray(0, last[0] + Math.ceil((12 + last[2]) / 512) * 512));
+    expect(qemuCompare(t.path('disk.raw'), t.path('unpadded.vmdk'), 'raw', 'vmdk').status).toBe(0);
+    await convertsWithoutScratch(['-'], t.path('unpadded.qcow2'), 'qcow2', readFileSync(t.path('unpadded.vmdk')));
     // a named pipe given as a path is read the same way
     const fifo = await runAsync('bash', ['-c', `exec "$0" "$1" convert <(cat '${t.path('manifest.ova.xz')}') '${t.path('fifo.qcow2')}'`, process.execPath, CLI], { env: noScratch() });
     expect(fifo.status, fifo.stderr).toBe(0);
@@ -212,13 +218,14 @@ describe('front to back, without a scratch file', () => {
 function markers(buf: Buffer): Array<[number, bigint, number]> {
   const out: Array<[number, bigint, number]> = [];
   let pos = Number(buf.readBigUInt64LE(64)) * 512; // overHead
-  for (;;) {
+  while (pos + 16 <= buf.length) {
     const lba = buf.readBigUInt64LE(pos);
     const size = buf.readUInt32LE(pos + 8);
     if (size === 0) return out;
     out.push([pos, lba, size]);
     pos += Math.ceil((12 + size) / 512) * 512;
   }
+  return out;
 }
 
 describe('hostile streams fail clearly and leave no output', () => {
@@ -249,6 +256,16 @@ describe('hostile streams fail clearly and leave no output', () => {
   it('a grain the grain table does not point at', async () => {
     // move grain 1's LBA up by one grain (still increasing, still inside): the table says otherwise
     await corrupt('gt-mismatch', (b, m) => b.writeBigUInt64LE(m[1]![1] + 128n, m[1]![0]), /grain table entry/);
+  });
+
+  it('a stream cut after a whole grain (qemu-img writes no end-of-stream marker: the tables catch it)', async () => {
+    const b = readFileSync(t.path('qemu.vmdk'));
+    const m = markers(Buffer.from(b));
+    const out = t.path('cut-vmdk.qcow2');
+    const r = await imgtoolAsync(['convert', '-', out], { input: b.subarray(0, m[3]![0]), env: noScratch() });
+    expect(r.status, r.stderr).toBe(3);
+    expect(r.stderr).toMatch(new RegExp(`grain tables map ${m.length} grains, but the stream holds 3`));
+    noOutputLeft(out);
   });
 
   it("VMware's layout: a footer naming another grain directory", async () => {

@@ -7,7 +7,8 @@
  *   grain marker   lba (u64), size (u32), `size` bytes of zlib data
  *   GT / GD        metadata marker (sectors, 0, type) + the table
  *   footer         metadata marker + a copy of the header with gdOffset set
- *   end of stream  metadata marker of type 0
+ *   end of stream  metadata marker of type 0 (a sector of zeros; qemu-img
+ *                  writes none: its streams end after the last grain)
  *
  * Grains are inflated into place as they come. Every marker is checked:
  * a grain's size at most zlib's bound for a grain, its LBA grain-aligned,
@@ -237,7 +238,9 @@ export async function readStreamVmdk(
   try {
     for (;;) {
       const at = r.pos;
-      const sector = await r.read(SECTOR, 'a marker (the stream has no end-of-stream marker)');
+      // qemu-img writes no end-of-stream marker: the stream may end after any record (a cut is caught below, by the tables).
+      if (await r.atEnd()) break;
+      const sector = await r.read(SECTOR, 'a marker');
       const val = new DataView(sector.buffer).getBigUint64(0, true);
       const size = u32le(sector, 8);
       if (size !== 0) {

@@ -37,7 +37,14 @@ Examples:
   imgtool convert -p -c -o cluster_size=2M disk.vdi disk.qcow2
   imgtool convert -f qcow2 -O raw disk.qcow2 disk.img
   zcat disk.img.gz | imgtool convert - disk.qcow2          # from a pipe
+  curl -s https://host/vm.ova | imgtool convert - vm.qcow2  # an OVA, read front to back
   imgtool convert -O vdi disk.qcow2 - | ssh host 'cat > disk.vdi'   # to a pipe
+
+A source that can only be read once (a pipe, a server without Range requests or
+--no-ranges, a gzip/xz/zstd/bzip2-compressed input) is converted front to back
+without a scratch copy when its format allows: raw (to a raw output, or when its
+length is known), streamOptimized VMDK, and OVA (its manifest is checked before
+the output is kept). Other formats are spooled to a sparse file in $TMPDIR first.
 
 Exit codes: 0 success; 2 usage (bad option, output exists); 3 invalid or corrupt input;
 4 unsupported feature; 5 I/O error; 130 interrupted (the partial output is removed).`,
