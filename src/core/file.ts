@@ -216,11 +216,6 @@ export class FileDevice implements SourceDevice {
     return { offset, length, kind: 'data' };
   }
 
-  /** Kept for callers not yet moved to resize (qcow2): the same operation. */
-  truncate(size: number): Promise<void> {
-    return this.resize(size);
-  }
-
   /** Set the file's length (regular files only). Extending leaves a hole. */
   async resize(size: number): Promise<void> {
     checkWritable(this, this.path);

@@ -60,7 +60,7 @@ export async function spoolStream(stream: AsyncIterable<Uint8Array>, opts: Spool
       await put(carry, pos);
       pos += carry.length;
     }
-    await spool.truncate(pos);
+    await spool.resize(pos);
     return spool;
   } catch (e) {
     await spool.close().catch(() => {});
