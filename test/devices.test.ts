@@ -36,7 +36,7 @@ const subjects: Subject[] = [
       const p = tmp.path(`f${fileNo++}.img`);
       writeFileSync(p, '');
       const f = await FileDevice.open(p, { writable: true });
-      await f.truncate(size);
+      await f.resize(size);
       return f;
     },
   },

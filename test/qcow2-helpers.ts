@@ -33,7 +33,7 @@ export async function ourToRaw(src: string, dst: string, opts: { backing?: boole
   const opened = await openImage(src, { backing: opts.backing, dataFile: opts.dataFile });
   const out = await FileDevice.open(dst, { create: true });
   try {
-    await out.truncate(opened.image.size);
+    await out.resize(opened.image.size);
     const chunk = 1 << 20;
     const buf = new Uint8Array(chunk);
     // Walk extents so sparse images read only what they hold.
