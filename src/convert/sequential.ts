@@ -27,8 +27,7 @@
 import { createHash, type Hash } from 'node:crypto';
 import type { SourceDevice } from '../core/device.js';
 import { ImageError } from '../core/errors.js';
-import { DRIVERS, driverByName, openImageOn, type OpenedImage } from '../formats/index.js';
-import { containerBound, declaredVirtualSize } from '../formats/declared-size.js';
+import { DRIVERS, driverByName, imageLimit, openImageOn, type OpenedImage } from '../formats/index.js';
 import { parseManifest, type ManifestLine } from '../formats/ova/manifest.js';
 import { parseOvf } from '../formats/ova/ovf.js';
 import { checkEntryName } from '../formats/ova/tar.js';
@@ -53,11 +52,6 @@ const MAX_OVF = 16 << 20;
 const MAX_MANIFEST = 1 << 20;
 const ALGORITHMS: Record<string, string> = { SHA1: 'sha1', SHA256: 'sha256', SHA512: 'sha512' };
 
-/** How long a streamed image may be: what its header declares, with room for metadata (as formats/index caps a spool). */
-function imageLimit(head: Uint8Array): { bytes: number; why: string } | undefined {
-  const d = declaredVirtualSize(head);
-  return d && { bytes: containerBound(d.size), why: `the ${d.format} image inside declares ${d.size} bytes` };
-}
 
 /**
  * Convert the image `src` names (a path, `-`, a URL) into `dst`: in place

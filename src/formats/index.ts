@@ -275,7 +275,7 @@ export async function openNamedSource(name: string, http?: HttpOptions): Promise
 }
 
 /** How long a streamed (decompressed, spooled) image may be: what its header declares, with room for metadata. */
-function imageLimit(head: Uint8Array): { bytes: number; why: string } | undefined {
+export function imageLimit(head: Uint8Array): { bytes: number; why: string } | undefined {
   const d = declaredVirtualSize(head);
   return d && { bytes: containerBound(d.size), why: `the ${d.format} image inside declares ${d.size} bytes` };
 }
