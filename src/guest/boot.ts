@@ -207,7 +207,7 @@ async function inspectKernel(fsys: ExtFs, version: string, kernelPath: string): 
   }
   let contents;
   try {
-    contents = listInitrd(await readGuestFile(fsys, info.initrd, MAX_INITRD));
+    contents = await listInitrd(await readGuestFile(fsys, info.initrd, MAX_INITRD));
   } catch (e) {
     info.notes!.push(`cannot read ${info.initrd}: ${(e as Error).message}`);
     return info;

@@ -212,7 +212,7 @@ export interface PlanInitrdOptions {
 export async function planInitrd(read: GuestReader, image: Uint8Array, opts: PlanInitrdOptions): Promise<InitrdPlan> {
   const v = opts.version;
   const modPrefix = new RegExp(`^(usr/)?lib/modules/${v.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')}/`);
-  const contents = listInitrd(image, (n) => modPrefix.test(n) || n === 'conf/modules' || n.startsWith('conf/conf.d/'));
+  const contents = await listInitrd(image, (n) => modPrefix.test(n) || n === 'conf/modules' || n.startsWith('conf/conf.d/'));
   const have = modulesIn(contents.files);
   const storage = storageIn(have, opts.builtin);
   const flavour = initrdFlavour(contents.files);
