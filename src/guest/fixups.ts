@@ -653,7 +653,13 @@ function guestReader(plan: Plan) {
  * RESUME pointed at the new swap (an archive appended, see initrd-virtio.ts).
  * Returns what the initrds could not get, by kernel, and kernel arguments.
  */
-async function fixInitrds(plan: Plan, kernels: KernelInfo[], resume: string, freeBytes: number): Promise<{ plans: Map<KernelInfo, InitrdPlan>; args: string[] }> {
+async function fixInitrds(
+  plan: Plan,
+  kernels: KernelInfo[],
+  resume: string,
+  freeBytes: number,
+  cache: Map<string, Uint8Array>,
+): Promise<{ plans: Map<KernelInfo, InitrdPlan>; args: string[] }> {
   const read = guestReader(plan);
   let budget = freeBytes;
   const plans = new Map<KernelInfo, InitrdPlan>();
@@ -664,7 +670,7 @@ async function fixInitrds(plan: Plan, kernels: KernelInfo[], resume: string, fre
       return b && Buffer.from(b).toString('latin1');
     };
     const builtin = builtinModules(await text(`/lib/modules/${k.version}/modules.builtin`), await text(`/boot/config-${k.version}`));
-    const image = k.initrd ? await read(k.initrd, MAX_INITRD) : null;
+    const image = k.initrd ? (cache.get(k.initrd) ?? (await read(k.initrd, MAX_INITRD))) : null;
     if (!image) {
       plans.set(k, { storage: storageIn(new Set(), builtin) });
       continue;
@@ -797,7 +803,9 @@ export async function fixGuest(fsDev: BlockDevice, opts: GuestFixOptions): Promi
     fsDev,
     async (fsys) => {
       const plan = new Plan(fsys, warnings);
-      const kernels = await kernelsIn(fsys);
+      // The initrds kernelsIn reads, kept for fixInitrds (reading one through libext2fs is slow).
+      const initrdBytes = new Map<string, Uint8Array>();
+      const kernels = await kernelsIn(fsys, { cache: initrdBytes });
       const fstabPath = await plan.resolve('/etc/fstab');
       const fstab = await plan.read(fstabPath);
       if (fstab === null) {
@@ -815,7 +823,7 @@ export async function fixGuest(fsDev: BlockDevice, opts: GuestFixOptions): Promi
       // Resume from the new swap, or from nothing: a Xen name costs a long wait at every boot.
       const resume = specs.swap ?? 'none';
       await fixResume(plan, resume);
-      const initrds = await fixInitrds(plan, kernels, resume, await freeBytes(fsDev, sb.blockSize));
+      const initrds = await fixInitrds(plan, kernels, resume, await freeBytes(fsDev, sb.blockSize), initrdBytes);
       kernelArgs.push(...initrds.args);
       await fixBootConfigs(plan, specs.root, kernelArgs, specs.swap);
       await kernelWarnings(plan, kernels, initrds.plans, fstab, warnings);
