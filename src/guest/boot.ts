@@ -26,6 +26,7 @@ import { type ExtFs, isFsError, withExtFs } from '../fs/ext.js';
 import { GRUB_UNREADABLE, readExtSuperblock } from '../fs/ext-superblock.js';
 import { MAX_CORE_SECTORS, SECTOR, patchBootSector, patchCoreImage } from './grub.js';
 import { listInitrd, modulesIn } from './initrd.js';
+import { ReadAheadDevice } from './read-ahead.js';
 
 export type BootMode = 'auto' | 'grub' | 'direct' | 'none';
 
@@ -325,7 +326,7 @@ export async function bootConfigArgs(fsys: ExtFs): Promise<{ byKernel: Map<strin
 
 /** The kernels in the guest's /boot (the filesystem is opened read-only). */
 export async function findKernels(fsDev: BlockDevice): Promise<KernelInfo[]> {
-  return withExtFs(fsDev, (fsys) => kernelsIn(fsys), { readOnly: true });
+  return withExtFs(new ReadAheadDevice(fsDev), (fsys) => kernelsIn(fsys), { readOnly: true });
 }
 
 /** The kernel to boot: the newest that is not Xen-only, preferring one known to reach virtio disks. */
@@ -597,7 +598,7 @@ export async function installGrub(
 
   let guest: GuestGrubConfig = { why: '' };
   if (opts.useGuestConfig !== false) {
-    guest = await withExtFs(opts.fsDev, guestGrubConfig, { readOnly: true });
+    guest = await withExtFs(new ReadAheadDevice(opts.fsDev), guestGrubConfig, { readOnly: true });
     if (!guest.path && guest.why !== 'the guest has no GRUB 2 grub.cfg') warnings.push(`not using the guest's grub.cfg: ${guest.why}; GRUB boots ${opts.kernel.kernel} directly`);
   }
   const guestConfig = guest.path;
@@ -657,7 +658,7 @@ function buildCoreImage(grub: GrubHost, config: string, prefix: string): Uint8Ar
 /** Read the guest's kernel and initrd (for direct kernel boot). */
 export async function extractKernel(fsDev: BlockDevice, kernel: KernelInfo): Promise<{ kernel: Uint8Array; initrd?: Uint8Array }> {
   return withExtFs(
-    fsDev,
+    new ReadAheadDevice(fsDev),
     async (fsys) => {
       const k = await readGuestFile(fsys, kernel.kernel, MAX_KERNEL);
       const kind = kernelImageKind(k.subarray(0, 1024));

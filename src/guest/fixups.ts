@@ -27,6 +27,7 @@ import { type ExtFs, isFsError, withExtFs } from '../fs/ext.js';
 import { readExtSuperblock } from '../fs/ext-superblock.js';
 import { type KernelInfo, MAX_INITRD, exists, isXenConsoleArg, kernelsIn, pickBootKernel, readGuestFile } from './boot.js';
 import { unifiedDiff } from './diff.js';
+import { ReadAheadDevice } from './read-ahead.js';
 import { type InitrdPatch, type InitrdPlan, VIRTIO_MODULES, builtinModules, fixResumeText, planInitrd, storageAdvice, storageIn } from './initrd-virtio.js';
 import { KEEP_ETH_NAMES, filesNamingEth } from './network.js';
 
@@ -799,8 +800,9 @@ export async function fixGuest(fsDev: BlockDevice, opts: GuestFixOptions): Promi
   };
   const warnings: string[] = [];
 
+  // Read-only: a read-ahead view makes reading initrds block by block cheap.
   const planned = await withExtFs(
-    fsDev,
+    new ReadAheadDevice(fsDev),
     async (fsys) => {
       const plan = new Plan(fsys, warnings);
       // The initrds kernelsIn reads, kept for fixInitrds (reading one through libext2fs is slow).
