@@ -262,6 +262,35 @@ function report(c: Change): FileChange {
   return { path: c.path, before, after, diff: unifiedDiff(c.path, before, after) };
 }
 
+/** Pieces handed to libext2fs per write (its heap is small: see fs/ext.ts). */
+const WRITE_PIECE = 1 << 20;
+
+/**
+ * Make `path` hold `original` + `tail`: when it still holds exactly
+ * `original` (as planned), only the tail is written after it; otherwise the
+ * whole file is rewritten.
+ */
+async function appendTo(fsys: ExtFs, path: string, original: Uint8Array, tail: Uint8Array): Promise<void> {
+  const st = await fsys.stat(path);
+  if (!st.isFile() || st.size !== original.length) {
+    await fsys.writeFile(path, Buffer.concat([original, tail]));
+    return;
+  }
+  const fh = await fsys.open(path, 'r+');
+  try {
+    const bytes = Buffer.from(tail.buffer, tail.byteOffset, tail.byteLength);
+    for (let pos = 0; pos < bytes.length; ) {
+      // A view from 0: ext2fs's FileHandle.write ignores its buffer-offset argument.
+      const piece = bytes.subarray(pos, pos + Math.min(WRITE_PIECE, bytes.length - pos));
+      const { bytesWritten } = await fh.write(piece, 0, piece.length, original.length + pos);
+      if (bytesWritten <= 0) throw new ImageError('io', `${path}: short write at ${original.length + pos}`, { path });
+      pos += bytesWritten;
+    }
+  } finally {
+    await fh.close();
+  }
+}
+
 async function apply(fsys: ExtFs, changes: Change[]): Promise<void> {
   for (const c of changes) {
     if (c.kind === 'mkdir') {
@@ -277,7 +306,7 @@ async function apply(fsys: ExtFs, changes: Change[]): Promise<void> {
         await fsys.writeFile(backup, original);
         await fsys.chmod(backup, 0o100600);
       }
-      await fsys.writeFile(c.path, Buffer.concat([original, tail]));
+      await appendTo(fsys, c.path, original, tail);
     } else if (c.after === null) {
       await fsys.unlink(c.path);
     } else {

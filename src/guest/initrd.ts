@@ -101,8 +101,15 @@ async function* decompress(codec: Codec, data: Uint8Array, max: number): AsyncGe
  * it selects with their data (the last entry of a name wins, as when the
  * kernel unpacks). Never throws for bad contents: `problem` says what stopped
  * the walk. `maxOutput` caps each compressed member's decompressed size.
+ * With `sink`, the selected entries go to it as they are read instead of
+ * into `kept` (so they need not be held together).
  */
-export async function listInitrd(image: Uint8Array, keep?: (name: string) => boolean, maxOutput = MAX_OUTPUT): Promise<InitrdContents> {
+export async function listInitrd(
+  image: Uint8Array,
+  keep?: (name: string) => boolean,
+  maxOutput = MAX_OUTPUT,
+  sink?: (e: CpioEntry) => void,
+): Promise<InitrdContents> {
   const files: string[] = [];
   const segments: string[] = [];
   const kept = new Map<string, CpioEntry>();
@@ -111,6 +118,7 @@ export async function listInitrd(image: Uint8Array, keep?: (name: string) => boo
   const onEntry = (e: CpioEntry) => {
     files.push(e.name);
     if (!keep?.(e.name)) return;
+    if (sink) return sink(e);
     keptBytes += e.data.length;
     if (keptBytes > maxOutput) throw new ImageError('unsupported', `the entries asked for hold more than ${maxOutput} bytes`);
     kept.set(e.name, e);
