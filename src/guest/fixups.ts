@@ -27,7 +27,7 @@ import { type ExtFs, isFsError, withExtFs } from '../fs/ext.js';
 import { readExtSuperblock } from '../fs/ext-superblock.js';
 import { type KernelInfo, MAX_INITRD, exists, isXenConsoleArg, kernelsIn, pickBootKernel, readGuestFile } from './boot.js';
 import { unifiedDiff } from './diff.js';
-import { ReadAheadDevice } from './read-ahead.js';
+import { ReadAheadDevice, WriteBackDevice } from './read-ahead.js';
 import { type InitrdPatch, type InitrdPlan, VIRTIO_MODULES, builtinModules, fixResumeText, planInitrd, storageAdvice, storageIn } from './initrd-virtio.js';
 import { KEEP_ETH_NAMES, filesNamingEth } from './network.js';
 
@@ -867,6 +867,11 @@ export async function fixGuest(fsDev: BlockDevice, opts: GuestFixOptions): Promi
   );
 
   const changes = planned.plan.changes;
-  if (changes.length && !opts.dryRun) await withExtFs(fsDev, (fsys) => apply(fsys, changes));
+  if (changes.length && !opts.dryRun) {
+    // Written pages wait in memory and reach fsDev once, in runs, after libext2fs is done.
+    const cached = new WriteBackDevice(fsDev);
+    await withExtFs(cached, (fsys) => apply(fsys, changes));
+    await cached.flush();
+  }
   return { isGuest: planned.isGuest, changes: changes.map(report), warnings, kernels: planned.kernels, kernelArgs: planned.kernelArgs };
 }
