@@ -263,36 +263,36 @@ describe('unified diffs', () => {
 describe('initrd inspection', () => {
   const mods = cpio([...VIRTIO, 'init']);
 
-  it('finds modules in gzip, zstd, xz and uncompressed cpio archives', () => {
+  it('finds modules in gzip, zstd, xz and uncompressed cpio archives', async () => {
     const zstd = exec(peer('zstd'), ['-q', '-c'], { input: mods });
     const xz = exec(peer('xz'), ['-c', '--check=crc32'], { input: mods });
     for (const [name, data] of [['cpio', mods], ['gzip', gzipSync(mods)], ['zstd', zstd], ['xz', xz]] as const) {
-      const c = listInitrd(data);
+      const c = await listInitrd(data);
       expect(c.problem, name).toBeUndefined();
       expect(c.segments[0]).toBe(name);
       expect(modulesIn(c.files)).toEqual(new Set(['virtio_blk', 'virtio_pci']));
     }
   });
 
-  it('reads an early uncompressed microcode archive followed by a compressed main archive', () => {
+  it('reads an early uncompressed microcode archive followed by a compressed main archive', async () => {
     const early = cpio(['kernel/x86/microcode/GenuineIntel.bin']);
     const padded = Buffer.concat([early, Buffer.alloc(512 - (early.length % 512)), gzipSync(mods)]);
-    const c = listInitrd(padded);
+    const c = await listInitrd(padded);
     expect(c.segments).toEqual(['cpio', 'gzip', 'cpio']);
     expect(c.files).toContain('kernel/x86/microcode/GenuineIntel.bin');
     expect(modulesIn(c.files).has('virtio_blk')).toBe(true);
   });
 
-  it('reports a truncated or hostile archive as a problem instead of throwing', () => {
-    const truncated = listInitrd(mods.subarray(0, mods.length - 200));
+  it('reports a truncated or hostile archive as a problem instead of throwing', async () => {
+    const truncated = await listInitrd(mods.subarray(0, mods.length - 200));
     expect(truncated.problem).toMatch(/cpio/);
     const bad = Buffer.from(mods);
     bad.write('ZZZZZZZZ', 94, 'latin1'); // c_namesize of the first entry
-    expect(listInitrd(bad).problem).toMatch(/c_namesize \(at offset 94\) is 'ZZZZZZZZ'/);
+    expect((await listInitrd(bad)).problem).toMatch(/c_namesize \(at offset 94\) is 'ZZZZZZZZ'/);
     const huge = Buffer.from(mods);
     huge.write('7fffffff', 54, 'latin1'); // c_filesize
-    expect(listInitrd(huge).problem).toMatch(/c_filesize .* runs past the archive/);
-    expect(listInitrd(Buffer.from('not an initrd at all')).problem).toMatch(/unrecognised data at offset 0/);
+    expect((await listInitrd(huge)).problem).toMatch(/c_filesize .* runs past the archive/);
+    expect((await listInitrd(Buffer.from('not an initrd at all'))).problem).toMatch(/unrecognised data at offset 0/);
   });
 });
 

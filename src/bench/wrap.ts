@@ -25,9 +25,10 @@ export function wrapRows(inp: Inputs, runs: number): Row[] {
 /**
  * A guest shaped like the Xen fleet's: 2 GiB ext3 with /usr/share's files, a
  * sysvinit inittab, eth0, and Debian's cloud kernel with an initrd built
- * without virtio (its modules in the guest), so wrap inspects and extends the
- * initrd. The kernel package comes from the test cache or apt-get download;
- * undefined (row skipped, said on stderr) when neither works.
+ * by initramfs-tools' rules but without virtio (its modules in the guest), so
+ * wrap inspects and extends the initrd. The kernel package comes from the
+ * test cache or apt-get download; undefined (row skipped, said on stderr)
+ * when neither works.
  */
 function debianGuest(dir: string): string | undefined {
   const cache = fileURLToPath(new URL('../../test/.cache/', import.meta.url));
@@ -57,7 +58,8 @@ function debianGuest(dir: string): string | undefined {
       `printf 'id:2:initdefault:\n1:2345:respawn:/sbin/getty 38400 tty1\nco:2345:respawn:/sbin/getty hvc0 9600 vt100\nxc:2345:respawn:/sbin/getty xvc0 9600 vt100\n' > ${root}/etc/inittab`,
       `printf 'auto eth0\niface eth0 inet dhcp\n' > ${root}/etc/network/interfaces`,
       `depmod -b ${root} $V`,
-      `mkdir -p ${work}/ird/conf ${work}/ird/lib/modules && cp -a ${root}/lib/modules/$V ${work}/ird/lib/modules/ && find ${work}/ird -name 'virtio*' -delete`,
+      // conf/initramfs.conf marks an initramfs-tools initrd, as Debian's are: wrap then adds the virtio modules to it.
+      `mkdir -p ${work}/ird/conf ${work}/ird/lib/modules && touch ${work}/ird/conf/initramfs.conf && cp -a ${root}/lib/modules/$V ${work}/ird/lib/modules/ && find ${work}/ird -name 'virtio*' -delete`,
       `(cd ${work}/ird && find . | cpio -o -H newc 2>/dev/null | zstd -q -T2 > ${root}/boot/initrd.img-$V)`,
       `mke2fs -q -F -t ext3 -d ${root} ${path.join(dir, 'guest.img')} 2G`,
     ].join('\n');

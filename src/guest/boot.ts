@@ -26,6 +26,7 @@ import { type ExtFs, isFsError, withExtFs } from '../fs/ext.js';
 import { GRUB_UNREADABLE, readExtSuperblock } from '../fs/ext-superblock.js';
 import { MAX_CORE_SECTORS, SECTOR, patchBootSector, patchCoreImage } from './grub.js';
 import { listInitrd, modulesIn } from './initrd.js';
+import { ReadAheadDevice } from './read-ahead.js';
 
 export type BootMode = 'auto' | 'grub' | 'direct' | 'none';
 
@@ -141,7 +142,22 @@ const VIRTIO_NEEDED: Array<[string, string]> = [
   ['virtio_pci', 'CONFIG_VIRTIO_PCI'],
 ];
 
-async function inspectKernel(fsys: ExtFs, version: string, kernelPath: string): Promise<KernelInfo> {
+/** How kernelsIn looks at each kernel's initrd. */
+export interface KernelScanOptions {
+  /** Look inside initrds for the virtio modules (default true); false leaves hasVirtio unknown. */
+  initrds?: boolean;
+  /**
+   * Receives each initrd read (its bytes, by guest path), so that a later
+   * step does not read it through libext2fs again; filled up to
+   * INITRD_CACHE_BYTES in all.
+   */
+  cache?: Map<string, Uint8Array>;
+}
+
+/** Most initrd bytes kernelsIn keeps in a cache for the caller. */
+const INITRD_CACHE_BYTES = 128 << 20;
+
+async function inspectKernel(fsys: ExtFs, version: string, kernelPath: string, scan: KernelScanOptions): Promise<KernelInfo> {
   const info: KernelInfo = { version, kernel: kernelPath, xenOnly: false, notes: [] };
   for (const name of INITRD_NAMES(version)) {
     if (await exists(fsys, `/boot/${name}`)) {
@@ -195,6 +211,7 @@ async function inspectKernel(fsys: ExtFs, version: string, kernelPath: string): 
     info.hasVirtio = true;
     return info;
   }
+  if (scan.initrds === false) return info;
   if (!info.initrd) {
     // Without an initrd only built-in drivers can find the root disk.
     info.hasVirtio = config ? false : undefined;
@@ -207,7 +224,12 @@ async function inspectKernel(fsys: ExtFs, version: string, kernelPath: string): 
   }
   let contents;
   try {
-    contents = listInitrd(await readGuestFile(fsys, info.initrd, MAX_INITRD));
+    const image = await readGuestFile(fsys, info.initrd, MAX_INITRD);
+    if (scan.cache) {
+      const held = [...scan.cache.values()].reduce((n, b) => n + b.length, 0);
+      if (held + image.length <= INITRD_CACHE_BYTES) scan.cache.set(info.initrd, image);
+    }
+    contents = await listInitrd(image);
   } catch (e) {
     info.notes!.push(`cannot read ${info.initrd}: ${(e as Error).message}`);
     return info;
@@ -225,7 +247,7 @@ async function inspectKernel(fsys: ExtFs, version: string, kernelPath: string): 
 }
 
 /** The kernels in the guest's /boot, newest first. Run inside an open filesystem. */
-export async function kernelsIn(fsys: ExtFs): Promise<KernelInfo[]> {
+export async function kernelsIn(fsys: ExtFs, scan: KernelScanOptions = {}): Promise<KernelInfo[]> {
   let names: string[];
   try {
     names = await fsys.readdir('/boot');
@@ -253,7 +275,7 @@ export async function kernelsIn(fsys: ExtFs): Promise<KernelInfo[]> {
   const out: KernelInfo[] = [];
   for (const [version, p] of found) {
     if (out.some((k) => k.version === version)) continue;
-    out.push(await inspectKernel(fsys, version, p));
+    out.push(await inspectKernel(fsys, version, p, scan));
   }
   if (out.length) {
     const entries = await bootConfigArgs(fsys);
@@ -304,7 +326,7 @@ export async function bootConfigArgs(fsys: ExtFs): Promise<{ byKernel: Map<strin
 
 /** The kernels in the guest's /boot (the filesystem is opened read-only). */
 export async function findKernels(fsDev: BlockDevice): Promise<KernelInfo[]> {
-  return withExtFs(fsDev, kernelsIn, { readOnly: true });
+  return withExtFs(new ReadAheadDevice(fsDev), (fsys) => kernelsIn(fsys), { readOnly: true });
 }
 
 /** The kernel to boot: the newest that is not Xen-only, preferring one known to reach virtio disks. */
@@ -435,7 +457,7 @@ interface GuestGrubConfig {
  * a module the core image lacks only prints an error in GRUB, so it does not
  * disqualify the config.
  */
-async function guestGrubConfig(fsys: ExtFs, kernels: KernelInfo[]): Promise<GuestGrubConfig> {
+async function guestGrubConfig(fsys: ExtFs): Promise<GuestGrubConfig> {
   for (const dir of ['/boot/grub', '/boot/grub2']) {
     const cfg = `${dir}/grub.cfg`;
     if (!(await exists(fsys, cfg))) continue;
@@ -446,6 +468,8 @@ async function guestGrubConfig(fsys: ExtFs, kernels: KernelInfo[]): Promise<Gues
     const linux = /^\s*linux(?:16)?\s+(\S+)/m.exec(body);
     if (!linux) return { why: `the first menuentry of ${cfg} has no linux command (a Xen or multiboot entry?)` };
     const kpath = linux[1]!.replace(/^\([^)]*\)/, '');
+    // Which kernels are Xen-only does not depend on their initrds.
+    const kernels = await kernelsIn(fsys, { initrds: false });
     const k = kernels.find((x) => x.kernel === kpath || x.kernel === `/boot${kpath}`);
     if (!k || k.xenOnly) return { why: `the first menuentry of ${cfg} boots ${kpath}, ${k ? 'a Xen-only kernel' : 'which is not in /boot'}` };
     if (!/\sroot=(UUID=|LABEL=|\/dev\/vd)/.test(body)) return { why: `the first menuentry of ${cfg} does not name the root by UUID` };
@@ -574,7 +598,7 @@ export async function installGrub(
 
   let guest: GuestGrubConfig = { why: '' };
   if (opts.useGuestConfig !== false) {
-    guest = await withExtFs(opts.fsDev, async (fsys) => guestGrubConfig(fsys, await kernelsIn(fsys)), { readOnly: true });
+    guest = await withExtFs(new ReadAheadDevice(opts.fsDev), guestGrubConfig, { readOnly: true });
     if (!guest.path && guest.why !== 'the guest has no GRUB 2 grub.cfg') warnings.push(`not using the guest's grub.cfg: ${guest.why}; GRUB boots ${opts.kernel.kernel} directly`);
   }
   const guestConfig = guest.path;
@@ -634,7 +658,7 @@ function buildCoreImage(grub: GrubHost, config: string, prefix: string): Uint8Ar
 /** Read the guest's kernel and initrd (for direct kernel boot). */
 export async function extractKernel(fsDev: BlockDevice, kernel: KernelInfo): Promise<{ kernel: Uint8Array; initrd?: Uint8Array }> {
   return withExtFs(
-    fsDev,
+    new ReadAheadDevice(fsDev),
     async (fsys) => {
       const k = await readGuestFile(fsys, kernel.kernel, MAX_KERNEL);
       const kind = kernelImageKind(k.subarray(0, 1024));

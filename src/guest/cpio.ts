@@ -42,19 +42,19 @@ export interface CpioEntry {
   /** Path without a leading './' or '/'. */
   name: string;
   mode: number;
-  /** The entry's data (a view into the archive). */
+  /** The entry's data: empty unless the reader was asked to collect it. */
   data: Uint8Array;
 }
 
 export const align4 = (n: number) => (n + 3) & ~3;
 
-function hex(b: Uint8Array, pos: number, field: string): number {
-  const s = Buffer.from(b.subarray(pos, pos + 8)).toString('latin1');
+function hex(b: Uint8Array, at: number, field: string, base: number): number {
+  const s = Buffer.from(b.subarray(at, at + 8)).toString('latin1');
   if (!/^[0-9a-fA-F]{8}$/.test(s)) {
-    throw new ImageError('invalid-format', `cpio: ${field} (at offset ${pos}) is '${s}', not 8 hex digits`, {
+    throw new ImageError('invalid-format', `cpio: ${field} (at offset ${base + at}) is '${s}', not 8 hex digits`, {
       format: 'cpio',
       field,
-      offset: pos,
+      offset: base + at,
       value: s,
     });
   }
@@ -67,48 +67,145 @@ export function isCpioAt(b: Uint8Array, pos: number): boolean {
 }
 
 /**
- * Parse one archive at `pos`, calling `onEntry` for every entry but the
- * trailer; returns the offset just past the trailer (and its padding).
+ * One archive read from a stream of chunks: `push` the bytes as they come,
+ * `end` when there are no more. Calls `onEntry` for every entry but the
+ * trailer; the data of an entry is collected (copied) only when `wantData`
+ * says so, else it is skipped and `data` is empty: a 100 MB archive is never
+ * held whole. Offsets in errors and alignment count from `start`, the
+ * archive's offset in the data it sits in (the kernel pads to 4 bytes of that).
  */
-export function parseCpio(b: Uint8Array, pos: number, onEntry: (e: CpioEntry) => void): number {
-  for (;;) {
-    if (pos + CPIO_HEADER > b.length) {
-      throw new ImageError('invalid-format', `cpio: archive truncated at offset ${pos} (no TRAILER!!!)`, { format: 'cpio', offset: pos });
+export class CpioReader {
+  /** The trailer and its padding have been read. */
+  done = false;
+  private pos: number;
+  private entryAt: number;
+  private readonly head = new Uint8Array(CPIO_HEADER + MAX_NAME + 3);
+  private have = 0;
+  private want = CPIO_HEADER;
+  private state: 'header' | 'name' | 'data' | 'skip' = 'header';
+  private left = 0;
+  private mode = 0;
+  private filesize = 0;
+  private namesize = 0;
+  private name = '';
+  private parts: Uint8Array[] | null = null;
+  private trailer = false;
+
+  constructor(
+    private readonly onEntry: (e: CpioEntry) => void,
+    private readonly wantData: (name: string) => boolean = () => false,
+    start = 0,
+  ) {
+    this.pos = start;
+    this.entryAt = start;
+  }
+
+  /** Consume bytes of `chunk`; returns how many were used (all of them unless the archive ended inside it). */
+  push(chunk: Uint8Array): number {
+    let i = 0;
+    while (!this.done) {
+      if (this.state === 'data' || this.state === 'skip') {
+        const n = Math.min(this.left, chunk.length - i);
+        if (n && this.parts) this.parts.push(chunk.slice(i, i + n));
+        i += n;
+        this.pos += n;
+        this.left -= n;
+        if (this.left) break;
+        this.step();
+        continue;
+      }
+      const n = Math.min(this.want - this.have, chunk.length - i);
+      this.head.set(chunk.subarray(i, i + n), this.have);
+      this.have += n;
+      i += n;
+      this.pos += n;
+      if (this.have < this.want) break;
+      this.step();
     }
-    const magic = Buffer.from(b.subarray(pos, pos + 6)).toString('latin1');
-    if (magic !== '070701' && magic !== '070702') {
-      throw new ImageError('invalid-format', `cpio: c_magic (at offset ${pos}) is '${magic}', expected 070701`, {
-        format: 'cpio',
-        field: 'c_magic',
-        offset: pos,
-        value: magic,
-      });
+    return i;
+  }
+
+  /** No more input: throws unless the trailer was read. */
+  end(): void {
+    if (this.done || (this.trailer && this.state === 'skip')) return;
+    if (this.state === 'name' && this.have < CPIO_HEADER + this.namesize) throw this.namesizeError();
+    if (this.state === 'name' || this.state === 'data') throw this.filesizeError();
+    throw new ImageError('invalid-format', `cpio: archive truncated at offset ${this.entryAt} (no TRAILER!!!)`, { format: 'cpio', offset: this.entryAt });
+  }
+
+  private namesizeError(): ImageError {
+    const offset = this.entryAt + 94;
+    return new ImageError('invalid-format', `cpio: c_namesize (at offset ${offset}, value ${this.namesize}) does not fit the archive`, {
+      format: 'cpio',
+      field: 'c_namesize',
+      offset,
+      value: this.namesize,
+    });
+  }
+
+  private filesizeError(): ImageError {
+    const offset = this.entryAt + 54;
+    return new ImageError('invalid-format', `cpio: c_filesize (at offset ${offset}, value ${this.filesize}) of '${this.name}' runs past the archive`, {
+      format: 'cpio',
+      field: 'c_filesize',
+      offset,
+      value: this.filesize,
+    });
+  }
+
+  /** The current piece (header, name, data, padding) is complete: go on to the next. */
+  private step(): void {
+    const at = this.entryAt;
+    switch (this.state) {
+      case 'header': {
+        const magic = Buffer.from(this.head.subarray(0, 6)).toString('latin1');
+        if (magic !== '070701' && magic !== '070702') {
+          throw new ImageError('invalid-format', `cpio: c_magic (at offset ${at}) is '${magic}', expected 070701`, {
+            format: 'cpio',
+            field: 'c_magic',
+            offset: at,
+            value: magic,
+          });
+        }
+        this.mode = hex(this.head, 14, 'c_mode', at);
+        this.filesize = hex(this.head, 54, 'c_filesize', at);
+        this.namesize = hex(this.head, 94, 'c_namesize', at);
+        if (this.namesize < 1 || this.namesize > MAX_NAME) throw this.namesizeError();
+        // Header and name are padded together to a multiple of 4.
+        this.state = 'name';
+        this.want = align4(at + CPIO_HEADER + this.namesize) - at;
+        return;
+      }
+      case 'name':
+        this.name = Buffer.from(this.head.subarray(CPIO_HEADER, CPIO_HEADER + this.namesize - 1)).toString('utf8');
+        this.trailer = this.name === TRAILER;
+        this.state = 'data';
+        this.left = this.filesize;
+        this.parts = !this.trailer && this.filesize && this.wantData(this.name.replace(/^(\.\/|\/)+/, '')) ? [] : null;
+        if (!this.left) this.step();
+        return;
+      case 'data': {
+        if (!this.trailer) {
+          const data = !this.parts ? new Uint8Array(0) : this.parts.length === 1 ? this.parts[0]! : Buffer.concat(this.parts);
+          this.parts = null;
+          this.onEntry({ name: this.name.replace(/^(\.\/|\/)+/, ''), mode: this.mode, data });
+        }
+        this.state = 'skip';
+        this.left = align4(this.pos) - this.pos;
+        if (!this.left) this.step();
+        return;
+      }
+      case 'skip':
+        if (this.trailer) {
+          this.done = true;
+          return;
+        }
+        this.state = 'header';
+        this.entryAt = this.pos;
+        this.have = 0;
+        this.want = CPIO_HEADER;
+        return;
     }
-    const mode = hex(b, pos + 14, 'c_mode');
-    const filesize = hex(b, pos + 54, 'c_filesize');
-    const namesize = hex(b, pos + 94, 'c_namesize');
-    if (namesize < 1 || namesize > MAX_NAME || pos + CPIO_HEADER + namesize > b.length) {
-      throw new ImageError('invalid-format', `cpio: c_namesize (at offset ${pos + 94}, value ${namesize}) does not fit the archive`, {
-        format: 'cpio',
-        field: 'c_namesize',
-        offset: pos + 94,
-        value: namesize,
-      });
-    }
-    const name = Buffer.from(b.subarray(pos + CPIO_HEADER, pos + CPIO_HEADER + namesize - 1)).toString('utf8');
-    const dataStart = align4(pos + CPIO_HEADER + namesize);
-    if (dataStart + filesize > b.length) {
-      throw new ImageError('invalid-format', `cpio: c_filesize (at offset ${pos + 54}, value ${filesize}) of '${name}' runs past the archive`, {
-        format: 'cpio',
-        field: 'c_filesize',
-        offset: pos + 54,
-        value: filesize,
-      });
-    }
-    const end = dataStart + filesize;
-    pos = Math.min(align4(end), b.length);
-    if (name === TRAILER) return pos;
-    onEntry({ name: name.replace(/^(\.\/|\/)+/, ''), mode, data: b.subarray(dataStart, end) });
   }
 }
 

@@ -27,6 +27,7 @@ import { type ExtFs, isFsError, withExtFs } from '../fs/ext.js';
 import { readExtSuperblock } from '../fs/ext-superblock.js';
 import { type KernelInfo, MAX_INITRD, exists, isXenConsoleArg, kernelsIn, pickBootKernel, readGuestFile } from './boot.js';
 import { unifiedDiff } from './diff.js';
+import { ReadAheadDevice, WriteBackDevice } from './read-ahead.js';
 import { type InitrdPatch, type InitrdPlan, VIRTIO_MODULES, builtinModules, fixResumeText, planInitrd, storageAdvice, storageIn } from './initrd-virtio.js';
 import { KEEP_ETH_NAMES, filesNamingEth } from './network.js';
 
@@ -261,6 +262,35 @@ function report(c: Change): FileChange {
   return { path: c.path, before, after, diff: unifiedDiff(c.path, before, after) };
 }
 
+/** Pieces handed to libext2fs per write (its heap is small: see fs/ext.ts). */
+const WRITE_PIECE = 1 << 20;
+
+/**
+ * Make `path` hold `original` + `tail`: when it still holds exactly
+ * `original` (as planned), only the tail is written after it; otherwise the
+ * whole file is rewritten.
+ */
+async function appendTo(fsys: ExtFs, path: string, original: Uint8Array, tail: Uint8Array): Promise<void> {
+  const st = await fsys.stat(path);
+  if (!st.isFile() || st.size !== original.length) {
+    await fsys.writeFile(path, Buffer.concat([original, tail]));
+    return;
+  }
+  const fh = await fsys.open(path, 'r+');
+  try {
+    const bytes = Buffer.from(tail.buffer, tail.byteOffset, tail.byteLength);
+    for (let pos = 0; pos < bytes.length; ) {
+      // A view from 0: ext2fs's FileHandle.write ignores its buffer-offset argument.
+      const piece = bytes.subarray(pos, pos + Math.min(WRITE_PIECE, bytes.length - pos));
+      const { bytesWritten } = await fh.write(piece, 0, piece.length, original.length + pos);
+      if (bytesWritten <= 0) throw new ImageError('io', `${path}: short write at ${original.length + pos}`, { path });
+      pos += bytesWritten;
+    }
+  } finally {
+    await fh.close();
+  }
+}
+
 async function apply(fsys: ExtFs, changes: Change[]): Promise<void> {
   for (const c of changes) {
     if (c.kind === 'mkdir') {
@@ -276,7 +306,7 @@ async function apply(fsys: ExtFs, changes: Change[]): Promise<void> {
         await fsys.writeFile(backup, original);
         await fsys.chmod(backup, 0o100600);
       }
-      await fsys.writeFile(c.path, Buffer.concat([original, tail]));
+      await appendTo(fsys, c.path, original, tail);
     } else if (c.after === null) {
       await fsys.unlink(c.path);
     } else {
@@ -653,7 +683,13 @@ function guestReader(plan: Plan) {
  * RESUME pointed at the new swap (an archive appended, see initrd-virtio.ts).
  * Returns what the initrds could not get, by kernel, and kernel arguments.
  */
-async function fixInitrds(plan: Plan, kernels: KernelInfo[], resume: string, freeBytes: number): Promise<{ plans: Map<KernelInfo, InitrdPlan>; args: string[] }> {
+async function fixInitrds(
+  plan: Plan,
+  kernels: KernelInfo[],
+  resume: string,
+  freeBytes: number,
+  cache: Map<string, Uint8Array>,
+): Promise<{ plans: Map<KernelInfo, InitrdPlan>; args: string[] }> {
   const read = guestReader(plan);
   let budget = freeBytes;
   const plans = new Map<KernelInfo, InitrdPlan>();
@@ -664,7 +700,7 @@ async function fixInitrds(plan: Plan, kernels: KernelInfo[], resume: string, fre
       return b && Buffer.from(b).toString('latin1');
     };
     const builtin = builtinModules(await text(`/lib/modules/${k.version}/modules.builtin`), await text(`/boot/config-${k.version}`));
-    const image = k.initrd ? await read(k.initrd, MAX_INITRD) : null;
+    const image = k.initrd ? (cache.get(k.initrd) ?? (await read(k.initrd, MAX_INITRD))) : null;
     if (!image) {
       plans.set(k, { storage: storageIn(new Set(), builtin) });
       continue;
@@ -793,11 +829,14 @@ export async function fixGuest(fsDev: BlockDevice, opts: GuestFixOptions): Promi
   };
   const warnings: string[] = [];
 
+  // Read-only: a read-ahead view makes reading initrds block by block cheap.
   const planned = await withExtFs(
-    fsDev,
+    new ReadAheadDevice(fsDev),
     async (fsys) => {
       const plan = new Plan(fsys, warnings);
-      const kernels = await kernelsIn(fsys);
+      // The initrds kernelsIn reads, kept for fixInitrds (reading one through libext2fs is slow).
+      const initrdBytes = new Map<string, Uint8Array>();
+      const kernels = await kernelsIn(fsys, { cache: initrdBytes });
       const fstabPath = await plan.resolve('/etc/fstab');
       const fstab = await plan.read(fstabPath);
       if (fstab === null) {
@@ -815,7 +854,7 @@ export async function fixGuest(fsDev: BlockDevice, opts: GuestFixOptions): Promi
       // Resume from the new swap, or from nothing: a Xen name costs a long wait at every boot.
       const resume = specs.swap ?? 'none';
       await fixResume(plan, resume);
-      const initrds = await fixInitrds(plan, kernels, resume, await freeBytes(fsDev, sb.blockSize));
+      const initrds = await fixInitrds(plan, kernels, resume, await freeBytes(fsDev, sb.blockSize), initrdBytes);
       kernelArgs.push(...initrds.args);
       await fixBootConfigs(plan, specs.root, kernelArgs, specs.swap);
       await kernelWarnings(plan, kernels, initrds.plans, fstab, warnings);
@@ -828,6 +867,11 @@ export async function fixGuest(fsDev: BlockDevice, opts: GuestFixOptions): Promi
   );
 
   const changes = planned.plan.changes;
-  if (changes.length && !opts.dryRun) await withExtFs(fsDev, (fsys) => apply(fsys, changes));
+  if (changes.length && !opts.dryRun) {
+    // Written pages wait in memory and reach fsDev once, in runs, after libext2fs is done.
+    const cached = new WriteBackDevice(fsDev);
+    await withExtFs(cached, (fsys) => apply(fsys, changes));
+    await cached.flush();
+  }
   return { isGuest: planned.isGuest, changes: changes.map(report), warnings, kernels: planned.kernels, kernelArgs: planned.kernelArgs };
 }

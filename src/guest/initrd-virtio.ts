@@ -26,7 +26,7 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import { ImageError } from '../core/errors.js';
 import { type NewEntry, S_IFDIR, S_IFREG, align4, encodeNewc } from './cpio.js';
-import { listInitrd, modulesIn } from './initrd.js';
+import { MAX_OUTPUT, listInitrd, modulesIn } from './initrd.js';
 
 /** The modules added, in the order conf/modules names them. */
 export const VIRTIO_MODULES = ['virtio_pci', 'virtio_blk', 'virtio_scsi', 'virtio_net'];
@@ -159,37 +159,95 @@ function findDepmod(dirs: string[]): string | undefined {
   return undefined;
 }
 
+/** Free bytes /dev/shm must have for the module tree to go there. */
+const SHM_ROOM = 2 ** 31;
+
+/**
+ * Where the module tree goes: /dev/shm (memory) when it is a roomy tmpfs and
+ * TMPDIR is not set, else the temporary directory. Writing a thousand module
+ * files to a busy disk and unlinking them costs seconds; in memory, nothing.
+ */
+function scratchDir(): string {
+  if (!process.env.TMPDIR) {
+    try {
+      const st = fs.statfsSync('/dev/shm');
+      if (st.bavail * st.bsize >= SHM_ROOM) return '/dev/shm';
+    } catch {
+      /* no /dev/shm */
+    }
+  }
+  return os.tmpdir();
+}
+
+/**
+ * A scratch lib/modules/VERSION tree for the host's depmod: files are
+ * written as they come (an initrd's modules are streamed into it, never held
+ * in memory together), then `indexes` runs depmod. `dispose` removes it.
+ */
+export class ModuleTree {
+  private readonly scratch: string;
+  private readonly dir: string;
+  private readonly names = new Set<string>();
+
+  constructor(
+    private readonly version: string,
+    searchDirs = DEPMOD_DIRS(),
+    private readonly depmod = findDepmod(searchDirs),
+  ) {
+    if (!depmod) {
+      throw new ImageError(
+        'unsupported',
+        "depmod is not installed on this machine (Debian/Ubuntu package kmod): imgtool needs it to add the virtio modules to the guest's initrd; install it, or pass --no-guest and fix the initrd in the guest",
+      );
+    }
+    if (!SAFE_REL.test(version)) throw new ImageError('unsupported', `kernel version '${version}' is not a plain name`, { value: version });
+    this.scratch = fs.mkdtempSync(path.join(scratchDir(), 'imgtool-depmod-'));
+    this.dir = path.join(this.scratch, 'lib', 'modules', version);
+    fs.mkdirSync(this.dir, { recursive: true });
+  }
+
+  /** Add (or replace) a file; `rel` is relative to lib/modules/VERSION and must match SAFE_REL. */
+  add(rel: string, data: Uint8Array): void {
+    if (!SAFE_REL.test(rel)) throw new ImageError('unsupported', `module path '${rel}' is not a plain relative path`, { value: rel });
+    fs.mkdirSync(path.dirname(path.join(this.dir, rel)), { recursive: true });
+    fs.writeFileSync(path.join(this.dir, rel), data);
+    this.names.add(rel);
+  }
+
+  has(rel: string): boolean {
+    return this.names.has(rel);
+  }
+
+  /** Run depmod; returns the index files it wrote (modules.* that were not added). */
+  indexes(): Map<string, Uint8Array> {
+    const r = spawnSync(this.depmod!, ['-b', this.scratch, this.version], { encoding: 'utf8', timeout: 120_000 });
+    if (r.error) throw new ImageError('io', `cannot run ${this.depmod}: ${r.error.message}`, { path: this.depmod });
+    if (r.status !== 0) {
+      throw new ImageError('io', `${this.depmod} -b ${this.scratch} ${this.version} failed (exit ${r.status}): ${r.stderr.trim()}`, { path: this.depmod });
+    }
+    const out = new Map<string, Uint8Array>();
+    for (const name of fs.readdirSync(this.dir).sort()) {
+      if (/^modules\./.test(name) && !this.names.has(name)) out.set(name, fs.readFileSync(path.join(this.dir, name)));
+    }
+    return out;
+  }
+
+  dispose(): void {
+    fs.rmSync(this.scratch, { recursive: true, force: true });
+  }
+}
+
 /**
  * Run the host's depmod over a scratch module tree holding `files` (paths
  * relative to lib/modules/VERSION); returns the index files it wrote.
  */
 export function depmodIndexes(version: string, files: Map<string, Uint8Array>, searchDirs = DEPMOD_DIRS()): Map<string, Uint8Array> {
-  const depmod = findDepmod(searchDirs);
-  if (!depmod) {
-    throw new ImageError(
-      'unsupported',
-      "depmod is not installed on this machine (Debian/Ubuntu package kmod): imgtool needs it to add the virtio modules to the guest's initrd; install it, or pass --no-guest and fix the initrd in the guest",
-    );
-  }
-  if (!SAFE_REL.test(version)) throw new ImageError('unsupported', `kernel version '${version}' is not a plain name`, { value: version });
-  const scratch = fs.mkdtempSync(path.join(os.tmpdir(), 'imgtool-depmod-'));
+  const tree = new ModuleTree(version, searchDirs);
   try {
-    const dir = path.join(scratch, 'lib', 'modules', version);
-    for (const [rel, data] of files) {
-      fs.mkdirSync(path.dirname(path.join(dir, rel)), { recursive: true });
-      fs.writeFileSync(path.join(dir, rel), data);
-    }
-    fs.mkdirSync(dir, { recursive: true });
-    const r = spawnSync(depmod, ['-b', scratch, version], { encoding: 'utf8', timeout: 120_000 });
-    if (r.error) throw new ImageError('io', `cannot run ${depmod}: ${r.error.message}`, { path: depmod });
-    if (r.status !== 0) throw new ImageError('io', `${depmod} -b ${scratch} ${version} failed (exit ${r.status}): ${r.stderr.trim()}`, { path: depmod });
-    const out = new Map<string, Uint8Array>();
-    for (const name of fs.readdirSync(dir).sort()) {
-      if (/^modules\./.test(name) && !files.has(name)) out.set(name, fs.readFileSync(path.join(dir, name)));
-    }
-    return out;
+    for (const [rel, data] of files) tree.add(rel, data);
+    return tree.indexes();
   } finally {
-    fs.rmSync(scratch, { recursive: true, force: true });
+    tree.dispose();
   }
 }
 
@@ -212,7 +270,9 @@ export interface PlanInitrdOptions {
 export async function planInitrd(read: GuestReader, image: Uint8Array, opts: PlanInitrdOptions): Promise<InitrdPlan> {
   const v = opts.version;
   const modPrefix = new RegExp(`^(usr/)?lib/modules/${v.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')}/`);
-  const contents = listInitrd(image, (n) => modPrefix.test(n) || n === 'conf/modules' || n.startsWith('conf/conf.d/'));
+  // Small files only: the module tree is streamed into depmod's scratch tree below, when it is needed.
+  const isIndex = (n: string) => modPrefix.test(n) && /\/modules\.(order|builtin|builtin\.modinfo)$/.test(n);
+  const contents = await listInitrd(image, (n) => n === 'conf/modules' || n.startsWith('conf/conf.d/') || isIndex(n));
   const have = modulesIn(contents.files);
   const storage = storageIn(have, opts.builtin);
   const flavour = initrdFlavour(contents.files);
@@ -243,33 +303,40 @@ export async function planInitrd(read: GuestReader, image: Uint8Array, opts: Pla
     const missing = REQUIRED.filter((m) => !opts.builtin.has(m) && !dep.has(m));
     if (missing.length) return fail(`the guest's /lib/modules/${v} has no ${missing.join(', ')}`);
     // The initrd's module tree, where it keeps it.
-    const inInitrd = [...contents.kept.keys()].find((n) => modPrefix.test(n));
+    const inInitrd = contents.files.find((n) => modPrefix.test(n));
     const prefix = inInitrd ? inInitrd.match(modPrefix)![0] : `lib/modules/${v}/`;
-    const tree = new Map<string, Uint8Array>();
-    for (const [name, e] of contents.kept) {
-      if (!name.startsWith(prefix)) continue;
+    const treeFile = (name: string) => {
+      if (!name.startsWith(prefix)) return undefined;
       const rel = name.slice(prefix.length);
-      if (SAFE_REL.test(rel) && (/\.ko(\.(xz|zst|gz))?$/.test(rel) || /^modules\.(order|builtin|builtin\.modinfo)$/.test(rel))) tree.set(rel, e.data);
-    }
-    for (const rel of closure(wanted, dep)) {
-      if (have.has(moduleName(rel)) || opts.builtin.has(moduleName(rel))) continue;
-      const data = await read(`${guestDir}/${rel}`, MAX_MODULE);
-      if (!data) return fail(`${guestDir}/${rel} (named by modules.dep) is missing in the guest`);
-      tree.set(rel, data);
-      entries.push({ name: prefix + rel, data });
-      modules.push(prefix + rel);
-    }
-    for (const name of ['modules.order', 'modules.builtin', 'modules.builtin.modinfo']) {
-      if (tree.has(name)) continue;
-      const data = await read(`${guestDir}/${name}`, MAX_INDEX);
-      if (data) {
-        tree.set(name, data);
-        entries.push({ name: prefix + name, data });
+      return SAFE_REL.test(rel) && (/\.ko(\.(xz|zst|gz))?$/.test(rel) || /^modules\.(order|builtin|builtin\.modinfo)$/.test(rel)) ? rel : undefined;
+    };
+    const tree = new ModuleTree(v);
+    try {
+      // The initrd's own modules (read again, one at a time, into the scratch tree: depmod needs them all).
+      const own = await listInitrd(image, (n) => treeFile(n) !== undefined, MAX_OUTPUT, (e) => tree.add(treeFile(e.name)!, e.data));
+      if (own.problem) return fail(`${opts.initrd} could not be read (${own.problem})`);
+      for (const rel of closure(wanted, dep)) {
+        if (have.has(moduleName(rel)) || opts.builtin.has(moduleName(rel))) continue;
+        const data = await read(`${guestDir}/${rel}`, MAX_MODULE);
+        if (!data) return fail(`${guestDir}/${rel} (named by modules.dep) is missing in the guest`);
+        tree.add(rel, data);
+        entries.push({ name: prefix + rel, data });
+        modules.push(prefix + rel);
       }
-    }
-    for (const [name, data] of depmodIndexes(v, tree)) {
-      entries.push({ name: prefix + name, data });
-      indexes.push(prefix + name);
+      for (const name of ['modules.order', 'modules.builtin', 'modules.builtin.modinfo']) {
+        if (tree.has(name)) continue;
+        const data = await read(`${guestDir}/${name}`, MAX_INDEX);
+        if (data) {
+          tree.add(name, data);
+          entries.push({ name: prefix + name, data });
+        }
+      }
+      for (const [name, data] of tree.indexes()) {
+        entries.push({ name: prefix + name, data });
+        indexes.push(prefix + name);
+      }
+    } finally {
+      tree.dispose();
     }
     if (flavour === 'initramfs-tools') {
       const before = textOf('conf/modules');
