@@ -5,11 +5,11 @@
  * writers inside one new cluster, the bounded table cache.
  */
 import { describe, expect, it } from 'vitest';
-import { deflateRawSync } from 'node:zlib';
+import { deflateRawSync, inflateRawSync } from 'node:zlib';
 import { extents } from '../src/core/device.js';
 import { ImageError } from '../src/core/errors.js';
 import { MemoryDevice } from '../src/core/memory.js';
-import { MappedDevice, TableCache, type Mapping, type MappedFormat } from '../src/formats/engine/index.js';
+import { MappedDevice, TableCache, compressCluster, decompressCluster, type Mapping, type MappedFormat } from '../src/formats/engine/index.js';
 import { pattern } from './helpers/devices.js';
 
 const CS = 4096;
@@ -211,5 +211,35 @@ describe('table cache', () => {
     expect(c.size).toBe(2);
     expect(c.peek(2)).toBeUndefined();
     expect(c.peek(1)).toBe(10);
+  });
+});
+
+describe('codecs', () => {
+  const text = new TextEncoder().encode('a cluster of text that compresses well; '.repeat(4000)).subarray(0, 65536);
+
+  it('deflate is written with a window qemu inflates (4 KiB), zstd as one frame; both decode back, on the pool', async () => {
+    const d = await compressCluster('deflate', text);
+    expect(d.length).toBeLessThan(text.length);
+    // qemu inflates qcow/qcow2 clusters with inflateInit2(-12): a larger window fails there.
+    expect(Buffer.compare(inflateRawSync(d, { windowBits: 12 }), text)).toBe(0);
+    const z = await compressCluster('zstd', text);
+    expect(Buffer.from(z).readUInt32LE(0)).toBe(0xfd2fb528);
+    for (const [codec, stored] of [['deflate', d], ['zstd', z]] as const) {
+      const out = await decompressCluster('toy', codec, stored, text.length, 0, { exact: true });
+      expect(Buffer.compare(out, text)).toBe(0);
+    }
+  });
+
+  it('exact decoding fails a short cluster with the guest offset in the message; zstd must fill the cluster', async () => {
+    const half = text.subarray(0, 32768);
+    for (const codec of ['deflate', 'zstd'] as const) {
+      const stored = await compressCluster(codec, half);
+      const err = await decompressCluster('toy', codec, stored, text.length, 512, { guest: 65536, exact: codec === 'deflate' }).catch((e: unknown) => e);
+      expect(err).toBeInstanceOf(ImageError);
+      expect((err as ImageError).kind).toBe('corrupt');
+      expect((err as ImageError).message).toMatch(/guest offset 65536 \(host offset 512\)/);
+    }
+    // Without `exact`, deflate gives what the stream holds (VMDK grains may be short).
+    expect((await decompressCluster('toy', 'deflate', await compressCluster('deflate', half), text.length, 0)).length).toBe(32768);
   });
 });

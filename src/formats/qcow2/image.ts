@@ -26,7 +26,7 @@ import { escapeLine } from '../../core/escape.js';
 import type { Image, ImageInfo, OpenOptions } from '../types.js';
 import { TableCache } from './cache.js';
 import { WarningLog } from '../warnings.js';
-import { deflateCluster, inflateCluster, zstdCluster, zstdCompressCluster } from './compress.js';
+import { compressCluster, decompressCluster } from '../engine/codecs.js';
 import {
   AUTOCLEAR_BITMAPS,
   AUTOCLEAR_DATA_FILE_RAW,
@@ -155,6 +155,11 @@ export class Qcow2Image implements Image {
     this.l2cache = new TableCache(Math.max(16, Math.floor(L2_CACHE_BYTES / this.cs)), (off) => this.loadTable(off));
     this.rbcache = new TableCache(Math.max(16, Math.floor(RB_CACHE_BYTES / this.cs)), (off) => this.loadTable(off));
     this.end = extras.allocEnd ?? Math.ceil(child.size / this.cs) * this.cs;
+  }
+
+  /** The codec of this image's compressed clusters (compression_type). */
+  private get codec(): 'deflate' | 'zstd' {
+    return this.h.compressionType === 1 ? 'zstd' : 'deflate';
   }
 
   get warnings(): readonly string[] {
@@ -378,8 +383,7 @@ export class Qcow2Image implements Image {
       src = new Uint8Array(len);
       await this.child.read(src, off);
     }
-    const where = { guest, host: off };
-    const out = this.h.compressionType === 1 ? await zstdCluster(src, this.cs, where) : await inflateCluster(src, this.cs, where);
+    const out = await decompressCluster(FORMAT, this.codec, src, this.cs, off, { guest, exact: true });
     if (this.compCache.size >= 8) this.compCache.delete(this.compCache.keys().next().value!);
     this.compCache.set(off, out);
     return out;
@@ -937,8 +941,8 @@ export class Qcow2Image implements Image {
           input.set(j.src);
         }
         // As qemu: a cluster is stored compressed only when that saves at least a byte.
-        const z = this.h.compressionType === 1 ? await zstdCompressCluster(input) : await deflateCluster(input);
-        if (z && z.length < cs) j.z = z;
+        const z = await compressCluster(this.codec, input);
+        if (z.length < cs) j.z = z;
       }),
     );
     const fallback: typeof jobs = [];
