@@ -9,12 +9,15 @@ import { deflateRawSync, inflateRawSync } from 'node:zlib';
 import { extents } from '../src/core/device.js';
 import { ImageError } from '../src/core/errors.js';
 import { MemoryDevice } from '../src/core/memory.js';
+import { FileDevice } from '../src/core/file.js';
+import { statSync } from 'node:fs';
 import { MappedDevice, TableCache, compressCluster, decompressCluster, type Mapping, type MappedFormat } from '../src/formats/engine/index.js';
 import { pattern } from './helpers/devices.js';
+import { tempDir } from './helpers/peers.js';
 
 const CS = 4096;
 
-type Entry = { host: number } | 'zero' | { host: number; stored: number };
+type Entry = { host: number; shared?: boolean } | 'zero' | { host: number; stored: number };
 
 /** A toy mapped format: one Map entry per cluster, clusters appended to the container. */
 class Toy implements MappedFormat {
@@ -35,7 +38,7 @@ class Toy implements MappedFormat {
     if (e === undefined) return { kind: 'unallocated', length: n };
     if (e === 'zero') return { kind: 'zero', length: n };
     if ('stored' in e) return { kind: 'compressed', length: n, host: e.host, stored: e.stored, codec: 'deflate' };
-    return { kind: 'data', length: n, host: e.host + within };
+    return { kind: 'data', length: n, host: e.host + within, ...(e.shared ? { shared: true } : {}) };
   }
   async allocate(): Promise<number> {
     const h = this.next;
@@ -60,6 +63,36 @@ class Toy implements MappedFormat {
     if (!this.zeroable) return false;
     this.table.set(Math.floor(offset / CS), 'zero');
     return true;
+  }
+}
+
+/** The toy with whole-cluster runs: one host range per run, merged data runs, and a host end for growAhead. */
+class ToyRun extends Toy {
+  override async lookup(offset: number, length: number): Promise<Mapping> {
+    const first = await super.lookup(offset, length);
+    if (first.kind === 'compressed') return first;
+    // Merge following clusters of the same kind (data: contiguous on the host, same sharing).
+    let len = first.length;
+    while (len < length) {
+      const next = await super.lookup(offset + len, length - len);
+      if (next.kind !== first.kind) break;
+      if (next.kind === 'data' && first.kind === 'data' && (next.host !== first.host + len || !!next.shared !== !!first.shared)) break;
+      len += next.length;
+    }
+    return { ...first, length: len };
+  }
+  async allocateRun(offset: number, clusters: number): Promise<number> {
+    const h = this.next;
+    this.next += clusters * CS;
+    this.log.push(`allocateRun ${offset / CS}+${clusters} at ${h}`);
+    return h;
+  }
+  async commitRun(offset: number, clusters: number, host: number): Promise<void> {
+    this.log.push(`commitRun ${host}`);
+    for (let k = 0; k < clusters; k++) this.table.set(offset / CS + k, { host: host + k * CS });
+  }
+  hostEnd(): number {
+    return this.next;
   }
 }
 
@@ -192,6 +225,115 @@ describe('shared engine', () => {
   it('a read-only image refuses writes', async () => {
     const dev = new MappedDevice(new Toy(CS), { container: new MemoryDevice(0) });
     await expect(dev.write(new Uint8Array(1), 0)).rejects.toBeInstanceOf(ImageError);
+  });
+});
+
+describe('shared engine: whole-cluster runs, shared clusters, data device, growing ahead', () => {
+  it('a write over several whole new clusters takes one host range, one data write, then one commit; edges go cluster by cluster', async () => {
+    const toy = new ToyRun(64 * CS);
+    const dev = new MappedDevice(toy, { container: loggingContainer(toy), writable: true });
+    const data = pattern(10 * CS + 300, 3);
+    await dev.write(data, 2 * CS - 100); // 100 bytes into cluster 1, clusters 2..11 whole, 200 bytes into cluster 12
+    expect(toy.log).toEqual([
+      'allocate 0', 'data 0', 'commit 0',
+      `allocateRun 2+10 at ${CS}`, `data ${CS}`, `commitRun ${CS}`,
+      `allocate ${11 * CS}`, `data ${11 * CS}`, `commit ${11 * CS}`,
+    ]);
+    const got = new Uint8Array(data.length);
+    await dev.read(got, 2 * CS - 100);
+    expect(Buffer.compare(got, data)).toBe(0);
+    // Over allocated data: in place, one write for the contiguous run.
+    toy.log.length = 0;
+    await dev.write(pattern(10 * CS, 4), 2 * CS);
+    expect(toy.log).toEqual([`data ${CS}`]);
+  });
+
+  it('random concurrent writes with runs read back like a plain memory device, and no host space is handed out twice', async () => {
+    const size = 96 * CS;
+    const toy = new ToyRun(size);
+    const dev = new MappedDevice(toy, { container: new MemoryDevice(0, { growable: true }), writable: true, zeroInit: true });
+    const ref = new Uint8Array(size);
+    let seed = 11;
+    const rnd = (n: number) => ((seed = (seed * 1103515245 + 12345) >>> 0) >>> 8) % n;
+    for (let round = 0; round < 30; round++) {
+      // Four disjoint requests in flight at once (the formats/types.ts contract), some sharing a cluster.
+      const jobs: Array<Promise<void>> = [];
+      const start = (q: number) => (q === 4 ? size : q * 24 * CS + (q ? 2000 : 0)); // windows meet inside a cluster
+      for (let q = 0; q < 4; q++) {
+        const off = start(q) + rnd(12 * CS);
+        const len = 1 + rnd(start(q + 1) - off);
+        const buf = pattern(len, round * 4 + q + 1);
+        ref.set(buf, off);
+        jobs.push(dev.write(buf, off));
+      }
+      await Promise.all(jobs);
+    }
+    const got = new Uint8Array(size);
+    await dev.read(got, 0);
+    expect(Buffer.compare(got, ref)).toBe(0);
+    // Every cluster was placed once: host space is never handed out twice.
+    const hosts = [...toy.table.values()].map((e) => (e as { host: number }).host);
+    expect(new Set(hosts).size).toBe(hosts.length);
+    expect(toy.log.some((l) => l.startsWith('allocateRun'))).toBe(true);
+  });
+
+  it('a shared cluster is copied, never written in place: the other table still reads the old bytes', async () => {
+    const old = pattern(4 * CS, 8);
+    const container = new MemoryDevice(0, { growable: true });
+    await container.write(old, 0);
+    for (const toy of [new Toy(8 * CS), new ToyRun(8 * CS)]) {
+      toy.next = 4 * CS;
+      for (let c = 0; c < 4; c++) toy.table.set(c, { host: c * CS, shared: true });
+      const dev = new MappedDevice(toy, { container, writable: true, ownsContainer: false });
+      await dev.write(new Uint8Array([7, 7, 7]), CS + 10); // partial: copy-on-write of cluster 1
+      await dev.write(pattern(2 * CS, 9), 2 * CS); // whole clusters 2 and 3
+      const want = old.slice();
+      want.set([7, 7, 7], CS + 10);
+      want.set(pattern(2 * CS, 9), 2 * CS);
+      const got = new Uint8Array(4 * CS);
+      await dev.read(got, 0);
+      expect(Buffer.compare(got, want)).toBe(0);
+      const first = new Uint8Array(4 * CS);
+      await container.read(first, 0);
+      expect(Buffer.compare(first, old)).toBe(0); // the shared host clusters are untouched
+      expect((toy.table.get(0) as { host: number }).host).toBe(0);
+      for (const c of [1, 2, 3]) expect((toy.table.get(c) as { host: number }).host).toBeGreaterThanOrEqual(4 * CS);
+    }
+  });
+
+  it('data runs live on the data device when one is given; compressed ones stay in the container', async () => {
+    const toy = new ToyRun(8 * CS);
+    const container = new MemoryDevice(0, { growable: true });
+    const data = new MemoryDevice(0, { growable: true });
+    const dev = new MappedDevice(toy, { container, data, writable: true });
+    await dev.write(pattern(3 * CS, 5), 0);
+    await dev.write(new Uint8Array([1]), 5 * CS);
+    expect(container.size).toBe(0);
+    expect(data.size).toBe(4 * CS);
+    const got = new Uint8Array(3 * CS);
+    await dev.read(got, 0);
+    expect(Buffer.compare(got, pattern(3 * CS, 5))).toBe(0);
+  });
+
+  it('growAhead extends a growable file in steps ahead of the writes and trims it to the host end at close', async () => {
+    const t = tempDir();
+    try {
+      const file = await FileDevice.open(t.path('c.img'), { create: true });
+      const toy = new ToyRun(64 * CS);
+      const dev = new MappedDevice(toy, { container: file, writable: true, growAhead: true });
+      await dev.write(pattern(5 * CS, 1), 0);
+      expect(file.size).toBeGreaterThanOrEqual(64 << 20); // grown ahead, not to 5 clusters
+      await dev.write(pattern(100, 2), 20 * CS);
+      await dev.close();
+      expect(statSync(t.path('c.img')).size).toBe(6 * CS);
+      const back = await FileDevice.open(t.path('c.img'));
+      const got = new Uint8Array(5 * CS);
+      await back.read(got, 0);
+      expect(Buffer.compare(got, pattern(5 * CS, 1))).toBe(0);
+      await back.close();
+    } finally {
+      t.cleanup();
+    }
   });
 });
 
