@@ -41,8 +41,14 @@
  *   compressed.exact         the stream must fill the cluster (qcow2)
  * Engine options (engine.ts) for these: `data` (the device data runs live on,
  * e.g. qcow2's external data file; compressed runs stay in the container),
- * `growAhead`, and `skipZeroWrites` (a write of zeros onto a cluster that
- * reads as zero allocates nothing).
+ * `growAhead`, `skipZeroWrites` (a write of zeros onto a cluster that reads
+ * as zero allocates nothing) and `unallocatedPastBacking` (status past the
+ * backing file's end says 'unallocated', as qemu-img map does for qcow2).
+ *
+ * Locking: allocate*, commit*, markZero and flush are called under the
+ * engine's allocation lock (one at a time); lookup is not: it runs beside
+ * them, and its answer must hold for the clusters of its own request (no
+ * other request writes those: the formats/types.ts contract).
  */
 
 export type Codec = 'deflate' | 'zlib' | 'zstd';
