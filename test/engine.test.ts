@@ -315,6 +315,34 @@ describe('shared engine: whole-cluster runs, shared clusters, data device, growi
     expect(Buffer.compare(got, pattern(3 * CS, 5))).toBe(0);
   });
 
+  it('skipZeroWrites: zeros onto clusters that read as zero store nothing, and a run stops at a zero cluster', async () => {
+    const toy = new ToyRun(16 * CS);
+    const dev = new MappedDevice(toy, { container: new MemoryDevice(0, { growable: true }), writable: true, skipZeroWrites: true });
+    await dev.write(new Uint8Array(6 * CS + 100), CS - 50); // all zeros: partial, whole run, partial
+    expect(toy.next).toBe(0);
+    const mixed = pattern(6 * CS, 2);
+    mixed.fill(0, 2 * CS, 3 * CS); // cluster 10 of the write is zero
+    await dev.write(mixed, 8 * CS);
+    expect([...toy.table.keys()].sort((a, b) => a - b)).toEqual([8, 9, 11, 12, 13]);
+    expect(toy.log.filter((l) => l.startsWith('allocateRun'))).toEqual([`allocateRun 8+2 at 0`, `allocateRun 11+3 at ${2 * CS}`]);
+    const got = new Uint8Array(6 * CS);
+    await dev.read(got, 8 * CS);
+    expect(Buffer.compare(got, mixed)).toBe(0);
+    // Without the option, zeros are stored like any data (the engine's default).
+    const plain = new ToyRun(4 * CS);
+    await new MappedDevice(plain, { container: new MemoryDevice(0, { growable: true }), writable: true }).write(new Uint8Array(2 * CS), 0);
+    expect(plain.next).toBe(2 * CS);
+  });
+
+  it('unallocatedPastBacking: status past the backing file\'s end says unallocated instead of zero', async () => {
+    const backing = MemoryDevice.from(pattern(2 * CS, 1));
+    for (const [opt, kind] of [[false, 'zero'], [true, 'unallocated']] as const) {
+      const dev = new MappedDevice(new ToyRun(4 * CS), { container: new MemoryDevice(0), backing, unallocatedPastBacking: opt, ownsContainer: false });
+      expect((await dev.status(0, 4 * CS)).kind).toBe('data');
+      expect(await dev.status(2 * CS, 2 * CS)).toEqual({ offset: 2 * CS, length: 2 * CS, kind });
+    }
+  });
+
   it('growAhead extends a growable file in steps ahead of the writes and trims it to the host end at close', async () => {
     const t = tempDir();
     try {
