@@ -252,29 +252,34 @@ describe('writing into existing qcow2 images', () => {
     expectIdentical(img, raw);
   });
 
-  it('writes into an image with internal snapshots without touching them', async () => {
+  /** A qemu-made image of sourceRaw() with an internal snapshot 'before', and a raw copy of what the snapshot holds. */
+  function snapshotted(): { raw: string; img: string; snapRaw: string } {
     const raw = sourceRaw();
     const img = tmp.path(`snap${n++}.qcow2`);
     const snapRaw = tmp.path(`snap${n++}.raw`);
     qemuImg(['convert', '-f', 'raw', '-O', 'qcow2', raw, img]);
     qemuImg(['snapshot', '-c', 'before', img]);
     qemuImg(['convert', '-f', 'raw', '-O', 'raw', raw, snapRaw]);
-    await writeBoth(img, raw, WRITES);
-    expectCheckClean(img);
-    expectIdentical(img, raw);
-    // The snapshot still holds the old contents.
+    return { raw, img, snapRaw };
+  }
+
+  /** The snapshot still holds the old contents. */
+  function expectSnapshotKept(img: string, snapRaw: string): void {
     const snapOut = tmp.path(`snap${n++}.raw`);
     qemuImg(['convert', '-f', 'qcow2', '-l', 'snapshot.name=before', '-O', 'raw', img, snapOut]);
     expectIdentical(snapOut, snapRaw, 'raw', 'raw');
+  }
+
+  it('writes into an image with internal snapshots without touching them', async () => {
+    const { raw, img, snapRaw } = snapshotted();
+    await writeBoth(img, raw, WRITES);
+    expectCheckClean(img);
+    expectIdentical(img, raw);
+    expectSnapshotKept(img, snapRaw);
   });
 
   it('rewrites whole shared clusters of a snapshotted image as one contiguous run, copying them, and the snapshot keeps its data', async () => {
-    const raw = sourceRaw();
-    const img = tmp.path(`snaprun${n++}.qcow2`);
-    const snapRaw = tmp.path(`snaprun${n++}.raw`);
-    qemuImg(['convert', '-f', 'raw', '-O', 'qcow2', raw, img]);
-    qemuImg(['snapshot', '-c', 'before', img]);
-    qemuImg(['convert', '-f', 'raw', '-O', 'raw', raw, snapRaw]);
+    const { raw, img, snapRaw } = snapshotted();
     const M = 1024 * 1024;
     type MapEntry = { start: number; length: number; data: boolean; offset?: number };
     /** The host offset of guest byte M, and whether [M, M + 512 KiB) is one host-contiguous entry (qemu-img map joins those). */
@@ -290,9 +295,7 @@ describe('writing into existing qcow2 images', () => {
     const [after, contiguous] = hostAtM();
     expect(after).not.toBe(before); // copied, not written in place
     expect(contiguous).toBe(true); // one host range for the run
-    const snapOut = tmp.path(`snaprun${n++}.raw`);
-    qemuImg(['convert', '-f', 'qcow2', '-l', 'snapshot.name=before', '-O', 'raw', img, snapOut]);
-    expectIdentical(snapOut, snapRaw, 'raw', 'raw');
+    expectSnapshotKept(img, snapRaw);
   });
 
   it('writes into an image with a backing file, copying partial clusters from it', async () => {
