@@ -5,16 +5,19 @@
  * writers inside one new cluster, the bounded table cache.
  */
 import { describe, expect, it } from 'vitest';
-import { deflateRawSync } from 'node:zlib';
+import { deflateRawSync, inflateRawSync } from 'node:zlib';
 import { extents } from '../src/core/device.js';
 import { ImageError } from '../src/core/errors.js';
 import { MemoryDevice } from '../src/core/memory.js';
-import { MappedDevice, TableCache, type Mapping, type MappedFormat } from '../src/formats/engine/index.js';
+import { FileDevice } from '../src/core/file.js';
+import { statSync } from 'node:fs';
+import { MappedDevice, TableCache, compressCluster, decompressCluster, type Mapping, type MappedFormat } from '../src/formats/engine/index.js';
 import { pattern } from './helpers/devices.js';
+import { tempDir } from './helpers/peers.js';
 
 const CS = 4096;
 
-type Entry = { host: number } | 'zero' | { host: number; stored: number };
+type Entry = { host: number; shared?: boolean } | 'zero' | { host: number; stored: number };
 
 /** A toy mapped format: one Map entry per cluster, clusters appended to the container. */
 class Toy implements MappedFormat {
@@ -35,7 +38,7 @@ class Toy implements MappedFormat {
     if (e === undefined) return { kind: 'unallocated', length: n };
     if (e === 'zero') return { kind: 'zero', length: n };
     if ('stored' in e) return { kind: 'compressed', length: n, host: e.host, stored: e.stored, codec: 'deflate' };
-    return { kind: 'data', length: n, host: e.host + within };
+    return { kind: 'data', length: n, host: e.host + within, ...(e.shared ? { shared: true } : {}) };
   }
   async allocate(): Promise<number> {
     const h = this.next;
@@ -60,6 +63,36 @@ class Toy implements MappedFormat {
     if (!this.zeroable) return false;
     this.table.set(Math.floor(offset / CS), 'zero');
     return true;
+  }
+}
+
+/** The toy with whole-cluster runs: one host range per run, merged data runs, and a host end for growAhead. */
+class ToyRun extends Toy {
+  override async lookup(offset: number, length: number): Promise<Mapping> {
+    const first = await super.lookup(offset, length);
+    if (first.kind === 'compressed') return first;
+    // Merge following clusters of the same kind (data: contiguous on the host, same sharing).
+    let len = first.length;
+    while (len < length) {
+      const next = await super.lookup(offset + len, length - len);
+      if (next.kind !== first.kind) break;
+      if (next.kind === 'data' && first.kind === 'data' && (next.host !== first.host + len || !!next.shared !== !!first.shared)) break;
+      len += next.length;
+    }
+    return { ...first, length: len };
+  }
+  async allocateRun(offset: number, clusters: number): Promise<number> {
+    const h = this.next;
+    this.next += clusters * CS;
+    this.log.push(`allocateRun ${offset / CS}+${clusters} at ${h}`);
+    return h;
+  }
+  async commitRun(offset: number, clusters: number, host: number): Promise<void> {
+    this.log.push(`commitRun ${host}`);
+    for (let k = 0; k < clusters; k++) this.table.set(offset / CS + k, { host: host + k * CS });
+  }
+  hostEnd(): number {
+    return this.next;
   }
 }
 
@@ -195,6 +228,143 @@ describe('shared engine', () => {
   });
 });
 
+describe('shared engine: whole-cluster runs, shared clusters, data device, growing ahead', () => {
+  it('a write over several whole new clusters takes one host range, one data write, then one commit; edges go cluster by cluster', async () => {
+    const toy = new ToyRun(64 * CS);
+    const dev = new MappedDevice(toy, { container: loggingContainer(toy), writable: true });
+    const data = pattern(10 * CS + 300, 3);
+    await dev.write(data, 2 * CS - 100); // 100 bytes into cluster 1, clusters 2..11 whole, 200 bytes into cluster 12
+    expect(toy.log).toEqual([
+      'allocate 0', 'data 0', 'commit 0',
+      `allocateRun 2+10 at ${CS}`, `data ${CS}`, `commitRun ${CS}`,
+      `allocate ${11 * CS}`, `data ${11 * CS}`, `commit ${11 * CS}`,
+    ]);
+    const got = new Uint8Array(data.length);
+    await dev.read(got, 2 * CS - 100);
+    expect(Buffer.compare(got, data)).toBe(0);
+    // Over allocated data: in place, one write for the contiguous run.
+    toy.log.length = 0;
+    await dev.write(pattern(10 * CS, 4), 2 * CS);
+    expect(toy.log).toEqual([`data ${CS}`]);
+  });
+
+  it('random concurrent writes with runs read back like a plain memory device, and no host space is handed out twice', async () => {
+    const size = 96 * CS;
+    const toy = new ToyRun(size);
+    const dev = new MappedDevice(toy, { container: new MemoryDevice(0, { growable: true }), writable: true, zeroInit: true });
+    const ref = new Uint8Array(size);
+    let seed = 11;
+    const rnd = (n: number) => ((seed = (seed * 1103515245 + 12345) >>> 0) >>> 8) % n;
+    for (let round = 0; round < 30; round++) {
+      // Four disjoint requests in flight at once (the formats/types.ts contract), some sharing a cluster.
+      const jobs: Array<Promise<void>> = [];
+      const start = (q: number) => (q === 4 ? size : q * 24 * CS + (q ? 2000 : 0)); // windows meet inside a cluster
+      for (let q = 0; q < 4; q++) {
+        const off = start(q) + rnd(12 * CS);
+        const len = 1 + rnd(start(q + 1) - off);
+        const buf = pattern(len, round * 4 + q + 1);
+        ref.set(buf, off);
+        jobs.push(dev.write(buf, off));
+      }
+      await Promise.all(jobs);
+    }
+    const got = new Uint8Array(size);
+    await dev.read(got, 0);
+    expect(Buffer.compare(got, ref)).toBe(0);
+    // Every cluster was placed once: host space is never handed out twice.
+    const hosts = [...toy.table.values()].map((e) => (e as { host: number }).host);
+    expect(new Set(hosts).size).toBe(hosts.length);
+    expect(toy.log.some((l) => l.startsWith('allocateRun'))).toBe(true);
+  });
+
+  it('a shared cluster is copied, never written in place: the other table still reads the old bytes', async () => {
+    const old = pattern(4 * CS, 8);
+    const container = new MemoryDevice(0, { growable: true });
+    await container.write(old, 0);
+    for (const toy of [new Toy(8 * CS), new ToyRun(8 * CS)]) {
+      toy.next = 4 * CS;
+      for (let c = 0; c < 4; c++) toy.table.set(c, { host: c * CS, shared: true });
+      const dev = new MappedDevice(toy, { container, writable: true, ownsContainer: false });
+      await dev.write(new Uint8Array([7, 7, 7]), CS + 10); // partial: copy-on-write of cluster 1
+      await dev.write(pattern(2 * CS, 9), 2 * CS); // whole clusters 2 and 3
+      const want = old.slice();
+      want.set([7, 7, 7], CS + 10);
+      want.set(pattern(2 * CS, 9), 2 * CS);
+      const got = new Uint8Array(4 * CS);
+      await dev.read(got, 0);
+      expect(Buffer.compare(got, want)).toBe(0);
+      const first = new Uint8Array(4 * CS);
+      await container.read(first, 0);
+      expect(Buffer.compare(first, old)).toBe(0); // the shared host clusters are untouched
+      expect((toy.table.get(0) as { host: number }).host).toBe(0);
+      for (const c of [1, 2, 3]) expect((toy.table.get(c) as { host: number }).host).toBeGreaterThanOrEqual(4 * CS);
+    }
+  });
+
+  it('data runs live on the data device when one is given; compressed ones stay in the container', async () => {
+    const toy = new ToyRun(8 * CS);
+    const container = new MemoryDevice(0, { growable: true });
+    const data = new MemoryDevice(0, { growable: true });
+    const dev = new MappedDevice(toy, { container, data, writable: true });
+    await dev.write(pattern(3 * CS, 5), 0);
+    await dev.write(new Uint8Array([1]), 5 * CS);
+    expect(container.size).toBe(0);
+    expect(data.size).toBe(4 * CS);
+    const got = new Uint8Array(3 * CS);
+    await dev.read(got, 0);
+    expect(Buffer.compare(got, pattern(3 * CS, 5))).toBe(0);
+  });
+
+  it('skipZeroWrites: zeros onto clusters that read as zero store nothing, and a run stops at a zero cluster', async () => {
+    const toy = new ToyRun(16 * CS);
+    const dev = new MappedDevice(toy, { container: new MemoryDevice(0, { growable: true }), writable: true, skipZeroWrites: true });
+    await dev.write(new Uint8Array(6 * CS + 100), CS - 50); // all zeros: partial, whole run, partial
+    expect(toy.next).toBe(0);
+    const mixed = pattern(6 * CS, 2);
+    mixed.fill(0, 2 * CS, 3 * CS); // cluster 10 of the write is zero
+    await dev.write(mixed, 8 * CS);
+    expect([...toy.table.keys()].sort((a, b) => a - b)).toEqual([8, 9, 11, 12, 13]);
+    expect(toy.log.filter((l) => l.startsWith('allocateRun'))).toEqual([`allocateRun 8+2 at 0`, `allocateRun 11+3 at ${2 * CS}`]);
+    const got = new Uint8Array(6 * CS);
+    await dev.read(got, 8 * CS);
+    expect(Buffer.compare(got, mixed)).toBe(0);
+    // Without the option, zeros are stored like any data (the engine's default).
+    const plain = new ToyRun(4 * CS);
+    await new MappedDevice(plain, { container: new MemoryDevice(0, { growable: true }), writable: true }).write(new Uint8Array(2 * CS), 0);
+    expect(plain.next).toBe(2 * CS);
+  });
+
+  it('unallocatedPastBacking: status past the backing file\'s end says unallocated instead of zero', async () => {
+    const backing = MemoryDevice.from(pattern(2 * CS, 1));
+    for (const [opt, kind] of [[false, 'zero'], [true, 'unallocated']] as const) {
+      const dev = new MappedDevice(new ToyRun(4 * CS), { container: new MemoryDevice(0), backing, unallocatedPastBacking: opt, ownsContainer: false });
+      expect((await dev.status(0, 4 * CS)).kind).toBe('data');
+      expect(await dev.status(2 * CS, 2 * CS)).toEqual({ offset: 2 * CS, length: 2 * CS, kind });
+    }
+  });
+
+  it('growAhead extends a growable file in steps ahead of the writes and trims it to the host end at close', async () => {
+    const t = tempDir();
+    try {
+      const file = await FileDevice.open(t.path('c.img'), { create: true });
+      const toy = new ToyRun(64 * CS);
+      const dev = new MappedDevice(toy, { container: file, writable: true, growAhead: true });
+      await dev.write(pattern(5 * CS, 1), 0);
+      expect(file.size).toBeGreaterThanOrEqual(64 << 20); // grown ahead, not to 5 clusters
+      await dev.write(pattern(100, 2), 20 * CS);
+      await dev.close();
+      expect(statSync(t.path('c.img')).size).toBe(6 * CS);
+      const back = await FileDevice.open(t.path('c.img'));
+      const got = new Uint8Array(5 * CS);
+      await back.read(got, 0);
+      expect(Buffer.compare(got, pattern(5 * CS, 1))).toBe(0);
+      await back.close();
+    } finally {
+      t.cleanup();
+    }
+  });
+});
+
 describe('table cache', () => {
   it('holds at most its capacity, drops the least recently used, and loads a key once for concurrent callers', async () => {
     const c = new TableCache<number>(2);
@@ -211,5 +381,35 @@ describe('table cache', () => {
     expect(c.size).toBe(2);
     expect(c.peek(2)).toBeUndefined();
     expect(c.peek(1)).toBe(10);
+  });
+});
+
+describe('codecs', () => {
+  const text = new TextEncoder().encode('a cluster of text that compresses well; '.repeat(4000)).subarray(0, 65536);
+
+  it('deflate is written with a window qemu inflates (4 KiB), zstd as one frame; both decode back, on the pool', async () => {
+    const d = await compressCluster('deflate', text);
+    expect(d.length).toBeLessThan(text.length);
+    // qemu inflates qcow/qcow2 clusters with inflateInit2(-12): a larger window fails there.
+    expect(Buffer.compare(inflateRawSync(d, { windowBits: 12 }), text)).toBe(0);
+    const z = await compressCluster('zstd', text);
+    expect(Buffer.from(z).readUInt32LE(0)).toBe(0xfd2fb528);
+    for (const [codec, stored] of [['deflate', d], ['zstd', z]] as const) {
+      const out = await decompressCluster('toy', codec, stored, text.length, 0, { exact: true });
+      expect(Buffer.compare(out, text)).toBe(0);
+    }
+  });
+
+  it('exact decoding fails a short cluster with the guest offset in the message; zstd must fill the cluster', async () => {
+    const half = text.subarray(0, 32768);
+    for (const codec of ['deflate', 'zstd'] as const) {
+      const stored = await compressCluster(codec, half);
+      const err = await decompressCluster('toy', codec, stored, text.length, 512, { guest: 65536, exact: codec === 'deflate' }).catch((e: unknown) => e);
+      expect(err).toBeInstanceOf(ImageError);
+      expect((err as ImageError).kind).toBe('corrupt');
+      expect((err as ImageError).message).toMatch(/guest offset 65536 \(host offset 512\)/);
+    }
+    // Without `exact`, deflate gives what the stream holds (VMDK grains may be short).
+    expect((await decompressCluster('toy', 'deflate', await compressCluster('deflate', half), text.length, 0)).length).toBe(32768);
   });
 });

@@ -252,20 +252,50 @@ describe('writing into existing qcow2 images', () => {
     expectIdentical(img, raw);
   });
 
-  it('writes into an image with internal snapshots without touching them', async () => {
+  /** A qemu-made image of sourceRaw() with an internal snapshot 'before', and a raw copy of what the snapshot holds. */
+  function snapshotted(): { raw: string; img: string; snapRaw: string } {
     const raw = sourceRaw();
     const img = tmp.path(`snap${n++}.qcow2`);
     const snapRaw = tmp.path(`snap${n++}.raw`);
     qemuImg(['convert', '-f', 'raw', '-O', 'qcow2', raw, img]);
     qemuImg(['snapshot', '-c', 'before', img]);
     qemuImg(['convert', '-f', 'raw', '-O', 'raw', raw, snapRaw]);
-    await writeBoth(img, raw, WRITES);
-    expectCheckClean(img);
-    expectIdentical(img, raw);
-    // The snapshot still holds the old contents.
+    return { raw, img, snapRaw };
+  }
+
+  /** The snapshot still holds the old contents. */
+  function expectSnapshotKept(img: string, snapRaw: string): void {
     const snapOut = tmp.path(`snap${n++}.raw`);
     qemuImg(['convert', '-f', 'qcow2', '-l', 'snapshot.name=before', '-O', 'raw', img, snapOut]);
     expectIdentical(snapOut, snapRaw, 'raw', 'raw');
+  }
+
+  it('writes into an image with internal snapshots without touching them', async () => {
+    const { raw, img, snapRaw } = snapshotted();
+    await writeBoth(img, raw, WRITES);
+    expectCheckClean(img);
+    expectIdentical(img, raw);
+    expectSnapshotKept(img, snapRaw);
+  });
+
+  it('rewrites whole shared clusters of a snapshotted image as one contiguous run, copying them, and the snapshot keeps its data', async () => {
+    const { raw, img, snapRaw } = snapshotted();
+    const M = 1024 * 1024;
+    type MapEntry = { start: number; length: number; data: boolean; offset?: number };
+    /** The host offset of guest byte M, and whether [M, M + 512 KiB) is one host-contiguous entry (qemu-img map joins those). */
+    const hostAtM = (): [number, boolean] => {
+      const e = (JSON.parse(qemuImg(['map', '--output=json', img])) as MapEntry[]).find((x) => x.start <= M && x.start + x.length > M)!;
+      return [e.offset! + (M - e.start), e.data && e.start + e.length >= M + M / 2];
+    };
+    const [before] = hostAtM();
+    // Eight whole 64 KiB clusters of shared data (the engine's run path), then a partial write into another shared cluster.
+    await writeBoth(img, raw, [[M, M / 2], [M + M / 2 + 100, 1000]]);
+    expectCheckClean(img);
+    expectIdentical(img, raw);
+    const [after, contiguous] = hostAtM();
+    expect(after).not.toBe(before); // copied, not written in place
+    expect(contiguous).toBe(true); // one host range for the run
+    expectSnapshotKept(img, snapRaw);
   });
 
   it('writes into an image with a backing file, copying partial clusters from it', async () => {

@@ -16,15 +16,25 @@
  *               clusters), written to host space from `allocate`, and only
  *               then `commit`ted to the table
  *               (with `compress`: stored compressed when the format can and
- *               it shrinks, with the format's `writeCodec`, on the shared pool)
+ *               it shrinks, with the format's `writeCodec`, on the shared pool);
+ *               two or more whole new clusters in one write, when the driver
+ *               has `allocateRun`: one host range, one write, one commit;
+ *               `shared` data runs are copied, never written in place
  *   writeZeroes skips ranges that already read as zero, records whole
  *               clusters as zero where the driver can, writes zeros otherwise
  *   locking     allocation is serialised (one Mutex); reads and writes to
  *               allocated clusters run concurrently (the formats/types.ts
- *               contract: overlapping requests are never in flight together)
+ *               contract: overlapping requests are never in flight together),
+ *               and so do the data writes of whole-cluster runs (allocated
+ *               and committed under the lock, written between)
+ *   growth      the container grows as clusters are placed; with `growAhead`
+ *               a growable file is extended in steps ahead of the writes
+ *               (writes inside a file's size skip the filesystem's
+ *               serialised size updates) and trimmed to the driver's
+ *               `hostEnd` at close
  */
 
-import { type BlockDevice, type Extent, checkRange, checkWritable, growDevice } from '../../core/device.js';
+import { type BlockDevice, type Extent, checkRange, checkWritable, growDevice, isZero } from '../../core/device.js';
 import { ImageError } from '../../core/errors.js';
 import { Mutex } from '../../core/mutex.js';
 import { compressCluster, decompressCluster } from './codecs.js';
@@ -42,9 +52,22 @@ export interface EngineOptions {
   compress?: boolean;
   /** Close the container when the device closes (false when the caller shares it). */
   ownsContainer?: boolean;
+  /** The device data runs live on (an external data file); default the container. Closed with the device when given. */
+  data?: BlockDevice;
+  /** Grow a growable container ahead of writes in steps, trimmed to `fmt.hostEnd()` at close. */
+  growAhead?: boolean;
+  /** A write of zeros onto a cluster that reads as zero (zero, or unallocated without backing) stores nothing. */
+  skipZeroWrites?: boolean;
+  /** status: an unallocated run past the backing file's end stays 'unallocated' (qcow2), instead of 'zero'. */
+  unallocatedPastBacking?: boolean;
 }
 
 const DECODED_CLUSTERS = 4;
+/** status joins at most this many further runs of the same kind into one extent. */
+const STATUS_RUNS = 1024;
+/** growAhead: the container is extended by its own size, at least 64 MiB and at most 1 GiB, at a time. */
+const GROW_MIN = 64 << 20;
+const GROW_MAX = 1 << 30;
 
 export class MappedDevice implements BlockDevice {
   readonly size: number;
@@ -53,6 +76,8 @@ export class MappedDevice implements BlockDevice {
   private readonly allocation = new Mutex();
   private readonly decoded = new Map<number, Promise<Uint8Array>>();
   private closed = false;
+  private grownAhead = false;
+  private readonly dataDev: BlockDevice;
 
   constructor(
     readonly fmt: MappedFormat,
@@ -61,6 +86,7 @@ export class MappedDevice implements BlockDevice {
     this.size = fmt.size;
     this.readOnly = !o.writable;
     this.zeroInit = !!o.zeroInit;
+    this.dataDev = o.data ?? o.container;
   }
 
   /** The driver's run at `pos`, checked: non-empty, inside the request. */
@@ -74,11 +100,18 @@ export class MappedDevice implements BlockDevice {
 
   async read(buf: Uint8Array, offset: number): Promise<void> {
     checkRange(this, offset, buf.length, 'read');
-    for (let done = 0; done < buf.length; ) {
-      const pos = offset + done;
-      const m = await this.lookup(pos, buf.length - done);
-      await this.readRun(buf.subarray(done, done + m.length), pos, m);
-      done += m.length;
+    // The runs of one request are read (and decoded) concurrently.
+    const runs: Array<Promise<void>> = [];
+    try {
+      for (let done = 0; done < buf.length; ) {
+        const pos = offset + done;
+        const m = await this.lookup(pos, buf.length - done);
+        runs.push(this.readRun(buf.subarray(done, done + m.length), pos, m));
+        done += m.length;
+      }
+    } finally {
+      const settled = await Promise.allSettled(runs);
+      for (const r of settled) if (r.status === 'rejected') throw r.reason;
     }
   }
 
@@ -90,10 +123,10 @@ export class MappedDevice implements BlockDevice {
         out.fill(0);
         return;
       case 'data':
-        return this.o.container.read(out, m.host);
+        return this.dataDev.read(out, m.host);
       case 'compressed': {
-        const cluster = await this.decode(m);
         const within = pos % this.fmt.clusterSize;
+        const cluster = await this.decode(m, pos - within);
         if (within + out.length > cluster.length) {
           throw new ImageError(
             'corrupt',
@@ -114,13 +147,13 @@ export class MappedDevice implements BlockDevice {
     out.fill(0, n);
   }
 
-  private decode(m: Extract<Mapping, { kind: 'compressed' }>): Promise<Uint8Array> {
+  private decode(m: Extract<Mapping, { kind: 'compressed' }>, guestStart: number): Promise<Uint8Array> {
     const hit = this.decoded.get(m.host);
     if (hit) return hit;
     const p = (async () => {
       const stored = new Uint8Array(m.stored);
       await this.o.container.read(stored, m.host);
-      return decompressCluster(this.fmt.name, m.codec, stored, this.fmt.clusterSize, m.host);
+      return decompressCluster(this.fmt.name, m.codec, stored, this.fmt.clusterSize, m.host, m.exact ? { exact: true, guest: guestStart } : {});
     })();
     this.decoded.set(m.host, p);
     p.catch(() => this.decoded.delete(m.host));
@@ -133,12 +166,19 @@ export class MappedDevice implements BlockDevice {
     const m = await this.lookup(offset, length);
     if (m.kind === 'unallocated' && this.o.backing) {
       const b = this.o.backing;
-      if (offset >= b.size) return { offset, length: m.length, kind: 'zero' };
+      if (offset >= b.size) return { offset, length: m.length, kind: this.o.unallocatedPastBacking ? 'unallocated' : 'zero' };
       const e = await b.status(offset, Math.min(m.length, b.size - offset));
       return { offset, length: e.length, kind: e.kind };
     }
     const kind = m.kind === 'compressed' ? 'data' : m.kind;
-    return { offset, length: m.length, kind };
+    // Following runs of the same kind join the extent (data runs need not be contiguous on the host).
+    let len = m.length;
+    for (let i = 0; len < length && i < STATUS_RUNS; i++) {
+      const next = await this.lookup(offset + len, length - len);
+      if ((next.kind === 'compressed' ? 'data' : next.kind) !== kind) break;
+      len += next.length;
+    }
+    return { offset, length: len, kind };
   }
 
   async write(buf: Uint8Array, offset: number): Promise<void> {
@@ -147,30 +187,101 @@ export class MappedDevice implements BlockDevice {
     const cs = this.fmt.clusterSize;
     for (let done = 0; done < buf.length; ) {
       const pos = offset + done;
+      const m = await this.lookup(pos, buf.length - done);
+      if (m.kind === 'data' && !m.shared) {
+        await this.dataDev.write(buf.subarray(done, done + m.length), m.host);
+        done += m.length;
+        continue;
+      }
+      let run = this.wholeRun(pos, Math.min(m.length, buf.length - done));
+      if (run >= 2 && this.o.skipZeroWrites && this.readsZero(m)) {
+        // Zero clusters onto clusters that read as zero store nothing: skip them, and end the run at the next one.
+        const zeroAt = (k: number) => isZero(buf.subarray(done + k * cs, done + (k + 1) * cs));
+        let z = 0;
+        while (z < run && zeroAt(z)) z++;
+        if (z > 0) {
+          done += z * cs;
+          continue;
+        }
+        let k = 1;
+        while (k < run && !zeroAt(k)) k++;
+        run = k;
+      }
+      if (run >= 2) {
+        await this.writeNewRun(buf.subarray(done, done + run * cs), pos, run);
+        done += run * cs;
+        continue;
+      }
       // One cluster at most per step: a new cluster is built whole.
       const n = Math.min(buf.length - done, cs - (pos % cs));
-      const m = await this.lookup(pos, n);
-      if (m.kind === 'data') {
-        await this.o.container.write(buf.subarray(done, done + m.length), m.host);
-        done += m.length;
-      } else {
-        await this.allocation.run(() => this.writeNewCluster(buf.subarray(done, done + n), pos));
-        done += n;
-      }
+      const piece = buf.subarray(done, done + n);
+      done += n;
+      if (this.o.skipZeroWrites && this.readsZero(m) && isZero(piece)) continue;
+      // A whole cluster to compress: compressed before taking the lock (compressions run in parallel).
+      const whole = pos % cs === 0 && (n === cs || pos + n === this.size);
+      const stored = whole && m.kind !== 'data' ? await this.compressed(piece) : undefined;
+      await this.allocation.run(() => this.writeNewCluster(piece, pos, stored));
     }
   }
 
-  /** Write `piece` (inside one cluster) to a cluster that is not stored as data yet. Holds the allocation lock. */
-  private async writeNewCluster(piece: Uint8Array, pos: number): Promise<void> {
+  /** How many whole clusters from `pos` (a run of `length` bytes not stored as data) one `allocateRun` can take; 0 when it does not apply. */
+  private wholeRun(pos: number, length: number): number {
+    const cs = this.fmt.clusterSize;
+    if (!this.fmt.allocateRun || !this.fmt.commitRun || this.o.compress || pos % cs !== 0) return 0;
+    return Math.floor(length / cs);
+  }
+
+  /**
+   * Write `clusters` whole clusters that are not stored as data yet: host
+   * space for all of them at once, one write, one commit (data before the
+   * table). No other request touches these clusters (the formats/types.ts
+   * contract), so the data write runs outside the allocation lock.
+   */
+  private async writeNewRun(data: Uint8Array, pos: number, clusters: number): Promise<void> {
+    const host = await this.allocation.run(async () => {
+      const h = await this.fmt.allocateRun!(pos, clusters);
+      await this.makeRoom(h + data.length, this.dataDev);
+      return h;
+    });
+    await this.dataDev.write(data, host);
+    await this.allocation.run(() => this.fmt.commitRun!(pos, clusters, host));
+  }
+
+  /** Does this run read as zero in the guest? */
+  private readsZero(m: Mapping): boolean {
+    return m.kind === 'zero' || (m.kind === 'unallocated' && !this.o.backing);
+  }
+
+  /** `cluster` compressed with the format's codec, when the engine compresses and it shrinks. */
+  private async compressed(cluster: Uint8Array): Promise<Uint8Array | undefined> {
+    const { writeCodec, allocateCompressed, commitCompressed } = this.fmt;
+    if (!this.o.compress || !writeCodec || !allocateCompressed || !commitCompressed) return undefined;
+    let input = cluster;
+    if (input.length < this.fmt.clusterSize) {
+      input = new Uint8Array(this.fmt.clusterSize);
+      input.set(cluster);
+    }
+    const stored = await compressCluster(writeCodec, input);
+    return stored.length < input.length ? stored : undefined;
+  }
+
+  /**
+   * Write `piece` (inside one cluster) to a cluster that is not stored as
+   * data yet (`stored`: the whole cluster `piece`, compressed already). Holds
+   * the allocation lock.
+   */
+  private async writeNewCluster(piece: Uint8Array, pos: number, stored?: Uint8Array): Promise<void> {
     const { allocate, commit } = this.fmt;
     if (!allocate || !commit) {
       throw new ImageError('unsupported', `${this.fmt.name}: this image cannot allocate clusters`, { format: this.fmt.name, operation: 'write' });
     }
     // Another writer may have stored this cluster while we waited for the lock.
     const again = await this.lookup(pos, piece.length);
-    if (again.kind === 'data' && again.length >= piece.length) return this.o.container.write(piece, again.host);
+    if (again.kind === 'data' && !again.shared && again.length >= piece.length) return this.dataDev.write(piece, again.host);
+    if (this.o.skipZeroWrites && this.readsZero(again) && isZero(piece)) return;
     const cs = this.fmt.clusterSize;
     const start = pos - (pos % cs);
+    if (stored) return this.placeCompressed(stored, start);
     const cluster = new Uint8Array(cs);
     if (piece.length < Math.min(cs, this.size - start)) {
       // Copy-on-write: the cluster's bytes as they read now, under the new ones.
@@ -179,22 +290,25 @@ export class MappedDevice implements BlockDevice {
     cluster.set(piece, pos - start);
     if (await this.writeCompressed(cluster, start)) return;
     const host = await allocate.call(this.fmt, start);
-    await this.makeRoom(host + cluster.length);
-    await this.o.container.write(cluster, host);
+    await this.makeRoom(host + cluster.length, this.dataDev);
+    await this.dataDev.write(cluster, host);
     await commit.call(this.fmt, start, host);
   }
 
   /** Store a new cluster compressed, when asked and it shrinks; false to store it as data. */
   private async writeCompressed(cluster: Uint8Array, start: number): Promise<boolean> {
-    const { writeCodec, allocateCompressed, commitCompressed } = this.fmt;
-    if (!this.o.compress || !writeCodec || !allocateCompressed || !commitCompressed) return false;
-    const stored = await compressCluster(writeCodec, cluster);
-    if (stored.length >= cluster.length) return false;
-    const host = await allocateCompressed.call(this.fmt, start, stored.length);
+    const stored = await this.compressed(cluster);
+    if (!stored) return false;
+    await this.placeCompressed(stored, start);
+    return true;
+  }
+
+  /** Host space, data, then the table entry for a compressed cluster. Holds the allocation lock. */
+  private async placeCompressed(stored: Uint8Array, start: number): Promise<void> {
+    const host = await this.fmt.allocateCompressed!(start, stored.length);
     await this.makeRoom(host + stored.length);
     await this.o.container.write(stored, host);
-    await commitCompressed.call(this.fmt, start, host, stored.length);
-    return true;
+    await this.fmt.commitCompressed!(start, host, stored.length);
   }
 
   /**
@@ -202,8 +316,13 @@ export class MappedDevice implements BlockDevice {
    * grows by being written; an existing file opened for writing is extended
    * with resize. (The one place mapped formats grow their container.)
    */
-  private async makeRoom(end: number): Promise<void> {
-    await growDevice(this.o.container, end, this.fmt.name);
+  private async makeRoom(end: number, dev: BlockDevice = this.o.container): Promise<void> {
+    const g = dev as BlockDevice & { growable?: boolean };
+    if (this.o.growAhead && dev === this.o.container && end > dev.size && g.growable && typeof dev.resize === 'function') {
+      this.grownAhead = true;
+      return dev.resize(end + Math.min(GROW_MAX, Math.max(GROW_MIN, dev.size)));
+    }
+    await growDevice(dev, end, this.fmt.name);
   }
 
   async writeZeroes(offset: number, length: number): Promise<void> {
@@ -213,12 +332,12 @@ export class MappedDevice implements BlockDevice {
     const zeros = new Uint8Array(Math.min(cs, length));
     for (let done = 0; done < length; ) {
       const pos = offset + done;
-      const n = Math.min(length - done, cs - (pos % cs));
-      const m = await this.lookup(pos, n);
-      if (m.kind === 'zero' || (m.kind === 'unallocated' && !this.o.backing)) {
+      const m = await this.lookup(pos, length - done);
+      if (this.readsZero(m)) {
         done += m.length;
         continue;
       }
+      const n = Math.min(length - done, cs - (pos % cs));
       const whole = pos % cs === 0 && (n === cs || pos + n === this.size);
       const marked = whole && this.fmt.markZero ? await this.allocation.run(() => this.fmt.markZero!(pos)) : false;
       if (!marked) await this.write(zeros.subarray(0, n), pos);
@@ -227,18 +346,29 @@ export class MappedDevice implements BlockDevice {
   }
 
   async flush(): Promise<void> {
-    if (!this.readOnly) await this.fmt.flush?.();
+    if (!this.readOnly && this.fmt.flush) await this.allocation.run(() => this.fmt.flush!());
     await this.o.container.flush();
+    if (this.o.data) await this.o.data.flush();
   }
 
   async close(): Promise<void> {
     if (this.closed) return;
     this.closed = true;
     try {
-      if (!this.readOnly) await this.fmt.flush?.();
+      if (!this.readOnly && this.fmt.flush) await this.allocation.run(() => this.fmt.flush!());
+      const c = this.o.container;
+      if (this.grownAhead && this.fmt.hostEnd && c.resize) {
+        const end = this.fmt.hostEnd();
+        if (c.size > end) await c.resize(end);
+      }
+      if (!this.readOnly && this.o.growAhead) await c.flush();
     } finally {
-      if (this.o.ownsContainer !== false) await this.o.container.close();
-      await this.o.backing?.close();
+      try {
+        if (this.o.ownsContainer !== false) await this.o.container.close();
+        await this.o.data?.close();
+      } finally {
+        await this.o.backing?.close();
+      }
     }
   }
 }

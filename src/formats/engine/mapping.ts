@@ -17,6 +17,38 @@
  *   allocateCompressed / commitCompressed
  *                            the same for a compressed cluster (optional; the
  *                            engine compresses with `writeCodec` when asked to)
+ *
+ * Optional additions (a driver without them behaves as before):
+ *   allocateRun / commitRun  several whole new clusters as one contiguous host
+ *                            range: the engine writes them with one write
+ *                            (outside the allocation lock) and then commits
+ *                            them together. Used when a write covers two or
+ *                            more whole clusters that are not stored as data.
+ *   data.shared              a data run that must not be written in place (a
+ *                            cluster other tables also point to: qcow2
+ *                            snapshots, refcount > 1; or one the driver wants
+ *                            rebuilt whole under the allocation lock: qcow2
+ *                            extended L2 clusters with subclusters not
+ *                            allocated): a write builds the cluster anew
+ *                            (copy-on-write) in host space from `allocate`
+ *                            (which may be the same cluster when it is the
+ *                            driver's alone); `commit` releases the old one
+ *                            when it differs.
+ *   hostEnd                  where the driver's host space ends; with the
+ *                            engine option `growAhead` the container is grown
+ *                            in steps ahead of writes and trimmed back to it
+ *                            when the device closes.
+ *   compressed.exact         the stream must fill the cluster (qcow2)
+ * Engine options (engine.ts) for these: `data` (the device data runs live on,
+ * e.g. qcow2's external data file; compressed runs stay in the container),
+ * `growAhead`, `skipZeroWrites` (a write of zeros onto a cluster that reads
+ * as zero allocates nothing) and `unallocatedPastBacking` (status past the
+ * backing file's end says 'unallocated', as qemu-img map does for qcow2).
+ *
+ * Locking: allocate*, commit*, markZero and flush are called under the
+ * engine's allocation lock (one at a time); lookup is not: it runs beside
+ * them, and its answer must hold for the clusters of its own request (no
+ * other request writes those: the formats/types.ts contract).
  */
 
 export type Codec = 'deflate' | 'zlib' | 'zstd';
@@ -27,14 +59,26 @@ export type Mapping =
   | { readonly kind: 'unallocated'; readonly length: number }
   /** Recorded as reading zero. */
   | { readonly kind: 'zero'; readonly length: number }
-  /** Stored uncompressed, contiguous at [host, host + length) of the container. */
-  | { readonly kind: 'data'; readonly length: number; readonly host: number }
+  /**
+   * Stored uncompressed, contiguous at [host, host + length) of the container
+   * (or the engine's `data` device). `shared`: other tables point there too;
+   * writes copy the cluster to new host space instead of writing in place.
+   */
+  | { readonly kind: 'data'; readonly length: number; readonly host: number; readonly shared?: boolean }
   /**
    * One compressed cluster: `stored` bytes at `host` decode (with `codec`) to
    * the cluster holding the run's first byte; `length` never crosses that
    * cluster's end.
    */
-  | { readonly kind: 'compressed'; readonly length: number; readonly host: number; readonly stored: number; readonly codec: Codec };
+  | {
+      readonly kind: 'compressed';
+      readonly length: number;
+      readonly host: number;
+      readonly stored: number;
+      readonly codec: Codec;
+      /** The stream must decode to the whole cluster (qcow2: qemu fails a short one); messages then name the guest offset. */
+      readonly exact?: boolean;
+    };
 
 export interface MappedFormat {
   /** The format's name, for messages. */
@@ -59,4 +103,14 @@ export interface MappedFormat {
   markZero?(offset: number): Promise<boolean>;
   /** Write back whatever metadata the driver defers. */
   flush?(): Promise<void>;
+  /**
+   * Reserve `clusters * clusterSize` contiguous bytes of host space for the
+   * whole clusters starting at `offset` (cluster aligned); nothing maps to
+   * them yet. Called under the allocation lock; with `commitRun`.
+   */
+  allocateRun?(offset: number, clusters: number): Promise<number>;
+  /** Map the `clusters` clusters from `offset` to [host, ...) (their data is written already). Called under the allocation lock. */
+  commitRun?(offset: number, clusters: number, host: number): Promise<void>;
+  /** The end of the host space in use (engine option `growAhead` trims the container to it at close). */
+  hostEnd?(): number;
 }

@@ -1,5 +1,7 @@
 /**
- * The qcow2 image: open (with validation), read, status, write, info.
+ * The qcow2 image: open (with validation), and the driver the shared engine
+ * (../engine) reads, writes and compresses through: lookups, allocation,
+ * refcounts, metadata write-back, info.
  *
  * Spec: qemu docs/interop/qcow2.rst. Vocabulary map (spec -> here):
  *   guest cluster / virtual offset  -> `gc`, `pos` (bytes in the guest view)
@@ -8,7 +10,7 @@
  *   L2 table                        -> cluster-sized buffers in `l2cache`
  *   refcount table / block          -> `rt` (Float64Array) / buffers in `rbcache`
  *   "copied" flag (bit 63)          -> refcount exactly one
- *   zero cluster (v3 bit 0)         -> K_ZERO
+ *   zero cluster (v3 bit 0)         -> a 'zero' run
  *   subcluster (extended L2)        -> 1/32 of a cluster, bitmaps after each entry
  *   external data file              -> `data` (the device guest clusters live on)
  *
@@ -19,14 +21,12 @@
  * then L2 tables, then L1 and the header.
  */
 
-import { type BlockDevice, type Extent, checkRange, checkWritable, isZero } from '../../core/device.js';
-import { Mutex } from '../../core/mutex.js';
+import { type BlockDevice, checkRange, checkWritable, growDevice } from '../../core/device.js';
 import { ImageError, fieldError } from '../../core/errors.js';
 import { escapeLine } from '../../core/escape.js';
-import type { Image, ImageInfo, OpenOptions } from '../types.js';
-import { TableCache } from './cache.js';
+import type { Image, ImageInfo, LayerRun, OpenOptions } from '../types.js';
 import { WarningLog } from '../warnings.js';
-import { deflateCluster, inflateCluster, zstdCluster, zstdCompressCluster } from './compress.js';
+import { type Codec, type Mapping, type MappedFormat, MappedDevice, WriteBackCache, DescribedImage } from '../engine/index.js';
 import {
   AUTOCLEAR_BITMAPS,
   AUTOCLEAR_DATA_FILE_RAW,
@@ -57,28 +57,13 @@ import {
   l1Reserved,
   stdOffset,
   stdReserved,
-  subMask,
 } from './l2.js';
 import { getRefcount, maxRefcount, refcountOverflow, setRefcount } from './refcount.js';
 import { type Snapshot, readSnapshots } from './snapshot.js';
 
-const K_DATA = 0;
-const K_ZERO = 1;
-const K_UNALLOC = 2;
-const K_COMP = 3;
-
 /** Metadata cache budgets (bytes). Memory stays bounded whatever the image size. */
 const L2_CACHE_BYTES = 16 << 20;
 const RB_CACHE_BYTES = 8 << 20;
-/** Growable containers are extended ahead by up to this much (trimmed at close). */
-const GROW_STEP = 1 << 30;
-
-type Visit = (kind: number, guest: number, length: number, host: number, hi: number, lo: number) => boolean;
-
-
-interface Growable {
-  growable?: boolean;
-}
 
 const hex = (hi: number, lo: number) => '0x' + hi.toString(16).padStart(8, '0') + lo.toString(16).padStart(8, '0');
 
@@ -89,11 +74,28 @@ export interface Qcow2OpenExtras {
   allocEnd?: number;
 }
 
-export class Qcow2Image implements Image {
-  readonly format = 'qcow2';
+/**
+ * The qcow2 driver for the shared engine (../engine): L1/L2 lookups,
+ * allocation at the end of the file with exact refcounts, L2 tables copied
+ * before they are changed when they are shared, and the metadata write-back.
+ *
+ * How qcow2 specifics reach the engine:
+ *   - a data cluster whose refcount is not 1 (snapshots) is a `shared` data
+ *     run: the engine copies it; `commit` drops our reference to the old one
+ *   - extended L2: runs per subcluster; the data subclusters of a cluster not
+ *     wholly allocated are `shared` too, so a write into the cluster rebuilds
+ *     it whole under the allocation lock (`allocate` hands back the cluster
+ *     itself when it is ours alone) and `commit` marks every subcluster
+ *     allocated
+ *   - external data file: host offset = guest offset; the engine writes data
+ *     runs to the data file (engine option `data`)
+ *   - a compressed or zero cluster that gets data: `commit` frees what the
+ *     entry held
+ */
+export class Qcow2Format implements MappedFormat {
+  readonly name = FORMAT;
   readonly size: number;
-  readonly readOnly: boolean;
-  readonly cs: number;
+  readonly clusterSize: number;
   readonly clusterBits: number;
   readonly l2Entries: number;
   readonly entryBytes: number;
@@ -102,45 +104,40 @@ export class Qcow2Image implements Image {
   readonly refOrder: number;
   readonly refPerBlock: number;
   readonly hasDataFile: boolean;
-  private readonly l1: Float64Array;
-  private readonly l1Copied: Uint8Array;
+  readonly writeCodec: Codec;
+  private readonly cs: number;
   /** L1 entries whose L2 table we verified to have refcount 1 (writes only). */
   private readonly l1Owned: Uint8Array;
   private readonly l1Dirty = new Set<number>();
-  private readonly l2cache: TableCache;
-  private readonly rbcache: TableCache;
+  private readonly l2cache: WriteBackCache;
+  private readonly rbcache: WriteBackCache;
   private rt = new Float64Array(0);
   private rtDirty = false;
   private headerDirty = false;
   private autoclearPending = false;
+  private firstWrite: Promise<void> | undefined;
   /** Allocation end: the first byte after every cluster in use (cluster aligned). */
   private end = 0;
   private compCluster = -1;
   private compUsed = 0;
-  private readonly lock = new Mutex();
-  private readonly inflight = new Set<Promise<unknown>>();
-  private readonly compCache = new Map<number, Uint8Array>();
-  private closed = false;
-  private grownAhead = false;
-  private readonly compress: boolean;
 
   constructor(
     private readonly child: BlockDevice,
     private readonly h: Qcow2Header,
-    l1: Float64Array,
-    l1Copied: Uint8Array,
-    private readonly snapshots: Snapshot[],
-    private readonly backing: import('../types.js').Image | undefined,
-    private readonly data: BlockDevice,
-    writable: boolean,
+    private readonly l1: Float64Array,
+    private readonly l1Copied: Uint8Array,
+    /** A backing file shows through unallocated clusters. */
+    private readonly backed: boolean,
+    /** The size of the device data clusters live on (the container, or the external data file). */
+    private readonly dataSize: () => number,
+    private readonly writable: boolean,
     private readonly path: string | undefined,
-    extras: Qcow2OpenExtras,
+    allocEnd: number | undefined,
     private readonly log: WarningLog,
   ) {
     this.size = h.size;
-    this.readOnly = !writable;
     this.clusterBits = h.clusterBits;
-    this.cs = 2 ** h.clusterBits;
+    this.cs = this.clusterSize = 2 ** h.clusterBits;
     this.extL2 = (h.incompatible & INCOMPAT_EXTL2) !== 0;
     this.entryBytes = this.extL2 ? 16 : 8;
     this.l2Entries = this.cs / this.entryBytes;
@@ -148,17 +145,12 @@ export class Qcow2Image implements Image {
     this.refOrder = h.refcountOrder;
     this.refPerBlock = (this.cs * 8) >> this.refOrder;
     this.hasDataFile = (h.incompatible & INCOMPAT_DATA_FILE) !== 0;
-    this.l1 = l1;
-    this.l1Copied = l1Copied;
+    this.writeCodec = h.compressionType === 1 ? 'zstd' : 'deflate';
     this.l1Owned = new Uint8Array(writable ? l1.length : 0);
-    this.compress = !!extras.compress;
-    this.l2cache = new TableCache(Math.max(16, Math.floor(L2_CACHE_BYTES / this.cs)), (off) => this.loadTable(off));
-    this.rbcache = new TableCache(Math.max(16, Math.floor(RB_CACHE_BYTES / this.cs)), (off) => this.loadTable(off));
-    this.end = extras.allocEnd ?? Math.ceil(child.size / this.cs) * this.cs;
-  }
-
-  get warnings(): readonly string[] {
-    return this.log.list;
+    this.l2cache = new WriteBackCache(Math.max(16, Math.floor(L2_CACHE_BYTES / this.cs)), (off) => this.loadTable(off));
+    this.rbcache = new WriteBackCache(Math.max(16, Math.floor(RB_CACHE_BYTES / this.cs)), (off) => this.loadTable(off));
+    this.end = allocEnd ?? Math.ceil(child.size / this.cs) * this.cs;
+    if (writable && h.version === 3 && (h.autoclear & ~AUTOCLEAR_DATA_FILE_RAW || h.autoclearHigh)) this.autoclearPending = true;
   }
 
   private async loadTable(off: number): Promise<Uint8Array> {
@@ -168,7 +160,7 @@ export class Qcow2Image implements Image {
     return buf;
   }
 
-  // ---------------------------------------------------------------- reading
+  // ---------------------------------------------------------------- lookup
 
   private corruptEntry(what: string, l2off: number, idx: number, hi: number, lo: number): ImageError {
     return fieldError('corrupt', FORMAT, `L2 entry ${idx} of the table at ${l2off}`, l2off + idx * this.entryBytes, hex(hi, lo), what);
@@ -180,52 +172,43 @@ export class Qcow2Image implements Image {
   }
 
   /**
-   * Walk [offset, offset + length) of the guest, calling `visit` with merged
-   * runs: data runs merge while their host offsets are contiguous, zero and
-   * unallocated runs merge, compressed clusters come one by one. Stops when
-   * `visit` returns false. Unallocated L1 entries are skipped whole.
+   * The run at `offset` (see MappedFormat.lookup): data runs merge while their
+   * host offsets are contiguous (and their sharing agrees), zero and
+   * unallocated runs merge, a compressed cluster comes alone. Unallocated L1
+   * entries are skipped whole.
    */
-  private async walk(offset: number, length: number, visit: Visit): Promise<void> {
+  async lookup(offset: number, length: number): Promise<Mapping> {
     const cs = this.cs;
     const end = offset + length;
-    let pk = -1;
-    let pg = 0;
-    let pl = 0;
-    let ph = 0;
-    let phi = 0;
-    let plo = 0;
-    let stop = false;
-    const emit = (kind: number, g: number, len: number, host: number, hi: number, lo: number): void => {
-      if (pk === kind && kind !== K_COMP && (kind !== K_DATA || ph + pl === host)) {
-        pl += len;
-        return;
+    let first: Mapping | undefined;
+    let len = 0;
+    /** Add a piece; false when it does not join the run (the run is complete). */
+    const add = (m: Mapping): boolean => {
+      if (!first) {
+        first = m;
+        len = m.length;
+        return m.kind !== 'compressed';
       }
-      if (pk >= 0 && !visit(pk, pg, pl, ph, phi, plo)) {
-        stop = true;
-        return;
-      }
-      pk = kind;
-      pg = g;
-      pl = len;
-      ph = host;
-      phi = hi;
-      plo = lo;
+      if (m.kind !== first.kind || m.kind === 'compressed') return false;
+      if (m.kind === 'data' && first.kind === 'data' && (m.host !== first.host + len || !!m.shared !== !!first.shared)) return false;
+      len += m.length;
+      return true;
     };
     const span = this.l2Entries * cs;
     let pos = offset;
-    while (pos < end && !stop) {
+    outer: while (pos < end) {
       const l1i = Math.floor(pos / span);
       const tableEnd = Math.min(end, (l1i + 1) * span);
       const l2off = this.l1[l1i]!;
       if (l2off === 0) {
-        emit(K_UNALLOC, pos, tableEnd - pos, 0, 0, 0);
+        if (!add({ kind: 'unallocated', length: tableEnd - pos })) break;
         pos = tableEnd;
         continue;
       }
       const t = await this.l2cache.get(l2off);
       let gc = Math.floor(pos / cs);
       let idx = gc - l1i * this.l2Entries;
-      while (pos < tableEnd && !stop) {
+      while (pos < tableEnd) {
         const gStart = gc * cs;
         const within = pos - gStart;
         const n = Math.min(cs - within, tableEnd - pos);
@@ -234,21 +217,25 @@ export class Qcow2Image implements Image {
         const lo = ((t[o + 4]! << 24) | (t[o + 5]! << 16) | (t[o + 6]! << 8) | t[o + 7]!) >>> 0;
         if (hi & COMPRESSED_HI) {
           this.checkCompressed(hi, lo, l2off, idx, t, o);
-          emit(K_COMP, pos, n, 0, hi, lo);
+          const d = compressedDesc(hi, lo, this.clusterBits);
+          const stored = Math.min(d.length, this.child.size - d.offset);
+          if (!add({ kind: 'compressed', length: n, host: d.offset, stored, codec: this.writeCodec, exact: true })) break outer;
         } else {
           const host = stdOffset(hi, lo);
           if (stdReserved(hi, lo)) this.ignoredInEntry('l2 reserved', 'has reserved bits set', l2off, idx, hi, lo);
           const zeroBit = lo & 1;
           if (!this.extL2) {
+            let piece: Mapping;
             if (zeroBit) {
               if (this.h.version === 2) throw this.corruptEntry('has the zero flag, which version 2 images do not have', l2off, idx, hi, lo);
-              emit(K_ZERO, pos, n, 0, 0, 0);
+              piece = { kind: 'zero', length: n };
             } else if (host === 0 && !(this.hasDataFile && hi & COPIED_HI)) {
-              emit(K_UNALLOC, pos, n, 0, 0, 0);
+              piece = { kind: 'unallocated', length: n };
             } else {
               this.checkHost(host, gStart, l2off, idx, hi, lo);
-              emit(K_DATA, pos, n, host + within, 0, 0);
+              piece = await this.dataPiece(host, within, n, false);
             }
+            if (!add(piece)) break outer;
           } else {
             if (zeroBit) this.ignoredInEntry('l2 bit 0', 'has bit 0 set (reserved with extended L2 entries)', l2off, idx, hi, lo);
             const zbits = ((t[o + 8]! << 24) | (t[o + 9]! << 16) | (t[o + 10]! << 8) | t[o + 11]!) >>> 0;
@@ -257,16 +244,19 @@ export class Qcow2Image implements Image {
             const hasHost = host !== 0 || (this.hasDataFile && (hi & COPIED_HI) !== 0);
             if (abits && !hasHost) throw this.corruptEntry('has allocated subclusters but no host offset', l2off, idx, hi, lo);
             if (abits) this.checkHost(host, gStart, l2off, idx, hi, lo);
+            // A cluster not wholly allocated is rebuilt whole under the lock when written.
+            const partial = abits !== ALL_SUBCLUSTERS;
             let p = within;
             const stopAt = within + n;
             while (p < stopAt) {
               const sc = Math.floor(p / this.subSize);
               const scEnd = Math.min(stopAt, (sc + 1) * this.subSize);
               const bit = 1 << sc;
-              if (abits & bit) emit(K_DATA, gStart + p, scEnd - p, host + p, 0, 0);
-              else if (zbits & bit) emit(K_ZERO, gStart + p, scEnd - p, 0, 0, 0);
-              else emit(K_UNALLOC, gStart + p, scEnd - p, 0, 0, 0);
-              if (stop) break;
+              let piece: Mapping;
+              if (abits & bit) piece = await this.dataPiece(host, p, scEnd - p, partial);
+              else if (zbits & bit) piece = { kind: 'zero', length: scEnd - p };
+              else piece = { kind: 'unallocated', length: scEnd - p };
+              if (!add(piece)) break outer;
               p = scEnd;
             }
           }
@@ -276,7 +266,17 @@ export class Qcow2Image implements Image {
         idx++;
       }
     }
-    if (!stop && pk >= 0) visit(pk, pg, pl, ph, phi, plo);
+    return { ...first!, length: len };
+  }
+
+  /** A data piece at `host + within`: shared unless the cluster is ours alone (writable images); past the end of the data file it reads as zero. */
+  private async dataPiece(host: number, within: number, n: number, partial: boolean): Promise<Mapping> {
+    const at = host + within;
+    const avail = this.dataSize() - at;
+    if (avail <= 0) return { kind: 'zero', length: n };
+    const length = Math.min(n, avail);
+    const shared = this.writable && (partial || (!this.hasDataFile && (await this.refcountAt(host)) !== 1));
+    return shared ? { kind: 'data', length, host: at, shared } : { kind: 'data', length, host: at };
   }
 
   private checkHost(host: number, gStart: number, l2off: number, idx: number, hi: number, lo: number): void {
@@ -286,7 +286,7 @@ export class Qcow2Image implements Image {
       return;
     }
     if (host < this.cs) throw this.corruptEntry('host offset points into the header cluster', l2off, idx, hi, lo);
-    if (host >= this.data.size && host >= this.end) throw this.corruptEntry(`host offset is past the end of the file (${this.data.size})`, l2off, idx, hi, lo);
+    if (host >= this.dataSize() && host >= this.end) throw this.corruptEntry(`host offset is past the end of the file (${this.dataSize()})`, l2off, idx, hi, lo);
   }
 
   private checkCompressed(hi: number, lo: number, l2off: number, idx: number, t: Uint8Array, o: number): void {
@@ -301,127 +301,10 @@ export class Qcow2Image implements Image {
     }
   }
 
-  async read(buf: Uint8Array, offset: number): Promise<void> {
-    checkRange(this, offset, buf.length, 'read');
-    if (buf.length === 0) return;
-    await this.readGuest(buf, offset);
-  }
-
-  private async readGuest(buf: Uint8Array, offset: number): Promise<void> {
-    const tasks: Promise<void>[] = [];
-    const comp: Array<{ dst: Uint8Array; within: number; guest: number; off: number; len: number }> = [];
-    await this.walk(offset, buf.length, (kind, g, len, host, hi, lo) => {
-      const dst = buf.subarray(g - offset, g - offset + len);
-      if (kind === K_DATA) tasks.push(this.readHost(this.data, dst, host));
-      else if (kind === K_ZERO) dst.fill(0);
-      else if (kind === K_UNALLOC) {
-        if (this.backing) tasks.push(this.readHost(this.backing, dst, g));
-        else dst.fill(0);
-      } else {
-        const d = compressedDesc(hi, lo, this.clusterBits);
-        comp.push({ dst, within: g % this.cs, guest: g - (g % this.cs), off: d.offset, len: Math.min(d.length, this.child.size - d.offset) });
-      }
-      return true;
-    });
-    // Compressed clusters usually sit back to back: read neighbours in one
-    // request (up to 4 MiB), then decompress them in parallel.
-    for (let i = 0; i < comp.length; ) {
-      const first = comp[i]!;
-      let lo = first.off;
-      let hi = first.off + first.len;
-      let j = i + 1;
-      while (j < comp.length) {
-        const c = comp[j]!;
-        const nlo = Math.min(lo, c.off);
-        const nhi = Math.max(hi, c.off + c.len);
-        if (c.off > hi + 4096 || c.off + c.len < lo - 4096 || nhi - nlo > 4 << 20) break;
-        lo = nlo;
-        hi = nhi;
-        j++;
-      }
-      const group = comp.slice(i, j);
-      i = j;
-      if (group.length === 1) {
-        const c = group[0]!;
-        tasks.push(this.readCompressed(c.guest, c.off, c.len).then((out) => c.dst.set(out.subarray(c.within, c.within + c.dst.length))));
-        continue;
-      }
-      tasks.push(
-        (async () => {
-          const span = new Uint8Array(hi - lo);
-          await this.child.read(span, lo);
-          await Promise.all(
-            group.map((c) =>
-              this.readCompressed(c.guest, c.off, c.len, span.subarray(c.off - lo, c.off - lo + c.len)).then((out) =>
-                c.dst.set(out.subarray(c.within, c.within + c.dst.length)),
-              ),
-            ),
-          );
-        })(),
-      );
-    }
-    await Promise.all(tasks);
-  }
-
-  /** Read what the device has of [host, host + dst.length); zeros past its end. */
-  private async readHost(dev: BlockDevice, dst: Uint8Array, host: number): Promise<void> {
-    const avail = Math.max(0, Math.min(dst.length, dev.size - host));
-    if (avail > 0) await dev.read(dst.subarray(0, avail), host);
-    if (avail < dst.length) dst.fill(0, avail);
-  }
-
-  /** The guest cluster at `guest`, decompressed from `len` bytes at host `off` (already read into `src` when given). */
-  private async readCompressed(guest: number, off: number, len: number, src?: Uint8Array): Promise<Uint8Array> {
-    const cached = this.compCache.get(off);
-    if (cached) return cached;
-    if (!src) {
-      src = new Uint8Array(len);
-      await this.child.read(src, off);
-    }
-    const where = { guest, host: off };
-    const out = this.h.compressionType === 1 ? await zstdCluster(src, this.cs, where) : await inflateCluster(src, this.cs, where);
-    if (this.compCache.size >= 8) this.compCache.delete(this.compCache.keys().next().value!);
-    this.compCache.set(off, out);
-    return out;
-  }
-
-  async status(offset: number, length: number): Promise<Extent> {
-    checkRange(this, offset, length, 'status');
-    let kind: Extent['kind'] | undefined;
-    let len = 0;
-    await this.walk(offset, length, (k, _g, l) => {
-      const ek: Extent['kind'] = k === K_ZERO ? 'zero' : k === K_UNALLOC ? 'unallocated' : 'data';
-      if (kind === undefined) kind = ek;
-      else if (ek !== kind) return false;
-      len += l;
-      return true;
-    });
-    if (kind === 'unallocated' && this.backing) {
-      if (offset >= this.backing.size) return { offset, length: len, kind };
-      const e = await this.backing.status(offset, Math.min(len, this.backing.size - offset));
-      return { offset, length: e.length, kind: e.kind };
-    }
-    return { offset, length: len, kind: kind ?? 'unallocated' };
-  }
-
-  /** This layer's run at `offset`, with its host offset (map, check): see LayerRun in ../types.ts. */
-  async layerStatus(offset: number, length: number): Promise<import('../types.js').LayerRun> {
-    checkRange(this, offset, length, 'layerStatus');
-    let run: import('../types.js').LayerRun = { kind: 'unallocated', length };
-    await this.walk(offset, length, (k, _g, l, host) => {
-      run = k === K_DATA ? { kind: 'data', length: l, host } : { kind: k === K_ZERO ? 'zero' : k === K_COMP ? 'compressed' : 'unallocated', length: l };
-      return false;
-    });
-    return run;
-  }
-
-  get backingImage(): import('../types.js').Image | undefined {
-    return this.backing;
-  }
-
   // ---------------------------------------------------------------- info
 
-  async info(): Promise<ImageInfo> {
+  /** The image description (Image.info). */
+  async info(snapshots: Snapshot[]): Promise<ImageInfo> {
     const h = this.h;
     const data: Record<string, unknown> = {
       compat: h.version === 2 ? '0.10' : '1.1',
@@ -440,14 +323,14 @@ export class Qcow2Image implements Image {
     const out: ImageInfo = {
       format: 'qcow2',
       'virtual-size': this.size,
-      'cluster-size': this.cs,
+      'cluster-size': this.clusterSize,
       'dirty-flag': (h.incompatible & INCOMPAT_DIRTY) !== 0,
       'format-specific': { type: 'qcow2', data },
     };
     if (h.backingFile !== undefined) out['backing-filename'] = h.backingFile;
     if (h.backingFormat !== undefined) out['backing-filename-format'] = h.backingFormat;
-    if (this.snapshots.length) {
-      out.snapshots = this.snapshots.map((s) => {
+    if (snapshots.length) {
+      out.snapshots = snapshots.map((s) => {
         const r: import('../types.js').SnapshotInfo = {
           id: s.id,
           name: s.name,
@@ -510,7 +393,6 @@ export class Qcow2Image implements Image {
       if (delta < 0) throw new ImageError('corrupt', `qcow2: freeing the cluster at ${host}, whose refcount is 0`, { format: FORMAT, offset: host });
       b = this.end;
       this.end += this.cs;
-      await this.growChild(this.end);
       this.rbcache.markDirty(b, new Uint8Array(this.cs));
       this.rt[ti] = b;
       this.rtDirty = true;
@@ -524,10 +406,7 @@ export class Qcow2Image implements Image {
     if (nv > maxRefcount(this.refOrder)) throw refcountOverflow(host, this.refOrder);
     setRefcount(block, this.refOrder, i, nv);
     this.rbcache.markDirty(b, block);
-    if (nv === 0) {
-      this.l2cache.drop(host);
-      this.compCache.delete(host);
-    }
+    if (nv === 0) this.l2cache.drop(host);
   }
 
   /** Replace the refcount table with a bigger one at the end of the file. */
@@ -549,7 +428,6 @@ export class Qcow2Image implements Image {
     const oldClusters = this.h.refcountTableClusters;
     const at = this.end;
     this.end += clusters * cs;
-    await this.growChild(this.end);
     const nrt = new Float64Array((clusters * cs) / 8);
     nrt.set(this.rt);
     this.rt = nrt;
@@ -581,7 +459,6 @@ export class Qcow2Image implements Image {
     }
     const at = this.end;
     this.end += n * cs;
-    await this.growChild(this.end);
     for (let k = 0; k < n; k++) await this.adjustRefcount(at + k * cs, 1);
     return at;
   }
@@ -592,7 +469,6 @@ export class Qcow2Image implements Image {
     const first = Math.floor(d.offset / this.cs);
     const last = Math.floor((d.offset + d.length - 1) / this.cs);
     for (let c = first; c <= last; c++) await this.adjustRefcount(c * this.cs, -1);
-    this.compCache.delete(d.offset);
   }
 
   /** Room for `len` bytes of compressed data, packed after the previous one as qemu does. */
@@ -620,45 +496,14 @@ export class Qcow2Image implements Image {
     return at;
   }
 
-  /**
-   * Make sure the container (or data file) can take writes up to `size`.
-   * Files are extended ahead in steps (a hole, trimmed at close): writes
-   * inside the file's size avoid the filesystem's serialised size updates
-   * that appending writes pay.
-   */
-  private async growChild(size: number, dev: BlockDevice = this.child): Promise<void> {
-    if (dev.size >= size) return;
-    const t = dev as BlockDevice & Growable;
-    if (typeof dev.resize === 'function') {
-      const ahead = dev === this.child && t.growable ? Math.min(GROW_STEP, Math.max(64 << 20, dev.size)) : 0;
-      this.grownAhead = this.grownAhead || ahead > 0;
-      return dev.resize(size + ahead);
-    }
-    if (t.growable) return; // writes past the end extend it
-    throw new ImageError('unsupported', `qcow2: the container cannot grow to ${size} bytes`, { format: FORMAT, path: this.path });
-  }
-
-  private async writeChild(dev: BlockDevice, buf: Uint8Array, off: number): Promise<void> {
-    await this.growChild(off + buf.length, dev);
-    await dev.write(buf, off);
-  }
-
   // ---------------------------------------------------------------- metadata write-back
 
-  private async waitInflight(): Promise<void> {
-    while (this.inflight.size) await Promise.allSettled([...this.inflight]);
-  }
-
-  private track<T>(p: Promise<T>): Promise<T> {
-    this.inflight.add(p);
-    const done = () => this.inflight.delete(p);
-    p.then(done, done);
-    return p;
-  }
-
-  /** Write back all dirty metadata in crash-safe order: data, refcounts, L2, L1, header. Caller holds the lock. */
+  /**
+   * Write back all dirty metadata in crash-safe order: refcounts, L2, L1,
+   * header (data is written before `commit` reaches the tables). Under the
+   * engine's allocation lock.
+   */
   private async writeMetadata(): Promise<void> {
-    await this.waitInflight();
     const byOffset = (a: [number, Uint8Array], b: [number, Uint8Array]) => a[0] - b[0];
     for (const [off, buf] of this.rbcache.dirtyEntries().sort(byOffset)) {
       await this.writeChild(this.child, buf, off);
@@ -712,29 +557,47 @@ export class Qcow2Image implements Image {
     this.headerDirty = false;
   }
 
+  private async writeChild(dev: BlockDevice, buf: Uint8Array, off: number): Promise<void> {
+    await growDevice(dev, off + buf.length, FORMAT);
+    await dev.write(buf, off);
+  }
+
   private async maybeWriteBack(): Promise<void> {
     if (this.l2cache.dirty > this.l2cache.capacity / 2 || this.rbcache.dirty > this.rbcache.capacity / 2) {
       await this.writeMetadata();
     }
   }
 
-  /** First write to an image with auto-clear bits: clear them first (we do not maintain bitmaps). */
-  private async beforeFirstWrite(): Promise<void> {
-    if (!this.autoclearPending) return;
-    this.autoclearPending = false;
-    this.h.autoclear &= AUTOCLEAR_DATA_FILE_RAW;
-    this.h.autoclearHigh = 0;
-    await this.writeHeaderFields();
-    await this.child.flush();
+  /** Before the first write to an image with auto-clear bits: clear them (we do not maintain bitmaps). */
+  beforeFirstWrite(): Promise<void> {
+    if (!this.autoclearPending) return Promise.resolve();
+    this.firstWrite ??= (async () => {
+      this.h.autoclear &= AUTOCLEAR_DATA_FILE_RAW;
+      this.h.autoclearHigh = 0;
+      await this.writeHeaderFields();
+      await this.child.flush();
+      this.autoclearPending = false;
+    })();
+    return this.firstWrite;
   }
 
-  setWritableState(): void {
-    if (this.h.version === 3 && (this.h.autoclear & ~AUTOCLEAR_DATA_FILE_RAW || this.h.autoclearHigh)) this.autoclearPending = true;
+  /** Write back the metadata; the file ends where its last cluster does. */
+  async flush(): Promise<void> {
+    await this.writeMetadata();
+    const c = this.child;
+    if (c.size < this.end) {
+      if (c.resize) await c.resize(this.end);
+      else await c.writeZeroes(c.size, this.end - c.size);
+    }
   }
 
-  // ---------------------------------------------------------------- writing
+  hostEnd(): number {
+    return this.end;
+  }
 
-  /** The L2 table for guest cluster `gc`, allocated or copied so that we own it. Caller holds the lock. */
+  // ---------------------------------------------------------------- allocation for the engine
+
+  /** The L2 table for guest cluster `gc`, allocated or copied so that we own it. Called under the engine's allocation lock. */
   private async l2ForWrite(gc: number): Promise<{ table: Uint8Array; l2off: number; idx: number }> {
     const l1i = Math.floor(gc / this.l2Entries);
     const idx = gc - l1i * this.l2Entries;
@@ -804,17 +667,6 @@ export class Qcow2Image implements Image {
     return this.hasDataFile && hi & COPIED_HI ? 0 : -1;
   }
 
-  /** Does every byte of the cluster described by this entry read as zero (no backing data shows through)? */
-  private entryReadsZero(hi: number, lo: number, zbits: number, abits: number): boolean {
-    if (hi & COMPRESSED_HI) return false;
-    if (this.extL2) {
-      if (abits) return false;
-      return this.backing ? zbits === ALL_SUBCLUSTERS : true;
-    }
-    if (lo & 1) return true;
-    return this.entryHost(hi, lo) < 0 && !this.backing;
-  }
-
   /** Release what an entry held (before it is overwritten). */
   private async releaseEntry(hi: number, lo: number): Promise<void> {
     if (hi & COMPRESSED_HI) return this.freeCompressed(hi, lo);
@@ -823,231 +675,72 @@ export class Qcow2Image implements Image {
     if (host > 0) await this.adjustRefcount(host, -1);
   }
 
-  async write(buf: Uint8Array, offset: number): Promise<void> {
-    checkWritable(this, this.path);
-    checkRange(this, offset, buf.length, 'write');
-    if (buf.length === 0) return;
-    if (this.compress) return this.writeCompressed(buf, offset);
-    return this.writeNormal(buf, offset);
+  /** Point guest cluster `gc` at `host` (all subclusters allocated), releasing what the entry held. */
+  private async setData(gc: number, host: number): Promise<void> {
+    const { table, l2off, idx } = await this.l2ForWrite(gc);
+    const [hi, lo] = this.entryAt(table, idx);
+    if (this.entryHost(hi, lo) !== host || hi & COMPRESSED_HI) await this.releaseEntry(hi, lo);
+    const [nhi, nlo] = encodeStd(host, true);
+    this.setEntry(table, idx, nhi, nlo, 0, this.extL2 ? ALL_SUBCLUSTERS : 0);
+    this.l2cache.markDirty(l2off, table);
   }
 
-  private async writeNormal(buf: Uint8Array, offset: number): Promise<void> {
-    const cs = this.cs;
-    const release = await this.lock.lock();
-    let released = false;
-    try {
-      await this.beforeFirstWrite();
-      await this.maybeWriteBack();
-      const writes: Array<{ host: number; data: Uint8Array }> = [];
-      const push = (host: number, data: Uint8Array) => {
-        const last = writes[writes.length - 1];
-        if (
-          last &&
-          last.host + last.data.length === host &&
-          last.data.buffer === data.buffer &&
-          last.data.byteOffset + last.data.length === data.byteOffset
-        ) {
-          last.data = new Uint8Array(data.buffer, last.data.byteOffset, last.data.length + data.length);
-        } else writes.push({ host, data });
-      };
-      let cow = false;
-      const end = offset + buf.length;
-      let pos = offset;
-      while (pos < end) {
-        const gc = Math.floor(pos / cs);
-        const gStart = gc * cs;
-        const within = pos - gStart;
-        const clen = Math.min(cs, this.size - gStart);
-        const n = Math.min(clen - within, end - pos);
-        const src = buf.subarray(pos - offset, pos - offset + n);
-        const full = n === clen;
-        const { table, l2off, idx } = await this.l2ForWrite(gc);
-        const [hi, lo, zbits, abits] = this.entryAt(table, idx);
-        const host = this.entryHost(hi, lo);
-        const fullyAllocated = !this.extL2 || (abits === ALL_SUBCLUSTERS && zbits === 0);
-        const zeroFlag = !this.extL2 && (lo & 1) === 1;
-        let owned = false;
-        if (host >= 0) {
-          if (host % cs !== 0 || (host < cs && !this.hasDataFile)) throw this.corruptEntry('host offset is invalid', l2off, idx, hi, lo);
-          owned = this.hasDataFile || (await this.refcountAt(host)) === 1;
-        }
-        if (owned && fullyAllocated && !zeroFlag) {
-          push(host + within, src);
-        } else if (this.entryReadsZero(hi, lo, zbits, abits) && isZero(src)) {
-          // Zeros onto zeros: nothing to do.
-        } else {
-          let content = src;
-          if (!full) {
-            content = new Uint8Array(clen);
-            await this.readGuest(content, gStart);
-            content.set(src, within);
-            cow = true;
-          }
-          let nhost: number;
-          if (owned) nhost = host;
-          else {
-            if (this.hasDataFile) {
-              nhost = gStart;
-            } else {
-              nhost = await this.allocClusters(1);
-            }
-            await this.releaseEntry(hi, lo);
-          }
-          const [nhi, nlo] = encodeStd(nhost, true);
-          this.setEntry(table, idx, nhi, nlo, 0, this.extL2 ? ALL_SUBCLUSTERS : 0);
-          this.l2cache.markDirty(l2off, table);
-          push(nhost, content);
-        }
-        pos += n;
-      }
-      const doWrites = () => Promise.all(writes.map((w) => this.writeChild(this.data, w.data, w.host)));
-      if (cow) {
-        await doWrites();
-      } else {
-        const p = this.track(doWrites());
-        release();
-        released = true;
-        await p;
-      }
-    } finally {
-      if (!released) release();
-    }
+  /** The cluster's own host cluster when it is ours alone (refcount 1, or the data file), for a rebuild in place; else new space. */
+  async allocate(offset: number): Promise<number> {
+    const gc = Math.floor(offset / this.cs);
+    if (this.hasDataFile) return gc * this.cs;
+    const { table, idx } = await this.l2ForWrite(gc);
+    const [hi, lo] = this.entryAt(table, idx);
+    const host = this.entryHost(hi, lo);
+    if (host >= this.cs && host % this.cs === 0 && (await this.refcountAt(host)) === 1) return host;
+    return this.allocClusters(1);
   }
 
-  private async writeCompressed(buf: Uint8Array, offset: number): Promise<void> {
-    const cs = this.cs;
-    const end = offset + buf.length;
-    // Partial clusters at either end go the normal way.
-    const firstFull = Math.ceil(offset / cs) * cs;
-    let lastFull = Math.floor(end / cs) * cs;
-    if (end === this.size) lastFull = Math.ceil(end / cs) * cs; // the short last cluster counts as full
-    if (firstFull >= lastFull) return this.writeNormal(buf, offset);
-    if (firstFull > offset) await this.writeNormal(buf.subarray(0, firstFull - offset), offset);
-    const jobs: Array<{ g: number; src: Uint8Array; z?: Uint8Array }> = [];
-    for (let g = firstFull; g < Math.min(lastFull, end); g += cs) {
-      const src = buf.subarray(g - offset, Math.min(g + cs, end) - offset);
-      jobs.push({ g, src });
-    }
-    await Promise.all(
-      jobs.map(async (j) => {
-        if (isZero(j.src)) return;
-        let input = j.src;
-        if (input.length < cs) {
-          input = new Uint8Array(cs);
-          input.set(j.src);
-        }
-        // As qemu: a cluster is stored compressed only when that saves at least a byte.
-        const z = this.h.compressionType === 1 ? await zstdCompressCluster(input) : await deflateCluster(input);
-        if (z && z.length < cs) j.z = z;
-      }),
-    );
-    const fallback: typeof jobs = [];
-    const release = await this.lock.lock();
-    let released = false;
-    try {
-      await this.beforeFirstWrite();
-      await this.maybeWriteBack();
-      const writes: Array<Promise<void>> = [];
-      const placed: Array<{ at: number; z: Uint8Array }> = [];
-      for (const j of jobs) {
-        const gc = j.g / cs;
-        const { table, l2off, idx } = await this.l2ForWrite(gc);
-        const [hi, lo, zbits, abits] = this.entryAt(table, idx);
-        const readsZero = this.entryReadsZero(hi, lo, zbits, abits);
-        if (!j.z) {
-          if (!(readsZero && isZero(j.src))) fallback.push(j);
-          continue;
-        }
-        if (!readsZero && !(hi & COMPRESSED_HI) && this.entryHost(hi, lo) >= 0) {
-          fallback.push(j); // an allocated cluster: overwrite in place, as qemu does not compress over data
-          continue;
-        }
-        await this.releaseEntry(hi, lo);
-        const at = await this.allocCompressed(j.z.length);
-        const [nhi, nlo] = encodeCompressed(at, j.z.length, this.clusterBits);
-        this.setEntry(table, idx, nhi, nlo, 0, 0);
-        this.l2cache.markDirty(l2off, table);
-        placed.push({ at, z: j.z });
-      }
-      // Compressed clusters were packed back to back: write contiguous ones at once.
-      placed.sort((a, b) => a.at - b.at);
-      for (let i = 0; i < placed.length; ) {
-        let j = i + 1;
-        let endAt = placed[i]!.at + placed[i]!.z.length;
-        while (j < placed.length && placed[j]!.at === endAt) endAt += placed[j++]!.z.length;
-        const data = j === i + 1 ? placed[i]!.z : Buffer.concat(placed.slice(i, j).map((p) => p.z));
-        writes.push(this.writeChild(this.child, data, placed[i]!.at));
-        i = j;
-      }
-      const all = this.track(Promise.all(writes));
-      release();
-      released = true;
-      await all;
-    } finally {
-      if (!released) release();
-    }
-    // Clusters that did not compress: contiguous ones in one normal write.
-    for (let i = 0; i < fallback.length; ) {
-      let j = i + 1;
-      while (j < fallback.length && fallback[j]!.g === fallback[j - 1]!.g + cs) j++;
-      const g = fallback[i]!.g;
-      const last = fallback[j - 1]!;
-      await this.writeNormal(buf.subarray(g - offset, last.g - offset + last.src.length), g);
-      i = j;
-    }
-    if (lastFull < end) await this.writeNormal(buf.subarray(lastFull - offset), lastFull);
+  async commit(offset: number, host: number): Promise<void> {
+    await this.setData(Math.floor(offset / this.cs), host);
+    await this.maybeWriteBack();
   }
 
-  async writeZeroes(offset: number, length: number): Promise<void> {
-    checkWritable(this, this.path);
-    checkRange(this, offset, length, 'writeZeroes');
-    if (length === 0) return;
-    const cs = this.cs;
-    const partial: Array<[number, number]> = [];
-    const release = await this.lock.lock();
-    try {
-      await this.beforeFirstWrite();
-      await this.maybeWriteBack();
-      const end = offset + length;
-      let pos = offset;
-      while (pos < end) {
-        const gc = Math.floor(pos / cs);
-        const gStart = gc * cs;
-        const within = pos - gStart;
-        const clen = Math.min(cs, this.size - gStart);
-        const n = Math.min(clen - within, end - pos);
-        // A whole unallocated L2 range with nothing behind it already reads as zero.
-        const span = this.l2Entries * cs;
-        const l1i = Math.floor(pos / span);
-        if (this.l1[l1i] === 0 && !this.backing && !this.hasDataFile) {
-          pos = Math.min(end, (l1i + 1) * span);
-          continue;
-        }
-        if (n !== clen || this.hasDataFile || (this.h.version === 2 && this.backing)) {
-          partial.push([pos, n]);
-          pos += n;
-          continue;
-        }
-        const { table, l2off, idx } = await this.l2ForWrite(gc);
-        const [hi, lo, zbits, abits] = this.entryAt(table, idx);
-        if (!this.entryReadsZero(hi, lo, zbits, abits) || (!this.extL2 && this.entryHost(hi, lo) >= 0)) {
-          await this.releaseEntry(hi, lo);
-          if (this.extL2) this.setEntry(table, idx, 0, 0, this.backing ? ALL_SUBCLUSTERS : 0, 0);
-          else this.setEntry(table, idx, 0, this.h.version === 3 && this.backing ? 1 : 0);
-          this.l2cache.markDirty(l2off, table);
-        }
-        pos += n;
-      }
-    } finally {
-      release();
-    }
-    for (const [p, n] of partial) {
-      const z = new Uint8Array(Math.min(n, 1 << 20));
-      for (let q = p; q < p + n; q += z.length) {
-        const m = Math.min(z.length, p + n - q);
-        await this.writeNormal(z.subarray(0, m), q);
-      }
-    }
+  /** `clusters` contiguous clusters at the end of the file; their L2 tables are made ours first, so they do not land in the middle. */
+  async allocateRun(offset: number, clusters: number): Promise<number> {
+    const gc = Math.floor(offset / this.cs);
+    for (let c = gc; c < gc + clusters; c += this.l2Entries - (c % this.l2Entries)) await this.l2ForWrite(c);
+    if (this.hasDataFile) return gc * this.cs;
+    return this.allocClusters(clusters);
+  }
+
+  async commitRun(offset: number, clusters: number, host: number): Promise<void> {
+    const gc = Math.floor(offset / this.cs);
+    for (let k = 0; k < clusters; k++) await this.setData(gc + k, host + k * this.cs);
+    await this.maybeWriteBack();
+  }
+
+  /** Record a whole cluster as zero: the zero flag (v3, extended L2 zero bits) over a backing file, unallocated without one. */
+  async markZero(offset: number): Promise<boolean> {
+    if (this.hasDataFile || (this.h.version === 2 && this.backed)) return false;
+    const { table, l2off, idx } = await this.l2ForWrite(Math.floor(offset / this.cs));
+    const [hi, lo] = this.entryAt(table, idx);
+    await this.releaseEntry(hi, lo);
+    if (this.extL2) this.setEntry(table, idx, 0, 0, this.backed ? ALL_SUBCLUSTERS : 0, 0);
+    else this.setEntry(table, idx, 0, this.h.version === 3 && this.backed ? 1 : 0);
+    this.l2cache.markDirty(l2off, table);
+    await this.maybeWriteBack();
+    return true;
+  }
+
+  async allocateCompressed(offset: number, stored: number): Promise<number> {
+    await this.l2ForWrite(Math.floor(offset / this.cs));
+    return this.allocCompressed(stored);
+  }
+
+  async commitCompressed(offset: number, host: number, stored: number): Promise<void> {
+    const { table, l2off, idx } = await this.l2ForWrite(Math.floor(offset / this.cs));
+    const [hi, lo] = this.entryAt(table, idx);
+    await this.releaseEntry(hi, lo);
+    const [nhi, nlo] = encodeCompressed(host, stored, this.clusterBits);
+    this.setEntry(table, idx, nhi, nlo, 0, 0);
+    this.l2cache.markDirty(l2off, table);
+    await this.maybeWriteBack();
   }
 
   /**
@@ -1056,63 +749,76 @@ export class Qcow2Image implements Image {
    * unwritten space reads as zero (the clusters are holes until written).
    */
   async preallocateMetadata(): Promise<void> {
-    const release = await this.lock.lock();
-    try {
-      const count = Math.ceil(this.size / this.cs);
-      for (let gc = 0; gc < count; ) {
-        const { table, l2off, idx } = await this.l2ForWrite(gc);
-        const n = Math.min(this.l2Entries - idx, count - gc);
-        const host = await this.allocClusters(n);
-        for (let k = 0; k < n; k++) {
-          const [hi, lo] = encodeStd(host + k * this.cs, true);
-          this.setEntry(table, idx + k, hi, lo, 0, this.extL2 ? ALL_SUBCLUSTERS : 0);
-        }
-        this.l2cache.markDirty(l2off, table);
-        gc += n;
-        await this.maybeWriteBack();
+    const count = Math.ceil(this.size / this.cs);
+    for (let gc = 0; gc < count; ) {
+      const { table, l2off, idx } = await this.l2ForWrite(gc);
+      const n = Math.min(this.l2Entries - idx, count - gc);
+      const host = await this.allocClusters(n);
+      for (let k = 0; k < n; k++) {
+        const [hi, lo] = encodeStd(host + k * this.cs, true);
+        this.setEntry(table, idx + k, hi, lo, 0, this.extL2 ? ALL_SUBCLUSTERS : 0);
       }
-    } finally {
-      release();
+      this.l2cache.markDirty(l2off, table);
+      gc += n;
+      await this.maybeWriteBack();
     }
+    await this.flush();
+  }
+}
+
+/** The qcow2 Image: the engine's device over the driver, with qcow2's description, warnings and backing image. */
+export class Qcow2Image extends DescribedImage {
+  constructor(
+    readonly fmt: Qcow2Format,
+    readonly device: MappedDevice,
+    snapshots: Snapshot[],
+    private readonly backing: Image | undefined,
+    private readonly path: string | undefined,
+    private readonly log: WarningLog,
+  ) {
+    super(FORMAT, device, () => fmt.info(snapshots));
   }
 
-  async flush(): Promise<void> {
-    if (this.readOnly || this.closed) return;
-    const release = await this.lock.lock();
-    try {
-      await this.writeMetadata();
-      await this.child.flush();
-      if (this.data !== this.child) await this.data.flush();
-    } finally {
-      release();
-    }
+  get warnings(): readonly string[] {
+    return this.log.list;
   }
 
-  async close(): Promise<void> {
-    if (this.closed) return;
-    try {
-      if (!this.readOnly) {
-        const release = await this.lock.lock();
-        try {
-          await this.writeMetadata();
-          // End the file on a cluster boundary, as qemu does.
-          const c = this.child;
-          if (this.grownAhead && c.size > this.end && c.resize) await c.resize(this.end);
-          else if (c.size < this.end && c.resize) await c.resize(this.end);
-          else if (this.child.size < this.end) await this.child.writeZeroes(this.child.size, this.end - this.child.size);
-          await this.child.flush();
-          if (this.data !== this.child) await this.data.flush();
-        } finally {
-          release();
-        }
-      }
-    } finally {
-      this.closed = true;
-      await this.child.close();
-      if (this.data !== this.child) await this.data.close();
-      if (this.backing) await this.backing.close();
-    }
+  get backingImage(): Image | undefined {
+    return this.backing;
   }
+
+  override async write(buf: Uint8Array, offset: number): Promise<void> {
+    checkWritable(this, this.path);
+    checkRange(this, offset, buf.length, 'write');
+    if (buf.length === 0) return;
+    await this.fmt.beforeFirstWrite();
+    return super.write(buf, offset);
+  }
+
+  override async writeZeroes(offset: number, length: number): Promise<void> {
+    checkWritable(this, this.path);
+    checkRange(this, offset, length, 'writeZeroes');
+    if (length === 0) return;
+    await this.fmt.beforeFirstWrite();
+    return super.writeZeroes(offset, length);
+  }
+
+  override async read(buf: Uint8Array, offset: number): Promise<void> {
+    checkRange(this, offset, buf.length, 'read');
+    if (buf.length === 0) return;
+    return super.read(buf, offset);
+  }
+
+  /** This layer's run at `offset`, with its host offset (map, check): see LayerRun in ../types.ts. */
+  override async layerStatus(offset: number, length: number): Promise<LayerRun> {
+    checkRange(this, offset, length, 'layerStatus');
+    return super.layerStatus(offset, length);
+  }
+
+  async preallocateMetadata(): Promise<void> {
+    await this.fmt.preallocateMetadata();
+  }
+
 }
 
 /** Validate everything the header says, load the L1 table, open backing and data files. */
@@ -1259,17 +965,25 @@ export async function openQcow2(child: BlockDevice, opts: OpenOptions, extras: Q
     if (opened) await opened.close().catch(() => {});
     throw e;
   }
-  const img = new Qcow2Image(child, h, l1, l1Copied, snapshots, backing, data, writable, opts.path, extras, log);
+  const fmt = new Qcow2Format(child, h, l1, l1Copied, backing !== undefined, () => data.size, writable, opts.path, extras.allocEnd, log);
   if (writable) {
     try {
-      await img.loadRefcountTable();
+      await fmt.loadRefcountTable();
     } catch (e) {
       if (opened) await opened.close().catch(() => {});
       if (backing) await backing.close().catch(() => {});
       throw e;
     }
-    img.setWritableState();
   }
-  return img;
+  const dev = new MappedDevice(fmt, {
+    container: child,
+    writable,
+    backing,
+    compress: !!extras.compress,
+    growAhead: writable,
+    skipZeroWrites: true,
+    unallocatedPastBacking: true,
+    ...(data !== child ? { data } : {}),
+  });
+  return new Qcow2Image(fmt, dev, snapshots, backing, opts.path, log);
 }
-

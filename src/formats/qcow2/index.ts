@@ -10,10 +10,8 @@
  *   l2.ts        L1/L2 entry bits
  *   refcount.ts  refcount block entries of any width
  *   snapshot.ts  snapshot table (info only)
- *   compress.ts  deflate / zstd clusters
- *   zstd.ts      libzstd (WebAssembly) calls
- *   cache.ts     bounded LRU of metadata tables
- *   image.ts     the Image: validation at open, read, status, write
+ *   image.ts     validation at open; the driver for the shared engine
+ *                (../engine: reads, writes, compression, caches live there)
  *   create.ts    layout of a new image
  *   stream.ts    a whole image front to back, for pipes
  */

@@ -1,5 +1,5 @@
 /**
- * zstd for qcow2 clusters through the reference library (libzstd, compiled
+ * zstd for compressed clusters (qcow2) through the reference library (libzstd, compiled
  * to WebAssembly by @bokuweb/zstd-wasm).
  *
  * The package exports only libzstd's one-shot calls (ZSTD_compress,
@@ -8,7 +8,7 @@
  * without a content size gets a fixed 1 MiB; a hostile one can ask for
  * gigabytes) and decode whole inputs only, so we call the library directly:
  * the output capacity is always the room left in the cluster, and the input
- * is cut at frame boundaries by the caller (compress.ts), which is what
+ * is cut at frame boundaries by the caller (codecs.ts), which is what
  * qemu's streaming loop (ZSTD_decompressStream) consumes.
  */
 
