@@ -5,15 +5,23 @@
  * disk, or a copy-on-write OverlayDevice over a read-only input.
  *
  * The tool sees the device as one regular file (`/dev/disk` by default) in
- * an otherwise empty virtual file system: no host file is opened, no
- * `?offset=` trick, and resize2fs sizes the filesystem to the window by
- * itself without truncating anything (see src/fs/e2fsprogs-worker.ts).
+ * an otherwise empty virtual file system: no `?offset=` trick, and resize2fs
+ * sizes the filesystem to the window by itself without truncating anything
+ * (see src/fs/e2fsprogs-worker.ts).
  *
  * Why a worker thread: WASI is synchronous, BlockDevices are asynchronous
  * (the qcow2/VDI drivers can only be). The tool runs in a worker that sleeps
  * in Atomics.wait on a SharedArrayBuffer while this thread serves each
  * request with the async device and Atomics.notify's it. Requests are split
  * into chunks of at most CHUNK bytes (the shared data buffer).
+ *
+ * Direct I/O: when the device is a window [base, base + size) of a local
+ * file (a FileDevice, SliceDevices over one, or a raw image's file the
+ * caller names with `hostFile`), that round trip (~170 us a request) is
+ * skipped: this thread opens the file (read-only for -n) and the worker
+ * reads and writes it with fs.readSync/writeSync, checking every position
+ * against the window. Every other device (qcow2, VDI, http, an overlay) is
+ * served through messages.
  *
  * Safety:
  *  - mode 'check' (-n) runs read-only: opening the device for writing fails
@@ -41,6 +49,8 @@ import { fileURLToPath } from 'node:url';
 import { Worker } from 'node:worker_threads';
 import type { BlockDevice } from '../core/device.js';
 import { ImageError } from '../core/errors.js';
+import { FileDevice } from '../core/file.js';
+import { SliceDevice } from '../core/slice.js';
 import { readExtSuperblock } from './ext-superblock.js';
 import { toolWorkerMain, wasmApi, type ToolWorkerData, type ToolWorkerMessage, type WasmModule } from './e2fsprogs-worker.js';
 import { type LoopInfo, ToolOutput } from './tool-output.js';
@@ -89,6 +99,30 @@ export interface ToolRunOptions {
   signal?: AbortSignal;
   /** Size of the shared buffer device requests are split through (default CHUNK; tests use small ones). */
   chunkSize?: number;
+  /**
+   * The device's bytes are bytes [offset, offset + size) of this local file
+   * (a raw image, or a partition of one): the tool then reads and writes the
+   * file itself (see directIo below). Found without this when the device is a
+   * FileDevice or a SliceDevice over one; a caller holding a raw image's file
+   * says so here.
+   */
+  hostFile?: HostFile;
+  /** false: every request goes through the device (the message path), even over a host file. Default true. */
+  direct?: boolean;
+}
+
+/** A local file holding a device's bytes from `offset` on. */
+export interface HostFile {
+  file: FileDevice;
+  offset: number;
+}
+
+/**
+ * The host file under `dev` when dev is a raw image's file, `driverName` its
+ * format: the `hostFile` option for a target `offset` bytes into the image.
+ */
+export function rawHostFile(driverName: string, file: BlockDevice, offset: number): HostFile | undefined {
+  return driverName === 'raw' && file instanceof FileDevice ? { file, offset } : undefined;
 }
 
 /** The size of the shared buffer requests are chunked through. */
@@ -289,6 +323,48 @@ function devicePath(name: string | undefined): string {
   return `/dev/${n.slice(0, 200)}`;
 }
 
+// ---------------------------------------------------------------------------
+// Direct I/O on a host file
+
+/** The host file whose bytes `dev` is: a FileDevice, a chain of SliceDevices over one, or the caller's word. */
+function hostFileOf(dev: BlockDevice, said: HostFile | undefined): HostFile | undefined {
+  let offset = 0;
+  let d = dev;
+  for (let depth = 0; depth < 64; depth++) {
+    if (d instanceof FileDevice) return { file: d, offset };
+    if (!(d instanceof SliceDevice)) break;
+    offset += d.start;
+    d = d.parent;
+  }
+  return said;
+}
+
+/**
+ * Open the host file for the worker's direct I/O: read-only unless the run
+ * writes, and only a regular file (or block device) that holds the whole
+ * window [offset, offset + dev.size). Undefined (the message path serves the
+ * run) when anything does not fit: a growable file, a read-only file for a
+ * writable run, a file that changed kind or shrank.
+ */
+function openDirect(dev: BlockDevice, h: HostFile | undefined, writable: boolean): { fd: number; base: number; path: string } | undefined {
+  if (!h || h.file.growable || (writable && h.file.readOnly)) return undefined;
+  const end = h.offset + dev.size;
+  if (!Number.isSafeInteger(h.offset) || h.offset < 0 || !Number.isSafeInteger(end) || end > h.file.size) return undefined;
+  let fd: number | undefined;
+  try {
+    const st = fs.statSync(h.file.path);
+    if (!(st.isFile() || (st.isBlockDevice() && h.file.isBlockDevice))) return undefined;
+    fd = fs.openSync(h.file.path, writable ? 'r+' : 'r');
+    const fst = fs.fstatSync(fd);
+    const fits = fst.ino === st.ino && fst.dev === st.dev && (fst.isBlockDevice() || (fst.isFile() && fst.size >= end));
+    if (fits) return { fd, base: h.offset, path: h.file.path };
+  } catch {
+    // The message path will report whatever is wrong with the file.
+  }
+  if (fd !== undefined) fs.closeSync(fd);
+  return undefined;
+}
+
 /** The eval'd worker: filters node:wasi's ExperimentalWarning, then runs toolWorkerMain. */
 const WORKER_SOURCE = `'use strict';
 const emitWarning = process.emitWarning;
@@ -297,7 +373,7 @@ process.emitWarning = function (warning, ...rest) {
   if (type === 'ExperimentalWarning' && /WASI/.test(String(warning && warning.message || warning))) return;
   return emitWarning.call(this, warning, ...rest);
 };
-(${toolWorkerMain.toString()})(require('node:worker_threads'), require('node:wasi'), require('node:crypto'));
+(${toolWorkerMain.toString()})(require('node:worker_threads'), require('node:wasi'), require('node:crypto'), require('node:fs'));
 `;
 
 interface RunResult {
@@ -353,9 +429,23 @@ async function runTool(
     data: dataBuf,
     trace: process.env.IMGTOOL_WASI_TRACE === '1',
   };
+  const direct = opts.direct === false ? undefined : openDirect(dev, hostFileOf(dev, opts.hostFile), opts.writable);
+  if (direct) {
+    workerData.direct = { fd: direct.fd, base: direct.base };
+    if (workerData.trace) process.stderr.write(`[${tool}] direct I/O on ${direct.path} [${direct.base}, ${direct.base + dev.size})${opts.writable ? '' : ' read-only'}\n`);
+  }
+  const closeDirect = () => {
+    if (direct) fs.closeSync(direct.fd);
+  };
 
   return new Promise<RunResult>((resolve, reject) => {
-    const worker = new Worker(WORKER_SOURCE, { eval: true, workerData, stdout: false, stderr: false });
+    let worker: Worker;
+    try {
+      worker = new Worker(WORKER_SOURCE, { eval: true, workerData, stdout: false, stderr: false });
+    } catch (e) {
+      closeDirect();
+      throw e;
+    }
     const decoders = { 1: new TextDecoder(), 2: new TextDecoder() };
     let output = '';
     const streams = { 1: '', 2: '' };
@@ -387,7 +477,12 @@ async function runTool(
         () => undefined,
         () => undefined,
       );
-      void Promise.all([stopped, inflight]).then(() => ('error' in outcome ? reject(outcome.error) : resolve(outcome.value)));
+      // The worker's direct writes are over once it is terminated; then its descriptor goes.
+      void Promise.all([stopped, inflight]).then(() => {
+        closeDirect();
+        if ('error' in outcome) reject(outcome.error);
+        else resolve(outcome.value);
+      });
     };
     const fail = (error: unknown) => finish({ error });
     const onAbort = () => fail(new ImageError('interrupted', `${tool} was cancelled${wrote ? ' after it had written to the device' : ''}`));
@@ -460,6 +555,14 @@ async function runTool(
           printed.write(m.fd, decoders[m.fd].decode(m.bytes, { stream: true }));
           if (printed.loop) fail(loopError(tool, printed.loop, opts.writable));
           break;
+        case 'wrote':
+          wrote = true;
+          break;
+        case 'ioerror': {
+          const msg = `${tool} stopped: the device failed a ${m.op} of ${m.length} bytes at offset ${m.offset}: ${m.message}`;
+          fail(new ImageError('io', msg, { offset: m.offset, operation: m.op, path: direct?.path }));
+          break;
+        }
         case 'trace':
           process.stderr.write(`[${tool}] ${m.text}\n`);
           break;
@@ -470,7 +573,9 @@ async function runTool(
           printed.end();
           const code = m.code;
           const done = async () => {
-            if (opts.writable && wrote) await dev.flush();
+            if (!(opts.writable && wrote)) return;
+            if (direct) await new Promise<void>((res, rej) => fs.fdatasync(direct.fd, (e) => (e ? rej(e) : res())));
+            await dev.flush();
           };
           inflight = done().then(
             () => finish({ value: { exitCode: code, output, stdout: streams[1], stderr: streams[2] } }),
