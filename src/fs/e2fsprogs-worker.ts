@@ -11,7 +11,7 @@
  * told by postMessage, and this thread sleeps in Atomics.wait until the main
  * thread has served the request with its async device and Atomics.notify'd.
  * Requests larger than the shared data buffer are split into chunks.
- * Over a local file (workerData.direct) this thread instead reads and writes
+ * Over a local file (ToolWorkerData.direct) this thread instead reads and writes
  * the file's window itself, through a descriptor the main thread opened.
  *
  * The tool's view of the world (nothing of the host file system is exposed):
@@ -57,7 +57,7 @@ export function wasmApi(): WasmApi {
   return (globalThis as unknown as { WebAssembly: WasmApi }).WebAssembly;
 }
 
-/** What the main thread passes as workerData. */
+/** What the main thread posts to the worker (its first message) once the module is compiled. */
 export interface ToolWorkerData {
   module: WasmModule;
   args: string[];
@@ -91,9 +91,8 @@ export type ToolWorkerMessage =
   | { t: 'exit'; code: number }
   | { t: 'fail'; message: string; name?: string; stack?: string };
 
-export function toolWorkerMain(wt: typeof WorkerThreads, nodeWasi: typeof NodeWasi, crypto: typeof NodeCrypto, nodeFs: typeof NodeFs): void {
+export function toolWorkerMain(wt: typeof WorkerThreads, nodeWasi: typeof NodeWasi, crypto: typeof NodeCrypto, nodeFs: typeof NodeFs, wd: ToolWorkerData): void {
   const port = wt.parentPort!;
-  const wd = wt.workerData as ToolWorkerData;
 
   // --- WASI constants (wasi_snapshot_preview1) ---
   const E = { SUCCESS: 0, ACCES: 2, BADF: 8, EXIST: 20, FAULT: 21, INVAL: 28, IO: 29, ISDIR: 31, NOENT: 44, NOSPC: 51, NOSYS: 52, NOTDIR: 54, NOTSUP: 58, ROFS: 69, SPIPE: 70 };
@@ -126,8 +125,23 @@ export function toolWorkerMain(wt: typeof WorkerThreads, nodeWasi: typeof NodeWa
   };
 
   let memory: WasmMemory;
-  const view = () => new DataView(memory.buffer);
-  const bytes = () => new Uint8Array(memory.buffer);
+  // Views of the tool's memory, made again only when it has grown (memory.grow replaces the buffer).
+  let viewed: ArrayBuffer | undefined;
+  let dataView: DataView;
+  let byteView: Uint8Array;
+  const refresh = () => {
+    viewed = memory.buffer;
+    dataView = new DataView(viewed);
+    byteView = new Uint8Array(viewed);
+  };
+  const view = () => {
+    if (memory.buffer !== viewed) refresh();
+    return dataView;
+  };
+  const bytes = () => {
+    if (memory.buffer !== viewed) refresh();
+    return byteView;
+  };
   const trace = wd.trace ? (s: string) => port.postMessage({ t: 'trace', text: s } satisfies ToolWorkerMessage) : undefined;
 
   // --- virtual files ---
@@ -214,16 +228,16 @@ export function toolWorkerMain(wt: typeof WorkerThreads, nodeWasi: typeof NodeWa
     for (const [ptr, len] of list) {
       if (done >= total) break;
       const k = Math.min(len, total - done);
-      if (ptr + k > memory.buffer.byteLength) return [E.FAULT, done];
+      const mem = bytes();
+      if (ptr + k > mem.length) return [E.FAULT, done];
       let at = 0;
       while (at < k) {
         const pos = offset + done + at;
         const n = k - at;
         if (!Number.isSafeInteger(pos) || pos < 0 || pos + n > wd.deviceSize) return [E.INVAL, done + at];
-        const mem = new Uint8Array(memory.buffer, ptr + at, n);
         let moved: number;
         try {
-          moved = write ? nodeFs.writeSync(d.fd, mem, 0, n, d.base + pos) : nodeFs.readSync(d.fd, mem, 0, n, d.base + pos);
+          moved = write ? nodeFs.writeSync(d.fd, mem, ptr + at, n, d.base + pos) : nodeFs.readSync(d.fd, mem, ptr + at, n, d.base + pos);
         } catch (e) {
           return directFailed(write ? 'write' : 'read', pos, n, e);
         }

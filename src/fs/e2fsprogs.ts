@@ -169,6 +169,25 @@ export function wasmAvailable(tool?: Tool): boolean {
   });
 }
 
+/*
+ * Compiled once per process; no cache across runs. Measured (e2fsck.wasm,
+ * 870 KiB, Node 20): WebAssembly.compile takes 15-20 ms of CPU, because V8
+ * compiles functions lazily when first called (Liftoff) and re-compiles the
+ * hot ones (TurboFan) while the tool runs. That JIT work, ~120 ms of CPU in
+ * a check of an empty 64 MiB filesystem (a second run in the same process,
+ * which reuses the module's code, takes half the CPU), is what a code cache
+ * would save, and Node 20 has no way to keep it: there is no API to
+ * serialize a compiled WebAssembly.Module (v8.serialize writes an empty
+ * object; structured clone works only between threads of one process).
+ * A cache of the compile step alone would save under 20 ms, so there is none.
+ *
+ * Nor did the build help: against wasm/build.sh's clang -O2, -O3 and
+ * binaryen's wasm-opt (-O2, -O3, -Os, on either) changed the CPU time of
+ * `imgtool fsck -n` on the bench's 200,000-file ext4 by -0 to +15% (medians
+ * of 9 interleaved runs each), so -O2 stays. V8's tiering flags
+ * (--liftoff-only, a 4x or 16x --wasm-tiering-budget, eager compilation)
+ * were within the noise too.
+ */
 const compiled = new Map<string, Promise<WasmModule>>();
 
 /** Compile a tool once per process (per path). */
@@ -193,6 +212,50 @@ function loadModule(tool: Tool): Promise<WasmModule> {
     m.catch(() => compiled.delete(path));
   }
   return m;
+}
+
+/**
+ * Get `tool` ready to run: start compiling it (errors surface when it runs)
+ * and start a worker thread (a Node environment takes ~50 ms to boot). A
+ * command calls this first, so both overlap opening the image and finding
+ * the partition. The spare worker is unref'd: unused, it never keeps the
+ * process alive.
+ */
+export function prepareTool(tool: Tool): void {
+  loadModule(tool).catch(() => {});
+  if (spare) return;
+  const s = { worker: spawnWorker(), dead: false, onEnd: () => {} };
+  s.onEnd = () => {
+    s.dead = true;
+    if (spare === s) spare = undefined;
+  };
+  s.worker.on('error', s.onEnd);
+  s.worker.on('exit', s.onEnd);
+  s.worker.unref();
+  spare = s;
+}
+
+/** A worker prepareTool started, idle until a run takes it. */
+let spare: { worker: Worker; dead: boolean; onEnd: () => void } | undefined;
+
+/** The spare worker if there is a live one, else a new worker; either waits for its ToolWorkerData. */
+function takeWorker(): Worker {
+  const s = spare;
+  spare = undefined;
+  if (s) {
+    s.worker.off('error', s.onEnd);
+    s.worker.off('exit', s.onEnd);
+    if (!s.dead) {
+      s.worker.ref();
+      return s.worker;
+    }
+    void s.worker.terminate().catch(() => {});
+  }
+  return spawnWorker();
+}
+
+function spawnWorker(): Worker {
+  return new Worker(WORKER_SOURCE, { eval: true, stdout: false, stderr: false });
 }
 
 // ---------------------------------------------------------------------------
@@ -365,7 +428,7 @@ function openDirect(dev: BlockDevice, h: HostFile | undefined, writable: boolean
   return undefined;
 }
 
-/** The eval'd worker: filters node:wasi's ExperimentalWarning, then runs toolWorkerMain. */
+/** The eval'd worker: filters node:wasi's ExperimentalWarning, loads what it needs, then runs toolWorkerMain on the first message (its ToolWorkerData). */
 const WORKER_SOURCE = `'use strict';
 const emitWarning = process.emitWarning;
 process.emitWarning = function (warning, ...rest) {
@@ -373,7 +436,9 @@ process.emitWarning = function (warning, ...rest) {
   if (type === 'ExperimentalWarning' && /WASI/.test(String(warning && warning.message || warning))) return;
   return emitWarning.call(this, warning, ...rest);
 };
-(${toolWorkerMain.toString()})(require('node:worker_threads'), require('node:wasi'), require('node:crypto'), require('node:fs'));
+const wt = require('node:worker_threads');
+const modules = [require('node:wasi'), require('node:crypto'), require('node:fs')];
+wt.parentPort.once('message', (data) => (${toolWorkerMain.toString()})(wt, ...modules, data));
 `;
 
 interface RunResult {
@@ -408,44 +473,48 @@ async function runTool(
   }
   const cancelled = () => new ImageError('interrupted', `${tool} cancelled before it started`);
   if (opts.signal?.aborted) throw cancelled();
-  const module = await loadModule(tool);
-  // Checked again: the signal may have fired while the module was compiled.
-  if (opts.signal?.aborted) throw cancelled();
   const devPath = devicePath(opts.name);
   const ctlBuf = new SharedArrayBuffer(32);
-  const dataBuf = new SharedArrayBuffer(chunk);
   const ctl = new Int32Array(ctlBuf);
   const ctlF64 = new Float64Array(ctlBuf);
-  const shared = new Uint8Array(dataBuf);
-  const scratch = Buffer.allocUnsafe(chunk);
-  const workerData: ToolWorkerData = {
-    module,
-    args: args(devPath),
-    env: { PATH: '/', ...opts.env },
-    devicePath: devPath,
-    deviceSize: dev.size,
-    writable: opts.writable,
-    ctl: ctlBuf,
-    data: dataBuf,
-    trace: process.env.IMGTOOL_WASI_TRACE === '1',
-  };
-  const direct = opts.direct === false ? undefined : openDirect(dev, hostFileOf(dev, opts.hostFile), opts.writable);
-  if (direct) {
-    workerData.direct = { fd: direct.fd, base: direct.base };
-    if (workerData.trace) process.stderr.write(`[${tool}] direct I/O on ${direct.path} [${direct.base}, ${direct.base + dev.size})${opts.writable ? '' : ' read-only'}\n`);
-  }
+  const trace = process.env.IMGTOOL_WASI_TRACE === '1';
+  // The message path's buffers are made only when there is no direct I/O (see start below).
+  let shared = new Uint8Array(new SharedArrayBuffer(0));
+  let scratch = Buffer.alloc(0);
+  let direct: ReturnType<typeof openDirect>;
   const closeDirect = () => {
     if (direct) fs.closeSync(direct.fd);
+    direct = undefined;
   };
 
   return new Promise<RunResult>((resolve, reject) => {
-    let worker: Worker;
-    try {
-      worker = new Worker(WORKER_SOURCE, { eval: true, workerData, stdout: false, stderr: false });
-    } catch (e) {
-      closeDirect();
-      throw e;
-    }
+    // The worker boots while the module compiles (or has booted: prepareTool); it waits for its ToolWorkerData.
+    const worker = takeWorker();
+    const start = (module: WasmModule) => {
+      if (settled) return;
+      // Checked again: the signal may have fired while the module was compiled.
+      if (opts.signal?.aborted) return fail(cancelled());
+      direct = opts.direct === false ? undefined : openDirect(dev, hostFileOf(dev, opts.hostFile), opts.writable);
+      const dataBuf = new SharedArrayBuffer(direct ? 0 : chunk);
+      shared = new Uint8Array(dataBuf);
+      scratch = Buffer.allocUnsafe(direct ? 0 : chunk);
+      const workerData: ToolWorkerData = {
+        module,
+        args: args(devPath),
+        env: { PATH: '/', ...opts.env },
+        devicePath: devPath,
+        deviceSize: dev.size,
+        writable: opts.writable,
+        ctl: ctlBuf,
+        data: dataBuf,
+        trace,
+      };
+      if (direct) {
+        workerData.direct = { fd: direct.fd, base: direct.base };
+        if (trace) process.stderr.write(`[${tool}] direct I/O on ${direct.path} [${direct.base}, ${direct.base + dev.size})${opts.writable ? '' : ' read-only'}\n`);
+      }
+      worker.postMessage(workerData);
+    };
     const decoders = { 1: new TextDecoder(), 2: new TextDecoder() };
     let output = '';
     const streams = { 1: '', 2: '' };
@@ -574,7 +643,8 @@ async function runTool(
           const code = m.code;
           const done = async () => {
             if (!(opts.writable && wrote)) return;
-            if (direct) await new Promise<void>((res, rej) => fs.fdatasync(direct.fd, (e) => (e ? rej(e) : res())));
+            const fd = direct?.fd;
+            if (fd !== undefined) await new Promise<void>((res, rej) => fs.fdatasync(fd, (e) => (e ? rej(e) : res())));
             await dev.flush();
           };
           inflight = done().then(
@@ -592,6 +662,7 @@ async function runTool(
     worker.on('exit', (code) => {
       if (!settled && !exited) fail(new ImageError('io', `${tool}: its worker thread exited (code ${code}) before the tool finished`));
     });
+    loadModule(tool).then(start, fail);
   });
 }
 
