@@ -29,7 +29,7 @@ import {
 import type { Image, ImageInfo } from './formats/types.js';
 import type { HttpOptions } from './sources/index.js';
 import { inspectDisk, type DiskInfo } from './partition/inspect.js';
-import { e2fsck, type FsckResult } from './fs/e2fsprogs.js';
+import { e2fsck, type FsckResult, rawHostFile } from './fs/e2fsprogs.js';
 import { SliceDevice } from './core/slice.js';
 import { wrapImage, type WrapOptions, type WrapReport } from './wrap/wrap.js';
 import { convertDomain as convertDomainText, type DomainConvertOptions, type DomainConvertResult } from './guest/domain/index.js';
@@ -240,13 +240,15 @@ export async function fsck(src: string, opts: FsckOptions = {}): Promise<FsckRes
   const opened = await openOpened(src, { ...opts, writable: mode !== 'check' });
   try {
     let dev: BlockDevice = opened.image;
+    let offset = 0;
     if (opts.partition) {
       const disk = await inspectDisk(opened.image);
       const p = disk.partitions.find((x) => x.number === opts.partition);
       if (!p) throw new ImageError('usage', `${src} has no partition ${opts.partition}`);
       dev = new SliceDevice(opened.image, p.start, p.size);
+      offset = p.start;
     }
-    return await e2fsck(dev, { mode });
+    return await e2fsck(dev, { mode, hostFile: rawHostFile(opened.driver.name, opened.file, offset) });
   } finally {
     await opened.image.close();
   }

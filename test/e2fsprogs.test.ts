@@ -266,7 +266,7 @@ describe('e2fsck safety', () => {
     damage(img, 'dir-block');
     const theirs = copy(img, t.path('chunks-host.img'));
     const hostY = hostFsck(theirs, '-fy');
-    const r = await onFile(img, true, (dev) => e2fsck(dev, { mode: 'repair', chunkSize: 4096 }));
+    const r = await onFile(img, true, (dev) => e2fsck(dev, { mode: 'repair', chunkSize: 4096, direct: false }));
     expect(r.exitCode).toBe(hostY.status);
     expect(hostFsck(img, '-fn').status).toBe(0);
   });

@@ -6,10 +6,11 @@
  * issue 17 item 7), and no write of it may still be in progress.
  */
 import { afterAll, describe, expect, it } from 'vitest';
+import { spawnSync } from 'node:child_process';
 import type { BlockDevice, Extent } from '../src/core/device.js';
 import { ImageError } from '../src/core/errors.js';
 import { MemoryDevice } from '../src/core/memory.js';
-import { ToolCrashError, e2fsck, mke2fs, resize2fs } from '../src/fs/e2fsprogs.js';
+import { ToolCrashError, e2fsck, mke2fs, prepareTool, resize2fs } from '../src/fs/e2fsprogs.js';
 import { extUsedRanges } from '../src/fs/used-blocks.js';
 import { tempDir } from './helpers/peers.js';
 import { KINDS, damage, e2fsprogsTestImages, gunzipTo, makeTree, mkfs, onFile } from './e2fsprogs-fixtures.js';
@@ -151,6 +152,21 @@ describe('an e2fsprogs run leaves no worker thread or message port behind', () =
       expect(gated.writesStarted).toBeGreaterThan(0);
       expect(gated.writesDone).toBe(gated.writesStarted);
     });
+  });
+
+  it('after a run that took the worker prepareTool started ahead; an unused one does not keep a process alive', async () => {
+    const img = mkfs(t.path('prepared.img'), ext4, 8);
+    prepareTool('e2fsck');
+    const r = await leavesNothing(() => onFile(img, false, (dev) => e2fsck(dev, { mode: 'check' })));
+    expect(r.value?.exitCode).toBe(0);
+    // A process that prepares and never runs exits by itself (the spare worker is unref'd).
+    const lib = new URL('../dist/fs/e2fsprogs.js', import.meta.url).href;
+    const child = spawnSync(process.execPath, ['--input-type=module', '-e', `(await import(${JSON.stringify(lib)})).prepareTool('e2fsck');`], {
+      timeout: 60_000,
+      encoding: 'utf8',
+    });
+    expect(child.error).toBeUndefined();
+    expect([child.status, child.stderr]).toEqual([0, '']);
   });
 
   it('after a signal that was aborted before the run (no worker is started)', async () => {

@@ -11,6 +11,8 @@
  * told by postMessage, and this thread sleeps in Atomics.wait until the main
  * thread has served the request with its async device and Atomics.notify'd.
  * Requests larger than the shared data buffer are split into chunks.
+ * Over a local file (ToolWorkerData.direct) this thread instead reads and writes
+ * the file's window itself, through a descriptor the main thread opened.
  *
  * The tool's view of the world (nothing of the host file system is exposed):
  *
@@ -35,6 +37,7 @@
 import type * as WorkerThreads from 'node:worker_threads';
 import type * as NodeWasi from 'node:wasi';
 import type * as NodeCrypto from 'node:crypto';
+import type * as NodeFs from 'node:fs';
 
 /**
  * A compiled WebAssembly.Module (the project's lib settings have no
@@ -54,7 +57,7 @@ export function wasmApi(): WasmApi {
   return (globalThis as unknown as { WebAssembly: WasmApi }).WebAssembly;
 }
 
-/** What the main thread passes as workerData. */
+/** What the main thread posts to the worker (its first message) once the module is compiled. */
 export interface ToolWorkerData {
   module: WasmModule;
   args: string[];
@@ -67,6 +70,14 @@ export interface ToolWorkerData {
   ctl: SharedArrayBuffer;
   data: SharedArrayBuffer;
   trace: boolean;
+  /**
+   * Direct I/O: the device is bytes [base, base + deviceSize) of a host file
+   * the main thread opened as `fd` (read-only unless the run is writable).
+   * This thread then reads and writes it with fs.readSync/writeSync itself,
+   * never outside that window; without it every request goes to the main
+   * thread.
+   */
+  direct?: { fd: number; base: number };
 }
 
 /** Messages from the worker. */
@@ -74,15 +85,17 @@ export type ToolWorkerMessage =
   | { t: 'io' }
   | { t: 'out'; fd: 1 | 2; bytes: Uint8Array }
   | { t: 'trace'; text: string }
+  /** Direct I/O: the first write (sent once), and a failed read, write or sync (the worker then waits to be terminated). */
+  | { t: 'wrote' }
+  | { t: 'ioerror'; op: 'read' | 'write' | 'flush'; offset: number; length: number; message: string; code?: string }
   | { t: 'exit'; code: number }
   | { t: 'fail'; message: string; name?: string; stack?: string };
 
-export function toolWorkerMain(wt: typeof WorkerThreads, nodeWasi: typeof NodeWasi, crypto: typeof NodeCrypto): void {
+export function toolWorkerMain(wt: typeof WorkerThreads, nodeWasi: typeof NodeWasi, crypto: typeof NodeCrypto, nodeFs: typeof NodeFs, wd: ToolWorkerData): void {
   const port = wt.parentPort!;
-  const wd = wt.workerData as ToolWorkerData;
 
   // --- WASI constants (wasi_snapshot_preview1) ---
-  const E = { SUCCESS: 0, ACCES: 2, BADF: 8, EXIST: 20, INVAL: 28, IO: 29, ISDIR: 31, NOENT: 44, NOSPC: 51, NOSYS: 52, NOTDIR: 54, NOTSUP: 58, ROFS: 69, SPIPE: 70 };
+  const E = { SUCCESS: 0, ACCES: 2, BADF: 8, EXIST: 20, FAULT: 21, INVAL: 28, IO: 29, ISDIR: 31, NOENT: 44, NOSPC: 51, NOSYS: 52, NOTDIR: 54, NOTSUP: 58, ROFS: 69, SPIPE: 70 };
   const FT = { UNKNOWN: 0, BLOCK: 1, CHAR: 2, DIR: 3, REG: 4 };
   const OFLAGS = { CREAT: 1, DIRECTORY: 2, EXCL: 4, TRUNC: 8 };
   const RIGHT_FD_WRITE = 1n << 6n;
@@ -112,8 +125,23 @@ export function toolWorkerMain(wt: typeof WorkerThreads, nodeWasi: typeof NodeWa
   };
 
   let memory: WasmMemory;
-  const view = () => new DataView(memory.buffer);
-  const bytes = () => new Uint8Array(memory.buffer);
+  // Views of the tool's memory, made again only when it has grown (memory.grow replaces the buffer).
+  let viewed: ArrayBuffer | undefined;
+  let dataView: DataView;
+  let byteView: Uint8Array;
+  const refresh = () => {
+    viewed = memory.buffer;
+    dataView = new DataView(viewed);
+    byteView = new Uint8Array(viewed);
+  };
+  const view = () => {
+    if (memory.buffer !== viewed) refresh();
+    return dataView;
+  };
+  const bytes = () => {
+    if (memory.buffer !== viewed) refresh();
+    return byteView;
+  };
   const trace = wd.trace ? (s: string) => port.postMessage({ t: 'trace', text: s } satisfies ToolWorkerMessage) : undefined;
 
   // --- virtual files ---
@@ -174,6 +202,66 @@ export function toolWorkerMain(wt: typeof WorkerThreads, nodeWasi: typeof NodeWa
   };
 
   /*
+   * Direct I/O on a host file (wd.direct): one fs.readSync/writeSync per
+   * iovec, straight between the file and the tool's memory, no round trip to
+   * the main thread and no read-ahead cache (the kernel's page cache and
+   * read-ahead serve). Every position is checked against the window
+   * [0, deviceSize) before base is added. A failed read, write or sync stops
+   * the tool as the message path does: the main thread is told and this
+   * thread waits to be terminated, so e2fsck never "repairs" around it.
+   */
+  const direct = wd.direct;
+  let announcedWrite = false;
+  const directFailed = (op: 'read' | 'write' | 'flush', offset: number, length: number, e: unknown): never => {
+    const err = e as NodeJS.ErrnoException;
+    port.postMessage({ t: 'ioerror', op, offset, length, message: err?.message ?? String(e), code: err?.code } satisfies ToolWorkerMessage);
+    const stop = new Int32Array(new SharedArrayBuffer(4));
+    for (;;) Atomics.wait(stop, 0, 0);
+  };
+  const directIo = (write: boolean, list: Array<[number, number]>, offset: number): [number, number] => {
+    const d = direct!;
+    let total = 0;
+    for (const [, len] of list) total += len;
+    if (write && total > 0 && offset >= wd.deviceSize) return [E.NOSPC, 0];
+    total = Math.max(0, Math.min(total, wd.deviceSize - offset));
+    let done = 0;
+    for (const [ptr, len] of list) {
+      if (done >= total) break;
+      const k = Math.min(len, total - done);
+      const mem = bytes();
+      if (ptr + k > mem.length) return [E.FAULT, done];
+      let at = 0;
+      while (at < k) {
+        const pos = offset + done + at;
+        const n = k - at;
+        if (!Number.isSafeInteger(pos) || pos < 0 || pos + n > wd.deviceSize) return [E.INVAL, done + at];
+        let moved: number;
+        try {
+          moved = write ? nodeFs.writeSync(d.fd, mem, ptr + at, n, d.base + pos) : nodeFs.readSync(d.fd, mem, ptr + at, n, d.base + pos);
+        } catch (e) {
+          return directFailed(write ? 'write' : 'read', pos, n, e);
+        }
+        if (moved <= 0) return directFailed(write ? 'write' : 'read', pos, n, new Error(`unexpected end of file at ${d.base + pos}`));
+        if (write && !announcedWrite) {
+          announcedWrite = true;
+          port.postMessage({ t: 'wrote' } satisfies ToolWorkerMessage);
+        }
+        at += moved;
+      }
+      done += k;
+    }
+    return [E.SUCCESS, done];
+  };
+  const directSync = (): number => {
+    try {
+      nodeFs.fdatasyncSync(direct!.fd);
+    } catch (e) {
+      return directFailed('flush', 0, 0, e);
+    }
+    return E.SUCCESS;
+  };
+
+  /*
    * Sequential read-ahead. Each request costs a round trip to the main
    * thread and an async device read (~150 us with a raw file, more through a
    * qcow2 driver). e2fsck reads inode tables 32 KiB at a time in order, so a
@@ -209,6 +297,7 @@ export function toolWorkerMain(wt: typeof WorkerThreads, nodeWasi: typeof NodeWa
 
   /** Read from the device at `offset` into guest memory; returns [errno, bytes]. */
   const deviceRead = (list: Array<[number, number]>, offset: number): [number, number] => {
+    if (direct) return directIo(false, list, offset);
     let total = 0;
     for (const [, len] of list) total += len;
     total = Math.max(0, Math.min(total, wd.deviceSize - offset));
@@ -259,6 +348,7 @@ export function toolWorkerMain(wt: typeof WorkerThreads, nodeWasi: typeof NodeWa
   };
 
   const deviceWrite = (list: Array<[number, number]>, offset: number): [number, number] => {
+    if (direct) return directIo(true, list, offset);
     let total = 0;
     for (const [, len] of list) total += len;
     if (total > 0 && offset >= wd.deviceSize) return [E.NOSPC, 0];
@@ -462,7 +552,7 @@ export function toolWorkerMain(wt: typeof WorkerThreads, nodeWasi: typeof NodeWa
   const sync = (fd: number) => {
     const f = files.get(fd);
     if (!f) return fd <= 2 ? E.SUCCESS : orig.fd_sync!(fd);
-    if (f.kind === 'disk' && f.write) return request(OP_FLUSH, 0, 0);
+    if (f.kind === 'disk' && f.write) return direct ? directSync() : request(OP_FLUSH, 0, 0);
     return E.SUCCESS;
   };
   imp.fd_sync = sync;

@@ -5,15 +5,23 @@
  * disk, or a copy-on-write OverlayDevice over a read-only input.
  *
  * The tool sees the device as one regular file (`/dev/disk` by default) in
- * an otherwise empty virtual file system: no host file is opened, no
- * `?offset=` trick, and resize2fs sizes the filesystem to the window by
- * itself without truncating anything (see src/fs/e2fsprogs-worker.ts).
+ * an otherwise empty virtual file system: no `?offset=` trick, and resize2fs
+ * sizes the filesystem to the window by itself without truncating anything
+ * (see src/fs/e2fsprogs-worker.ts).
  *
  * Why a worker thread: WASI is synchronous, BlockDevices are asynchronous
  * (the qcow2/VDI drivers can only be). The tool runs in a worker that sleeps
  * in Atomics.wait on a SharedArrayBuffer while this thread serves each
  * request with the async device and Atomics.notify's it. Requests are split
  * into chunks of at most CHUNK bytes (the shared data buffer).
+ *
+ * Direct I/O: when the device is a window [base, base + size) of a local
+ * file (a FileDevice, SliceDevices over one, or a raw image's file the
+ * caller names with `hostFile`), that round trip (~170 us a request) is
+ * skipped: this thread opens the file (read-only for -n) and the worker
+ * reads and writes it with fs.readSync/writeSync, checking every position
+ * against the window. Every other device (qcow2, VDI, http, an overlay) is
+ * served through messages.
  *
  * Safety:
  *  - mode 'check' (-n) runs read-only: opening the device for writing fails
@@ -41,6 +49,8 @@ import { fileURLToPath } from 'node:url';
 import { Worker } from 'node:worker_threads';
 import type { BlockDevice } from '../core/device.js';
 import { ImageError } from '../core/errors.js';
+import { FileDevice } from '../core/file.js';
+import { SliceDevice } from '../core/slice.js';
 import { readExtSuperblock } from './ext-superblock.js';
 import { toolWorkerMain, wasmApi, type ToolWorkerData, type ToolWorkerMessage, type WasmModule } from './e2fsprogs-worker.js';
 import { type LoopInfo, ToolOutput } from './tool-output.js';
@@ -89,6 +99,30 @@ export interface ToolRunOptions {
   signal?: AbortSignal;
   /** Size of the shared buffer device requests are split through (default CHUNK; tests use small ones). */
   chunkSize?: number;
+  /**
+   * The device's bytes are bytes [offset, offset + size) of this local file
+   * (a raw image, or a partition of one): the tool then reads and writes the
+   * file itself (see directIo below). Found without this when the device is a
+   * FileDevice or a SliceDevice over one; a caller holding a raw image's file
+   * says so here.
+   */
+  hostFile?: HostFile;
+  /** false: every request goes through the device (the message path), even over a host file. Default true. */
+  direct?: boolean;
+}
+
+/** A local file holding a device's bytes from `offset` on. */
+export interface HostFile {
+  file: FileDevice;
+  offset: number;
+}
+
+/**
+ * The host file under `dev` when dev is a raw image's file, `driverName` its
+ * format: the `hostFile` option for a target `offset` bytes into the image.
+ */
+export function rawHostFile(driverName: string, file: BlockDevice, offset: number): HostFile | undefined {
+  return driverName === 'raw' && file instanceof FileDevice ? { file, offset } : undefined;
 }
 
 /** The size of the shared buffer requests are chunked through. */
@@ -135,6 +169,25 @@ export function wasmAvailable(tool?: Tool): boolean {
   });
 }
 
+/*
+ * Compiled once per process; no cache across runs. Measured (e2fsck.wasm,
+ * 870 KiB, Node 20): WebAssembly.compile takes 15-20 ms of CPU, because V8
+ * compiles functions lazily when first called (Liftoff) and re-compiles the
+ * hot ones (TurboFan) while the tool runs. That JIT work, ~120 ms of CPU in
+ * a check of an empty 64 MiB filesystem (a second run in the same process,
+ * which reuses the module's code, takes half the CPU), is what a code cache
+ * would save, and Node 20 has no way to keep it: there is no API to
+ * serialize a compiled WebAssembly.Module (v8.serialize writes an empty
+ * object; structured clone works only between threads of one process).
+ * A cache of the compile step alone would save under 20 ms, so there is none.
+ *
+ * Nor did the build help: against wasm/build.sh's clang -O2, -O3 and
+ * binaryen's wasm-opt (-O2, -O3, -Os, on either) changed the CPU time of
+ * `imgtool fsck -n` on the bench's 200,000-file ext4 by -0 to +15% (medians
+ * of 9 interleaved runs each), so -O2 stays. V8's tiering flags
+ * (--liftoff-only, a 4x or 16x --wasm-tiering-budget, eager compilation)
+ * were within the noise too.
+ */
 const compiled = new Map<string, Promise<WasmModule>>();
 
 /** Compile a tool once per process (per path). */
@@ -159,6 +212,50 @@ function loadModule(tool: Tool): Promise<WasmModule> {
     m.catch(() => compiled.delete(path));
   }
   return m;
+}
+
+/**
+ * Get `tool` ready to run: start compiling it (errors surface when it runs)
+ * and start a worker thread (a Node environment takes ~50 ms to boot). A
+ * command calls this first, so both overlap opening the image and finding
+ * the partition. The spare worker is unref'd: unused, it never keeps the
+ * process alive.
+ */
+export function prepareTool(tool: Tool): void {
+  loadModule(tool).catch(() => {});
+  if (spare) return;
+  const s = { worker: spawnWorker(), dead: false, onEnd: () => {} };
+  s.onEnd = () => {
+    s.dead = true;
+    if (spare === s) spare = undefined;
+  };
+  s.worker.on('error', s.onEnd);
+  s.worker.on('exit', s.onEnd);
+  s.worker.unref();
+  spare = s;
+}
+
+/** A worker prepareTool started, idle until a run takes it. */
+let spare: { worker: Worker; dead: boolean; onEnd: () => void } | undefined;
+
+/** The spare worker if there is a live one, else a new worker; either waits for its ToolWorkerData. */
+function takeWorker(): Worker {
+  const s = spare;
+  spare = undefined;
+  if (s) {
+    s.worker.off('error', s.onEnd);
+    s.worker.off('exit', s.onEnd);
+    if (!s.dead) {
+      s.worker.ref();
+      return s.worker;
+    }
+    void s.worker.terminate().catch(() => {});
+  }
+  return spawnWorker();
+}
+
+function spawnWorker(): Worker {
+  return new Worker(WORKER_SOURCE, { eval: true, stdout: false, stderr: false });
 }
 
 // ---------------------------------------------------------------------------
@@ -289,7 +386,49 @@ function devicePath(name: string | undefined): string {
   return `/dev/${n.slice(0, 200)}`;
 }
 
-/** The eval'd worker: filters node:wasi's ExperimentalWarning, then runs toolWorkerMain. */
+// ---------------------------------------------------------------------------
+// Direct I/O on a host file
+
+/** The host file whose bytes `dev` is: a FileDevice, a chain of SliceDevices over one, or the caller's word. */
+function hostFileOf(dev: BlockDevice, said: HostFile | undefined): HostFile | undefined {
+  let offset = 0;
+  let d = dev;
+  for (let depth = 0; depth < 64; depth++) {
+    if (d instanceof FileDevice) return { file: d, offset };
+    if (!(d instanceof SliceDevice)) break;
+    offset += d.start;
+    d = d.parent;
+  }
+  return said;
+}
+
+/**
+ * Open the host file for the worker's direct I/O: read-only unless the run
+ * writes, and only a regular file (or block device) that holds the whole
+ * window [offset, offset + dev.size). Undefined (the message path serves the
+ * run) when anything does not fit: a growable file, a read-only file for a
+ * writable run, a file that changed kind or shrank.
+ */
+function openDirect(dev: BlockDevice, h: HostFile | undefined, writable: boolean): { fd: number; base: number; path: string } | undefined {
+  if (!h || h.file.growable || (writable && h.file.readOnly)) return undefined;
+  const end = h.offset + dev.size;
+  if (!Number.isSafeInteger(h.offset) || h.offset < 0 || !Number.isSafeInteger(end) || end > h.file.size) return undefined;
+  let fd: number | undefined;
+  try {
+    const st = fs.statSync(h.file.path);
+    if (!(st.isFile() || (st.isBlockDevice() && h.file.isBlockDevice))) return undefined;
+    fd = fs.openSync(h.file.path, writable ? 'r+' : 'r');
+    const fst = fs.fstatSync(fd);
+    const fits = fst.ino === st.ino && fst.dev === st.dev && (fst.isBlockDevice() || (fst.isFile() && fst.size >= end));
+    if (fits) return { fd, base: h.offset, path: h.file.path };
+  } catch {
+    // The message path will report whatever is wrong with the file.
+  }
+  if (fd !== undefined) fs.closeSync(fd);
+  return undefined;
+}
+
+/** The eval'd worker: filters node:wasi's ExperimentalWarning, loads what it needs, then runs toolWorkerMain on the first message (its ToolWorkerData). */
 const WORKER_SOURCE = `'use strict';
 const emitWarning = process.emitWarning;
 process.emitWarning = function (warning, ...rest) {
@@ -297,7 +436,9 @@ process.emitWarning = function (warning, ...rest) {
   if (type === 'ExperimentalWarning' && /WASI/.test(String(warning && warning.message || warning))) return;
   return emitWarning.call(this, warning, ...rest);
 };
-(${toolWorkerMain.toString()})(require('node:worker_threads'), require('node:wasi'), require('node:crypto'));
+const wt = require('node:worker_threads');
+const modules = [require('node:wasi'), require('node:crypto'), require('node:fs')];
+wt.parentPort.once('message', (data) => (${toolWorkerMain.toString()})(wt, ...modules, data));
 `;
 
 interface RunResult {
@@ -332,30 +473,48 @@ async function runTool(
   }
   const cancelled = () => new ImageError('interrupted', `${tool} cancelled before it started`);
   if (opts.signal?.aborted) throw cancelled();
-  const module = await loadModule(tool);
-  // Checked again: the signal may have fired while the module was compiled.
-  if (opts.signal?.aborted) throw cancelled();
   const devPath = devicePath(opts.name);
   const ctlBuf = new SharedArrayBuffer(32);
-  const dataBuf = new SharedArrayBuffer(chunk);
   const ctl = new Int32Array(ctlBuf);
   const ctlF64 = new Float64Array(ctlBuf);
-  const shared = new Uint8Array(dataBuf);
-  const scratch = Buffer.allocUnsafe(chunk);
-  const workerData: ToolWorkerData = {
-    module,
-    args: args(devPath),
-    env: { PATH: '/', ...opts.env },
-    devicePath: devPath,
-    deviceSize: dev.size,
-    writable: opts.writable,
-    ctl: ctlBuf,
-    data: dataBuf,
-    trace: process.env.IMGTOOL_WASI_TRACE === '1',
+  const trace = process.env.IMGTOOL_WASI_TRACE === '1';
+  // The message path's buffers are made only when there is no direct I/O (see start below).
+  let shared = new Uint8Array(new SharedArrayBuffer(0));
+  let scratch = Buffer.alloc(0);
+  let direct: ReturnType<typeof openDirect>;
+  const closeDirect = () => {
+    if (direct) fs.closeSync(direct.fd);
+    direct = undefined;
   };
 
   return new Promise<RunResult>((resolve, reject) => {
-    const worker = new Worker(WORKER_SOURCE, { eval: true, workerData, stdout: false, stderr: false });
+    // The worker boots while the module compiles (or has booted: prepareTool); it waits for its ToolWorkerData.
+    const worker = takeWorker();
+    const start = (module: WasmModule) => {
+      if (settled) return;
+      // Checked again: the signal may have fired while the module was compiled.
+      if (opts.signal?.aborted) return fail(cancelled());
+      direct = opts.direct === false ? undefined : openDirect(dev, hostFileOf(dev, opts.hostFile), opts.writable);
+      const dataBuf = new SharedArrayBuffer(direct ? 0 : chunk);
+      shared = new Uint8Array(dataBuf);
+      scratch = Buffer.allocUnsafe(direct ? 0 : chunk);
+      const workerData: ToolWorkerData = {
+        module,
+        args: args(devPath),
+        env: { PATH: '/', ...opts.env },
+        devicePath: devPath,
+        deviceSize: dev.size,
+        writable: opts.writable,
+        ctl: ctlBuf,
+        data: dataBuf,
+        trace,
+      };
+      if (direct) {
+        workerData.direct = { fd: direct.fd, base: direct.base };
+        if (trace) process.stderr.write(`[${tool}] direct I/O on ${direct.path} [${direct.base}, ${direct.base + dev.size})${opts.writable ? '' : ' read-only'}\n`);
+      }
+      worker.postMessage(workerData);
+    };
     const decoders = { 1: new TextDecoder(), 2: new TextDecoder() };
     let output = '';
     const streams = { 1: '', 2: '' };
@@ -387,7 +546,12 @@ async function runTool(
         () => undefined,
         () => undefined,
       );
-      void Promise.all([stopped, inflight]).then(() => ('error' in outcome ? reject(outcome.error) : resolve(outcome.value)));
+      // The worker's direct writes are over once it is terminated; then its descriptor goes.
+      void Promise.all([stopped, inflight]).then(() => {
+        closeDirect();
+        if ('error' in outcome) reject(outcome.error);
+        else resolve(outcome.value);
+      });
     };
     const fail = (error: unknown) => finish({ error });
     const onAbort = () => fail(new ImageError('interrupted', `${tool} was cancelled${wrote ? ' after it had written to the device' : ''}`));
@@ -460,6 +624,14 @@ async function runTool(
           printed.write(m.fd, decoders[m.fd].decode(m.bytes, { stream: true }));
           if (printed.loop) fail(loopError(tool, printed.loop, opts.writable));
           break;
+        case 'wrote':
+          wrote = true;
+          break;
+        case 'ioerror': {
+          const msg = `${tool} stopped: the device failed a ${m.op} of ${m.length} bytes at offset ${m.offset}: ${m.message}`;
+          fail(new ImageError('io', msg, { offset: m.offset, operation: m.op, path: direct?.path }));
+          break;
+        }
         case 'trace':
           process.stderr.write(`[${tool}] ${m.text}\n`);
           break;
@@ -470,7 +642,10 @@ async function runTool(
           printed.end();
           const code = m.code;
           const done = async () => {
-            if (opts.writable && wrote) await dev.flush();
+            if (!(opts.writable && wrote)) return;
+            const fd = direct?.fd;
+            if (fd !== undefined) await new Promise<void>((res, rej) => fs.fdatasync(fd, (e) => (e ? rej(e) : res())));
+            await dev.flush();
           };
           inflight = done().then(
             () => finish({ value: { exitCode: code, output, stdout: streams[1], stderr: streams[2] } }),
@@ -487,6 +662,7 @@ async function runTool(
     worker.on('exit', (code) => {
       if (!settled && !exited) fail(new ImageError('io', `${tool}: its worker thread exited (code ${code}) before the tool finished`));
     });
+    loadModule(tool).then(start, fail);
   });
 }
 

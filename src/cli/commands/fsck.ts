@@ -13,7 +13,7 @@ import { SliceDevice } from '../../core/slice.js';
 import { formatSize } from '../../core/size.js';
 import { DRIVERS } from '../../formats/index.js';
 import { detectContent } from '../../fs/detect.js';
-import { type FsckMode, ToolCrashError, e2fsck } from '../../fs/e2fsprogs.js';
+import { type FsckMode, ToolCrashError, e2fsck, prepareTool, rawHostFile } from '../../fs/e2fsprogs.js';
 import { inspectDisk } from '../../partition/inspect.js';
 
 export const PARTITION_OPTION: OptionSpec = {
@@ -195,6 +195,7 @@ async function runFsck(args: ParsedArgs, ctx: CliContext): Promise<number> {
   const file = args.positionals[0]!;
   const mode = modeFromArgs(args);
   const json = wantsJson(args);
+  prepareTool('e2fsck');
   const opened = await openFromArgs(file, args, { writable: mode !== 'check' });
   let result;
   let target: Target;
@@ -203,6 +204,7 @@ async function runFsck(args: ParsedArgs, ctx: CliContext): Promise<number> {
     result = await e2fsck(target.dev, {
       mode,
       name: target.name,
+      hostFile: rawHostFile(opened.driver.name, opened.file, target.offset),
       onOutput: json ? undefined : (chunk) => ctx.stdout.write(chunk),
     });
   } finally {

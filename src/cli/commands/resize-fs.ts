@@ -9,7 +9,7 @@ import { type CommandSpec, OUTPUT_OPTION, flag, printJson, str, wantsJson } from
 import { BACKING_OPTIONS, FORMAT_OPTION, openFromArgs } from '../common.js';
 import { ImageError } from '../../core/errors.js';
 import { formatSize, parseSize } from '../../core/size.js';
-import { type FsckResult, e2fsck, resize2fs } from '../../fs/e2fsprogs.js';
+import { type FsckResult, e2fsck, prepareTool, rawHostFile, resize2fs } from '../../fs/e2fsprogs.js';
 import { PARTITION_OPTION, WHOLE_OPTION, selectTarget, type Target } from './fsck.js';
 
 export const resizeFsCommand: CommandSpec = {
@@ -49,6 +49,7 @@ crashed (a WebAssembly trap: an internal error, reported as such); 130 interrupt
     const sizeArg = args.positionals[1];
     const size = sizeArg === undefined ? undefined : parseSize(sizeArg, 'SIZE');
     const json = wantsJson(args);
+    prepareTool(flag(args, 'no-check') ? 'resize2fs' : 'e2fsck');
     const opened = await openFromArgs(file, args, { writable: true });
     let target: Target;
     let preen: FsckResult | undefined;
@@ -63,8 +64,9 @@ crashed (a WebAssembly trap: an internal error, reported as such); 130 interrupt
         );
       }
       const echo = json ? undefined : (chunk: string) => ctx.stdout.write(chunk);
+      const hostFile = rawHostFile(opened.driver.name, opened.file, target.offset);
       if (!flag(args, 'no-check')) {
-        preen = await e2fsck(target.dev, { mode: 'preen', name: target.name, onOutput: echo });
+        preen = await e2fsck(target.dev, { mode: 'preen', name: target.name, hostFile, onOutput: echo });
         if (preen.exitCode & ~3) {
           throw new ImageError(
             'corrupt',
@@ -73,7 +75,7 @@ crashed (a WebAssembly trap: an internal error, reported as such); 130 interrupt
           );
         }
       }
-      result = await resize2fs(target.dev, { size, name: target.name, onOutput: echo });
+      result = await resize2fs(target.dev, { size, name: target.name, hostFile, onOutput: echo });
     } finally {
       await opened.image.close();
     }
