@@ -9,7 +9,7 @@
  * path does not read through the device.
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { readFileSync, readdirSync, readlinkSync, realpathSync, statSync } from 'node:fs';
+import { readFileSync, readdirSync, readlinkSync, realpathSync, renameSync, statSync } from 'node:fs';
 import { FileDevice } from '../src/core/file.js';
 import { SliceDevice } from '../src/core/slice.js';
 import { openImage } from '../src/formats/index.js';
@@ -217,6 +217,24 @@ describe('direct I/O on a window of a file', () => {
       expect(rawHostFile('qcow2', file, 0)).toBeUndefined();
     } finally {
       await opened.image.close();
+    }
+  });
+
+  it('never goes direct through a path replaced since the device was opened: the open file is checked', async () => {
+    const img = mkfs(t.path('r.img'), KINDS[3]!, 16, tree);
+    damage(img, 'inode-table');
+    const hostN = hostFsck(copy(img, t.path('r-host.img')), '-fn');
+    const dev = await FileDevice.open(img);
+    try {
+      // A clean filesystem of the same size now sits at the path; the device still holds the damaged one.
+      mkfs(t.path('r-clean.img'), KINDS[3]!, 16, tree);
+      renameSync(t.path('r-clean.img'), img);
+      const r = await e2fsck(dev, { mode: 'check' });
+      expect(dev.bytesRead).toBeGreaterThan(THROUGH_DEVICE);
+      expect(r.exitCode).toBe(hostN.status);
+      expect(r.exitCode).not.toBe(0);
+    } finally {
+      await dev.close();
     }
   });
 

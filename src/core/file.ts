@@ -249,6 +249,11 @@ export class FileDevice implements SourceDevice {
     }
   }
 
+  /** fstat of the open descriptor: who this device really is, whatever its path names now. */
+  stat(): fs.Stats {
+    return fs.fstatSync(this.fd);
+  }
+
   /** Bytes the file occupies on disk (st_blocks * 512): qemu-img's actual-size. */
   allocatedOnDisk(): number {
     return fs.fstatSync(this.fd).blocks * 512;

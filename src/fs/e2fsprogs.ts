@@ -415,7 +415,9 @@ function openDirect(dev: BlockDevice, h: HostFile | undefined, writable: boolean
   if (!Number.isSafeInteger(h.offset) || h.offset < 0 || !Number.isSafeInteger(end) || end > h.file.size) return undefined;
   let fd: number | undefined;
   try {
-    const st = fs.statSync(h.file.path);
+    // The file this device has open (not whatever its path names now: a
+    // file renamed or replaced since the image was opened is not ours).
+    const st = h.file.stat();
     if (!(st.isFile() || (st.isBlockDevice() && h.file.isBlockDevice))) return undefined;
     fd = fs.openSync(h.file.path, writable ? 'r+' : 'r');
     const fst = fs.fstatSync(fd);
