@@ -104,6 +104,15 @@ describe('hostile stream-optimized images', () => {
     await expectFieldError(vmdk, mutate(stream, (x) => put32le(x, first + 8, 0x7fffffff)), 'grain marker size', 'corrupt');
   });
 
+  it('a grain whose marker size cuts its zlib stream short is refused, never read as zeros (qemu: uncompress fails)', async () => {
+    const first = Number(u64le(stream, at('overHead'))) * 512;
+    const size = u32le(stream, first + 8);
+    expect(size).toBeGreaterThan(16);
+    const cut = mutate(stream, (x) => put32le(x, first + 8, size - 8));
+    const e = await expectFieldError(vmdk, cut, 'compressed cluster', 'corrupt');
+    expect(e.message).toMatch(/zlib data is invalid/);
+  });
+
   it('a header saying the GD is in the footer, with no footer, is refused by name', async () => {
     await expectFieldError(vmdk, ours.slice(0, ours.length - 512), 'footer marker');
     const noEos = mutate(ours, (x) => x.fill(0xaa, x.length - 512));

@@ -71,7 +71,12 @@ export async function decompressCluster(
   if (codec === 'zstd') return inSlot(() => zstdCluster(format, stored, clusterSize, host, o));
   const opts: zlib.ZlibOptions = {
     maxOutputLength: clusterSize,
-    finishFlush: zlib.constants.Z_SYNC_FLUSH,
+    // qcow/qcow2 (deflate): qemu accepts a stream that stops once the
+    // cluster is full (inflate Z_FINISH giving Z_BUF_ERROR with the output
+    // full), so a cut stream is read as far as it goes and `exact` judges
+    // the length. VMDK (zlib): qemu's uncompress() needs the whole stream;
+    // a cut one is an error, never zero-filled bytes.
+    finishFlush: codec === 'zlib' ? zlib.constants.Z_FINISH : zlib.constants.Z_SYNC_FLUSH,
     // One output chunk of a whole cluster: one pass through the thread pool.
     chunkSize: Math.max(1024, clusterSize),
   };
