@@ -200,6 +200,23 @@ function convertRow(name: string, inp: Inputs, runs: number, src: string, fmt: s
   return row;
 }
 
+/** The same raw → raw copy by a bare Node loop (node-copy.ts): what any Node program pays on this machine. */
+function nodeFloorRow(inp: Inputs, runs: number): Row {
+  const a = path.join(inp.dir, 'out-node.raw');
+  const b = path.join(inp.dir, 'out-qemu.raw');
+  const copier = fileURLToPath(new URL('./node-copy.js', import.meta.url));
+  const row = pairRuns(
+    'floor: bare Node copy loop raw → raw (no imgtool code) vs qemu-img',
+    runs,
+    () => (fs.rmSync(a, { force: true }), timed(process.execPath, [copier, inp.sparse, a])),
+    () => (fs.rmSync(b, { force: true }), timed('qemu-img', ['convert', '-O', 'raw', inp.sparse, b])),
+    { outputs: () => [allocated(a), allocated(b)], target: 'report' },
+  );
+  fs.rmSync(a, { force: true });
+  fs.rmSync(b, { force: true });
+  return row;
+}
+
 export type ExtraBench = (inp: Inputs, runs: number) => Row[] | Promise<Row[]>;
 
 /** Start-up: `imgtool info` on a small qcow2 against bare Node (`node -e 0`) and against `qemu-img info`. */
@@ -258,6 +275,7 @@ async function main(): Promise<void> {
     await safely('convert', () => convertRow('convert qcow2 → vdi', inp, runs, inp.sparseQcow2, 'vdi', [], '≤ 1.0'));
     fs.rmSync(sparseVdi, { force: true });
     await safely('convert', () => convertRow('convert raw → raw', inp, runs, inp.sparse, 'raw', [], '≤ 1.0'));
+    await safely('convert', () => nodeFloorRow(inp, runs));
     const sparseQcow = path.join(inp.dir, 'sparse.qcow');
     if (!only || only.includes('convert')) execFileSync('qemu-img', ['convert', '-O', 'qcow', inp.sparse, sparseQcow]);
     await safely('convert', () => convertRow('convert qcow → qcow2', inp, runs, sparseQcow, 'qcow2', [], '≤ 1.0'));
