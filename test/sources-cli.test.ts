@@ -129,6 +129,49 @@ describe('http(s) sources', () => {
   });
 });
 
+describe('other commands from URLs', () => {
+  it('compare: a URL against the local file is identical (exit 0), against another image differs (exit 1)', async () => {
+    const same = await imgtoolAsync(['compare', server.url('inner.qcow2'), t.path('inner.raw')]);
+    expect(same.status, same.stderr).toBe(0);
+    const noRanges = await imgtoolAsync(['compare', '--no-ranges', server.url('inner.vdi'), t.path('inner.qcow2')]);
+    expect(noRanges.status, noRanges.stderr).toBe(0);
+    const other = await imgtoolAsync(['compare', server.url('inner.qcow2'), t.path('big.qcow2')]);
+    expect(other.status).toBe(1);
+  });
+
+  it('wrap: a Xen filesystem image from a URL (ranged and not) gives the disk the local file gives', async () => {
+    const fsImg = t.path('xen-fs.img');
+    const tree = t.path('xen-tree');
+    must('sh', ['-c', `mkdir -p ${tree}/etc ${tree}/boot && printf '/dev/xvda1 / ext3 defaults 0 1\\n' > ${tree}/etc/fstab && head -c 3000000 /dev/urandom > ${tree}/data`]);
+    must('mke2fs', ['-q', '-F', '-t', 'ext3', '-d', tree, fsImg, '24M']);
+    const layouts: unknown[] = [];
+    const plain = await serveDir(t.dir, { ranges: false });
+    try {
+      for (const [name, src] of [['local', fsImg], ['ranged', server.url('xen-fs.img')], ['unranged', plain.url('xen-fs.img')]] as const) {
+        const out = t.path(`wrapped-${name}.qcow2`);
+        const r = await imgtoolAsync(['wrap', src, '-o', out]);
+        expect(r.status, `${name}: ${r.stderr}`).toBe(0);
+        expect(run('qemu-img', ['check', out]).status, name).toBe(0);
+        const raw = t.path(`wrapped-${name}.raw`);
+        must('qemu-img', ['convert', '-O', 'raw', out, raw]);
+        const table = JSON.parse(must('sfdisk', ['--json', raw])).partitiontable;
+        layouts.push(table.partitions.map((p: { start: number; size: number; type: string }) => [p.start, p.size, p.type]));
+        // The filesystem inside is the guest's, clean for the host's e2fsck, its data file intact.
+        const p1 = table.partitions[0];
+        const part = t.path(`wrapped-${name}.p1`);
+        must('dd', [`if=${raw}`, `of=${part}`, 'bs=512', `skip=${p1.start}`, `count=${p1.size}`, 'status=none']);
+        expect(run('e2fsck', ['-fn', part]).status, name).toBe(0);
+        expect(must('debugfs', ['-R', 'cat /data', part]).length).toBeGreaterThan(0);
+        expect(run('sh', ['-c', `debugfs -R 'cat /data' ${part} 2>/dev/null | cmp -s - ${tree}/data`]).status, name).toBe(0);
+      }
+    } finally {
+      await plain.close();
+    }
+    expect(layouts[1]).toEqual(layouts[0]);
+    expect(layouts[2]).toEqual(layouts[0]);
+  });
+});
+
 describe('compressed inputs', () => {
   const inners = [
     ['inner.raw', 'raw'],
