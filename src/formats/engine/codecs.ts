@@ -2,7 +2,7 @@
  * Cluster compression for every mapped format, on one bounded pool: at most
  * SLOTS (de)compressions run on libuv's thread pool at once; the rest wait.
  *
- *   deflate  raw deflate, no header (qcow, qcow2 "zlib")
+ *   deflate  raw deflate, no header, 4 KiB window (qcow, qcow2 "zlib")
  *   zlib     RFC 1950 zlib stream (VMDK streamOptimized grains)
  *
  * Decompressed output is bounded by the cluster size: hostile data never
@@ -74,7 +74,9 @@ export function compressCluster(codec: Codec, data: Uint8Array): Promise<Uint8Ar
     () =>
       new Promise<Uint8Array>((resolve, reject) => {
         const done = (err: Error | null, out: Buffer): void => (err ? reject(err) : resolve(out));
-        const opts = { level: 6, chunkSize: data.length + 1024 };
+        // Raw deflate for qcow and qcow2: qemu inflates it with a 4 KiB window
+        // (inflateInit2 with -12), so it must never be written with a larger one.
+        const opts: zlib.ZlibOptions = codec === 'deflate' ? { level: 6, windowBits: 12, memLevel: 8, chunkSize: data.length + 1024 } : { level: 6, chunkSize: data.length + 1024 };
         if (codec === 'zlib') zlib.deflate(data, opts, done);
         else zlib.deflateRaw(data, opts, done);
       }),
