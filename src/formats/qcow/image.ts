@@ -23,7 +23,7 @@
  */
 
 import * as path from 'node:path';
-import type { BlockDevice } from '../../core/device.js';
+import { type BlockDevice, checkRange, growDevice, isZero } from '../../core/device.js';
 import { Mutex } from '../../core/mutex.js';
 import { ImageError, fieldError } from '../../core/errors.js';
 import type { Image, ImageInfo } from '../types.js';
@@ -184,10 +184,12 @@ export class QcowFormat implements MappedFormat {
   readonly clusterSize: number;
   readonly writeCodec = 'deflate' as const;
   private readonly cb: number;
-  private readonly l2Entries: number;
+  readonly l2Entries: number;
   private readonly cache: TableCache<L2Table>;
   private readonly dirty = new Map<number, Dirty>();
   private readonly writeBack = new Mutex();
+  /** Serialises table creation and the append point (the engine's writers and QcowDevice's whole-cluster path). */
+  private readonly alloc = new Mutex();
   /** The append point. */
   private end: number;
   /** The run compressed data is packed into: [packAt, packEnd) is free. */
@@ -272,11 +274,23 @@ export class QcowFormat implements MappedFormat {
     return { t, j: cluster - index * this.l2Entries };
   }
 
-  async allocate(offset: number): Promise<number> {
-    await this.tableFor(offset);
-    const at = alignUp(this.end, this.clusterSize);
-    this.end = at + this.clusterSize;
-    return at;
+  allocate(offset: number): Promise<number> {
+    return this.allocateRun(offset, 1);
+  }
+
+  /** Host space for `count` clusters from `offset` (all inside one L2 table), one after another. */
+  allocateRun(offset: number, count: number): Promise<number> {
+    return this.alloc.run(async () => {
+      await this.tableFor(offset);
+      const at = alignUp(this.end, this.clusterSize);
+      this.end = at + count * this.clusterSize;
+      return at;
+    });
+  }
+
+  /** Map `count` clusters from `offset` to the clusters from `host` (written already). */
+  async commitRun(offset: number, host: number, count: number): Promise<void> {
+    for (let i = 0; i < count; i++) await this.setEntry(offset + i * this.clusterSize, host + i * this.clusterSize, 0);
   }
 
   /**
@@ -284,7 +298,11 @@ export class QcowFormat implements MappedFormat {
    * clusters, so that clusters stored whole (allocated between them by
    * concurrent writers) stay aligned without a gap before each.
    */
-  async allocateCompressed(offset: number, stored: number): Promise<number> {
+  allocateCompressed(offset: number, stored: number): Promise<number> {
+    return this.alloc.run(async () => this.packCompressed(offset, stored));
+  }
+
+  private async packCompressed(offset: number, stored: number): Promise<number> {
     await this.tableFor(offset);
     if (this.packAt + stored > this.packEnd) {
       const chunk = Math.max(PACK_CLUSTERS * this.clusterSize, alignUp(stored, this.clusterSize));
@@ -315,13 +333,15 @@ export class QcowFormat implements MappedFormat {
   }
 
   private async setEntry(offset: number, host: number, stored: number): Promise<void> {
-    const { t, j } = await this.tableFor(offset);
-    t.off[j] = host;
-    t.csize[j] = stored;
-    const d = this.dirty.get(t.index);
-    if (!d) this.dirty.set(t.index, { t, isNew: false, from: j, to: j + 1 });
-    else if (d.to === d.from) Object.assign(d, { from: j, to: j + 1 });
-    else Object.assign(d, { from: Math.min(d.from, j), to: Math.max(d.to, j + 1) });
+    await this.alloc.run(async () => {
+      const { t, j } = await this.tableFor(offset);
+      t.off[j] = host;
+      t.csize[j] = stored;
+      const d = this.dirty.get(t.index);
+      if (!d) this.dirty.set(t.index, { t, isNew: false, from: j, to: j + 1 });
+      else if (d.to === d.from) Object.assign(d, { from: j, to: j + 1 });
+      else Object.assign(d, { from: Math.min(d.from, j), to: Math.max(d.to, j + 1) });
+    });
     if (this.dirty.size > DIRTY_TABLES) await this.flush();
   }
 
@@ -408,13 +428,83 @@ export class QcowFormat implements MappedFormat {
   }
 }
 
-/** The engine's device, naming the L2 entry of a compressed cluster that does not inflate (as qcow always did). */
+/**
+ * The engine's device, naming the L2 entry of a compressed cluster that does
+ * not inflate (as qcow always did), with one fast path: whole clusters not
+ * stored yet (not compressing) are allocated as one run per L2 table and
+ * written from the caller's buffer in one request (the engine goes cluster
+ * by cluster, a request per 4 KiB). Such a run overlaps every other write to
+ * its clusters (never in flight with it: formats/types.ts), and allocation
+ * is serialised in the driver; data is written before the table points at it.
+ */
 class QcowDevice extends SparseMappedDevice {
+  private readonly container: BlockDevice;
+  private readonly compress: boolean;
+  private readonly backed: boolean;
+
   constructor(
     private readonly q: QcowFormat,
     o: EngineOptions,
   ) {
     super(q, o);
+    this.container = o.container;
+    this.compress = !!o.compress;
+    this.backed = !!o.backing;
+  }
+
+  override async write(buf: Uint8Array, offset: number): Promise<void> {
+    const cs = this.q.clusterSize;
+    if (this.readOnly || this.compress || buf.length < cs) return super.write(buf, offset);
+    checkRange(this, offset, buf.length, 'write');
+    const span = cs * this.q.l2Entries;
+    const jobs: Promise<void>[] = [];
+    let rest = -1; // start (in buf) of a span left to the engine
+    const toEngine = (end: number) => {
+      if (rest >= 0 && end > rest) jobs.push(super.write(buf.subarray(rest, end), offset + rest));
+      rest = -1;
+    };
+    try {
+      for (let pos = 0; pos < buf.length; ) {
+        const abs = offset + pos;
+        const whole = Math.floor((buf.length - pos) / cs) * cs;
+        if (abs % cs !== 0 || whole === 0) {
+          if (rest < 0) rest = pos;
+          pos += Math.min(cs - (abs % cs), buf.length - pos);
+          continue;
+        }
+        const m = await this.q.lookup(abs, Math.min(whole, span - (abs % span)));
+        if (m.kind !== 'unallocated') {
+          if (rest < 0) rest = pos;
+          pos += m.length;
+          continue;
+        }
+        toEngine(pos);
+        // Clusters of zeros stay unallocated (without a backing file they read as zero already).
+        let run = pos;
+        for (let c = pos; c <= pos + m.length; c += cs) {
+          const zero = c < pos + m.length && !this.backed && isZero(buf.subarray(c, c + cs));
+          if (c === pos + m.length || zero) {
+            if (c > run) jobs.push(this.writeRun(buf.subarray(run, c), offset + run));
+            run = c + cs;
+          }
+        }
+        pos += m.length;
+      }
+      toEngine(buf.length);
+    } catch (e) {
+      await Promise.allSettled(jobs); // no request left running
+      throw e;
+    }
+    const results = await Promise.allSettled(jobs);
+    for (const r of results) if (r.status === 'rejected') throw r.reason;
+  }
+
+  private async writeRun(piece: Uint8Array, abs: number): Promise<void> {
+    const count = piece.length / this.q.clusterSize;
+    const host = await this.q.allocateRun(abs, count);
+    await growDevice(this.container, host + piece.length, 'qcow');
+    await this.container.write(piece, host);
+    await this.q.commitRun(abs, host, count);
   }
 
   override async read(buf: Uint8Array, offset: number): Promise<void> {
