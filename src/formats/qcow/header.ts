@@ -26,23 +26,31 @@
  *                                       exactly one cluster.
  */
 
+import { defineStruct } from '../engine/struct.js';
+
 export const QCOW_MAGIC = 0x514649fb;
 export const QCOW_VERSION = 1;
-export const HEADER_SIZE = 48;
 
-export const OFF = {
-  magic: 0,
-  version: 4,
-  backing_file_offset: 8,
-  backing_file_size: 16,
-  mtime: 20,
-  size: 24,
-  cluster_bits: 32,
-  l2_bits: 33,
-  padding: 34,
-  crypt_method: 36,
-  l1_table_offset: 40,
-} as const;
+/** The header as declared: decoder, layout table and encoder in one (names are qemu's). */
+export const QcowHeaderStruct = defineStruct('qcow header', [
+  ['magic', 'u32be'],
+  ['version', 'u32be'],
+  ['backing_file_offset', 'u64be'],
+  ['backing_file_size', 'u32be'],
+  ['mtime', 'u32be'],
+  ['size', 'u64be'],
+  ['cluster_bits', 'u8'],
+  ['l2_bits', 'u8'],
+  ['padding', 'u16be'],
+  ['crypt_method', 'u32be'],
+  ['l1_table_offset', 'u64be'],
+] as const);
+
+export const HEADER_SIZE = QcowHeaderStruct.size; // 48
+
+type FieldName = keyof ReturnType<typeof QcowHeaderStruct.parse>;
+/** Field byte offsets (from the struct's layout table), for error messages and the fuzzer. */
+export const OFF = Object.fromEntries(QcowHeaderStruct.layout.map((r) => [r.field, r.offset])) as Readonly<Record<FieldName, number>>;
 
 export interface QcowHeader {
   magic: number;
@@ -61,35 +69,35 @@ export interface QcowHeader {
 export function parseHeader(head: Uint8Array): QcowHeader {
   const b = new Uint8Array(HEADER_SIZE);
   b.set(head.subarray(0, HEADER_SIZE));
-  const v = new DataView(b.buffer);
+  const v = QcowHeaderStruct.parse(b);
   return {
-    magic: v.getUint32(OFF.magic),
-    version: v.getUint32(OFF.version),
-    backingFileOffset: v.getBigUint64(OFF.backing_file_offset),
-    backingFileSize: v.getUint32(OFF.backing_file_size),
-    mtime: v.getUint32(OFF.mtime),
-    size: v.getBigUint64(OFF.size),
-    clusterBits: v.getUint8(OFF.cluster_bits),
-    l2Bits: v.getUint8(OFF.l2_bits),
-    cryptMethod: v.getUint32(OFF.crypt_method),
-    l1TableOffset: v.getBigUint64(OFF.l1_table_offset),
+    magic: v.magic,
+    version: v.version,
+    backingFileOffset: v.backing_file_offset,
+    backingFileSize: v.backing_file_size,
+    mtime: v.mtime,
+    size: v.size,
+    clusterBits: v.cluster_bits,
+    l2Bits: v.l2_bits,
+    cryptMethod: v.crypt_method,
+    l1TableOffset: v.l1_table_offset,
   };
 }
 
 export function encodeHeader(h: QcowHeader): Uint8Array {
-  const b = new Uint8Array(HEADER_SIZE);
-  const v = new DataView(b.buffer);
-  v.setUint32(OFF.magic, h.magic);
-  v.setUint32(OFF.version, h.version);
-  v.setBigUint64(OFF.backing_file_offset, h.backingFileOffset);
-  v.setUint32(OFF.backing_file_size, h.backingFileSize);
-  v.setUint32(OFF.mtime, h.mtime);
-  v.setBigUint64(OFF.size, h.size);
-  v.setUint8(OFF.cluster_bits, h.clusterBits);
-  v.setUint8(OFF.l2_bits, h.l2Bits);
-  v.setUint32(OFF.crypt_method, h.cryptMethod);
-  v.setBigUint64(OFF.l1_table_offset, h.l1TableOffset);
-  return b;
+  return QcowHeaderStruct.encode({
+    magic: h.magic,
+    version: h.version,
+    backing_file_offset: h.backingFileOffset,
+    backing_file_size: h.backingFileSize,
+    mtime: h.mtime,
+    size: h.size,
+    cluster_bits: h.clusterBits,
+    l2_bits: h.l2Bits,
+    padding: 0,
+    crypt_method: h.cryptMethod,
+    l1_table_offset: h.l1TableOffset,
+  });
 }
 
 /** Is this the start of a qcow version 1 file? (qcow2 shares the magic.) */

@@ -1,5 +1,8 @@
 /**
- * A qcow (version 1) image as a block device.
+ * A qcow (version 1) image on the shared engine (../engine): this file holds
+ * only what is qcow's own, the header checks, the L1/L2 tables and where new
+ * clusters go; the engine reads, writes, copies on write, compresses and
+ * decompresses.
  *
  * Spec: qemu block/qcow.c (there is no other specification of qcow v1);
  * qemu iotests 092 for the header checks.
@@ -8,24 +11,27 @@
  * "compressed cluster" = an L2 entry with bit 63 set; backing file = the image
  * that unallocated clusters read from. qcow v1 has no refcounts, no zero
  * clusters, no snapshots: space of overwritten compressed clusters is simply
- * leaked, as qemu does.
+ * leaked, as qemu does, and a cluster written as zero (without a backing
+ * file) is unmapped.
  *
- * Concurrency: reads and writes into clusters that are already allocated
- * (uncompressed) go straight to the file. Everything that changes metadata
- * (allocating an L2 table or a cluster, rewriting a compressed cluster,
- * deallocating) runs under one mutex, which also covers the append point
- * (`end`). Compression happens before taking the mutex, so concurrent writes
- * compress in parallel and only the append is serialised. Metadata is
- * written through (data first, then the L2 entries, then the L1 entry for a
- * new table), so the file is consistent after every write.
+ * Allocation is append-only: a new L2 table, then clusters, at the end of the
+ * file (compressed data back to back, unaligned). The engine writes a
+ * cluster's data before `commit` points the table at it; changed L2 entries
+ * are written back in batches (at most DIRTY_TABLES tables held, and at
+ * flush), a new table before the L1 entry that points at it, so the file is
+ * consistent whenever the tables reach it.
  */
 
 import * as path from 'node:path';
-import { type BlockDevice, type Extent, checkRange, checkWritable, isZero, growDevice } from '../../core/device.js';
+import { type BlockDevice, checkRange, growDevice, isZero } from '../../core/device.js';
 import { Mutex } from '../../core/mutex.js';
 import { ImageError, fieldError } from '../../core/errors.js';
 import type { Image, ImageInfo } from '../types.js';
-import { compressCluster, decompressCluster } from './compress.js';
+import { TableCache } from '../engine/cache.js';
+import type { EngineOptions } from '../engine/engine.js';
+import { DescribedImage } from '../engine/image.js';
+import type { Mapping, MappedFormat } from '../engine/mapping.js';
+import { SparseMappedDevice } from '../engine/sparse.js';
 import { HEADER_SIZE, OFF, QCOW_MAGIC, QCOW_VERSION, type QcowHeader, encodeHeader, parseHeader } from './header.js';
 import { type L2Table, type TableGeometry, decodeL1, decodeL2, encodeL2Entries, encodeU64 } from './tables.js';
 
@@ -147,62 +153,230 @@ function tableGeometry(g: QcowGeometry): TableGeometry {
   };
 }
 
-interface Piece {
-  cluster: number;
-  inCluster: number;
-  /** Position in the caller's buffer. */
-  pos: number;
-  data: Uint8Array;
-  /** The piece covers the whole cluster (up to the end of the disk). */
-  full: boolean;
-  compressed?: Uint8Array;
-}
-
 export interface QcowImageOptions {
   writable: boolean;
   compress?: boolean;
   backing?: Image;
   /** The image's path, for `full-backing-filename`. */
   path?: string;
+  /** The image is new: it reads as zero everywhere. */
+  zeroInit?: boolean;
 }
 
-export class QcowImage implements Image {
-  readonly format = 'qcow';
+/** Clusters reserved at a time for packing compressed data. */
+const PACK_CLUSTERS = 16;
+
+/** Changed L2 tables held before they are written back. */
+const DIRTY_TABLES = 64;
+
+interface Dirty {
+  t: L2Table;
+  /** The table is new: written whole, then its L1 entry. */
+  isNew: boolean;
+  from: number;
+  to: number;
+}
+
+/** The qcow driver for the engine: lookup over the L1/L2 tables, append allocation, batched table write-back. */
+export class QcowFormat implements MappedFormat {
+  readonly name = 'qcow';
   readonly size: number;
-  readonly readOnly: boolean;
-  readonly backingName?: string;
-  private readonly cs: number;
+  readonly clusterSize: number;
+  readonly writeCodec = 'deflate' as const;
   private readonly cb: number;
-  private readonly l2Entries: number;
-  private readonly meta = new Mutex();
-  private readonly tables = new Map<number, Promise<L2Table>>();
-  private readonly loaded = new Map<number, L2Table>();
-  private readonly cacheCap: number;
+  readonly l2Entries: number;
+  private readonly cache: TableCache<L2Table>;
+  private readonly dirty = new Map<number, Dirty>();
+  private readonly writeBack = new Mutex();
+  /** Serialises table creation and the append point (the engine's writers and QcowDevice's whole-cluster path). */
+  private readonly alloc = new Mutex();
+  /** The append point. */
   private end: number;
-  private geometry: TableGeometry;
-  private lastCompressed?: { off: number; data: Uint8Array };
-  private closed = false;
+  /** The run compressed data is packed into: [packAt, packEnd) is free. */
+  private packAt = 0;
+  private packEnd = 0;
 
   constructor(
     private readonly child: BlockDevice,
-    private readonly g: QcowGeometry,
+    readonly g: QcowGeometry,
     private readonly l1: Float64Array,
-    private readonly opts: QcowImageOptions,
+    private readonly hasBacking: boolean,
   ) {
     this.size = g.virtualSize;
-    this.readOnly = !opts.writable;
     this.cb = g.header.clusterBits;
-    this.cs = 2 ** this.cb;
+    this.clusterSize = 2 ** this.cb;
     this.l2Entries = 2 ** g.header.l2Bits;
-    this.backingName = g.backingName;
     this.end = g.fileSize;
-    this.geometry = tableGeometry(g);
     // Keep about 32 MiB of decoded L2 tables (12 bytes per entry), at least 16.
-    this.cacheCap = Math.max(16, Math.floor((32 << 20) / (12 * this.l2Entries)));
+    this.cache = new TableCache(Math.max(16, Math.floor((32 << 20) / (12 * this.l2Entries))));
   }
 
-  get clusterSize(): number {
-    return this.cs;
+  /** The L2 table for L1 index `index` (a changed one as changed), or undefined when there is none. */
+  private async table(index: number): Promise<L2Table | undefined> {
+    const d = this.dirty.get(index);
+    if (d) return d.t;
+    const off = this.l1[index]!;
+    if (off === 0) return undefined;
+    return this.cache.get(index, async () => {
+      const bytes = new Uint8Array(8 * this.l2Entries);
+      await this.child.read(bytes, off);
+      // Entries may point at clusters appended since open: validate against the current end.
+      return decodeL2(bytes, { ...tableGeometry(this.g), fileSize: Math.max(this.end, this.child.size) }, index, off);
+    });
+  }
+
+  async lookup(offset: number, length: number): Promise<Mapping> {
+    const cs = this.clusterSize;
+    const n = this.l2Entries;
+    const end = offset + length;
+    let cluster = Math.floor(offset / cs);
+    const within = offset - cluster * cs;
+    let index = Math.floor(cluster / n);
+    let t = await this.table(index);
+    const j0 = cluster - index * n;
+    const off = t ? t.off[j0]! : 0;
+    if (off !== 0 && t!.csize[j0]! > 0) {
+      return { kind: 'compressed', length: Math.min(length, cs - within), host: off, stored: t!.csize[j0]!, codec: 'deflate' };
+    }
+    // A run of unallocated clusters, or of data clusters stored one after another.
+    let stop = (cluster + 1) * cs;
+    for (cluster++; stop < end; cluster++) {
+      if (cluster >= (index + 1) * n) {
+        index++;
+        t = await this.table(index);
+      }
+      if (!t && off === 0) {
+        // No table: all of it is unallocated.
+        stop = (index + 1) * n * cs;
+        cluster = (index + 1) * n - 1;
+        continue;
+      }
+      const j = cluster - index * n;
+      const o = t ? t.off[j]! : 0;
+      if (off === 0 ? o !== 0 : o !== off + (cluster * cs - (offset - within)) || t!.csize[j]! > 0) break;
+      stop += cs;
+    }
+    const len = Math.min(stop, end) - offset;
+    return off === 0 ? { kind: 'unallocated', length: len } : { kind: 'data', length: len, host: off + within };
+  }
+
+  /** The table for the cluster at `offset`, made (in memory, at the end of the file) when there is none. */
+  private async tableFor(offset: number): Promise<{ t: L2Table; j: number }> {
+    const cluster = Math.floor(offset / this.clusterSize);
+    const index = Math.floor(cluster / this.l2Entries);
+    let t = await this.table(index);
+    if (!t) {
+      const at = alignUp(this.end, this.clusterSize);
+      this.end = at + 8 * this.l2Entries;
+      t = { index, offset: at, off: new Float64Array(this.l2Entries), csize: new Uint32Array(this.l2Entries), busy: 0 };
+      this.dirty.set(index, { t, isNew: true, from: 0, to: 0 });
+    }
+    return { t, j: cluster - index * this.l2Entries };
+  }
+
+  allocate(offset: number): Promise<number> {
+    return this.allocateRun(offset, 1);
+  }
+
+  /** Host space for `count` clusters from `offset` (all inside one L2 table), one after another. */
+  allocateRun(offset: number, count: number): Promise<number> {
+    return this.alloc.run(async () => {
+      await this.tableFor(offset);
+      const at = alignUp(this.end, this.clusterSize);
+      this.end = at + count * this.clusterSize;
+      return at;
+    });
+  }
+
+  /** Map `count` clusters from `offset` to the clusters from `host` (written already). */
+  async commitRun(offset: number, host: number, count: number): Promise<void> {
+    for (let i = 0; i < count; i++) await this.setEntry(offset + i * this.clusterSize, host + i * this.clusterSize, 0);
+  }
+
+  /**
+   * Compressed data is packed back to back into runs of PACK_CLUSTERS
+   * clusters, so that clusters stored whole (allocated between them by
+   * concurrent writers) stay aligned without a gap before each.
+   */
+  allocateCompressed(offset: number, stored: number): Promise<number> {
+    return this.alloc.run(async () => this.packCompressed(offset, stored));
+  }
+
+  private async packCompressed(offset: number, stored: number): Promise<number> {
+    await this.tableFor(offset);
+    if (this.packAt + stored > this.packEnd) {
+      const chunk = Math.max(PACK_CLUSTERS * this.clusterSize, alignUp(stored, this.clusterSize));
+      if (this.packEnd !== this.end || this.packEnd === 0) this.packAt = alignUp(this.end, this.clusterSize);
+      this.packEnd = this.packAt + chunk;
+      this.end = this.packEnd;
+    }
+    const at = this.packAt;
+    this.packAt += stored;
+    return at;
+  }
+
+  commit(offset: number, host: number): Promise<void> {
+    return this.setEntry(offset, host, 0);
+  }
+
+  commitCompressed(offset: number, host: number, stored: number): Promise<void> {
+    return this.setEntry(offset, host, stored);
+  }
+
+  /** Without a backing file an unmapped cluster reads as zero: unmap it (its space is leaked, as in qemu). */
+  async markZero(offset: number): Promise<boolean> {
+    if (this.hasBacking) return false;
+    const cluster = Math.floor(offset / this.clusterSize);
+    const t = await this.table(Math.floor(cluster / this.l2Entries));
+    if (t && t.off[cluster % this.l2Entries] !== 0) await this.setEntry(offset, 0, 0);
+    return true;
+  }
+
+  private async setEntry(offset: number, host: number, stored: number): Promise<void> {
+    await this.alloc.run(async () => {
+      const { t, j } = await this.tableFor(offset);
+      t.off[j] = host;
+      t.csize[j] = stored;
+      const d = this.dirty.get(t.index);
+      if (!d) this.dirty.set(t.index, { t, isNew: false, from: j, to: j + 1 });
+      else if (d.to === d.from) Object.assign(d, { from: j, to: j + 1 });
+      else Object.assign(d, { from: Math.min(d.from, j), to: Math.max(d.to, j + 1) });
+    });
+    if (this.dirty.size > DIRTY_TABLES) await this.flush();
+  }
+
+  /** Write the changed tables back: entries of existing tables; a new table whole, then its L1 entry. */
+  async flush(): Promise<void> {
+    await this.writeBack.run(async () => {
+      const batch = [...this.dirty.values()];
+      this.dirty.clear();
+      // The tables stay visible to lookups while they are written (data is on disk already).
+      for (const d of batch) {
+        if (d.isNew) this.l1[d.t.index] = d.t.offset;
+        this.cache.put(d.t.index, d.t);
+      }
+      for (const d of batch) {
+        if (d.isNew) {
+          await this.child.write(encodeL2Entries(d.t, this.cb, 0, this.l2Entries), d.t.offset);
+          await this.child.write(encodeU64(d.t.offset), this.g.l1Offset + 8 * d.t.index);
+        } else if (d.to > d.from) {
+          await this.child.write(encodeL2Entries(d.t, this.cb, d.from, d.to), d.t.offset + 8 * d.from);
+        }
+      }
+    });
+  }
+
+  /** Where the compressed cluster at host offset `host` is mapped from, for a message (scans the range). */
+  async entryOf(offset: number, length: number, host: number): Promise<{ field: string; at: number; csize: number } | undefined> {
+    const cs = this.clusterSize;
+    for (let pos = offset - (offset % cs); pos < offset + length; pos += cs) {
+      const cluster = pos / cs;
+      const index = Math.floor(cluster / this.l2Entries);
+      const j = cluster % this.l2Entries;
+      const t = await this.table(index);
+      if (t && t.off[j] === host && t.csize[j]! > 0) return { field: `l2_table[${index}][${j}]`, at: t.offset + 8 * j, csize: t.csize[j]! };
+    }
+    return undefined;
   }
 
   /**
@@ -232,546 +406,168 @@ export class QcowImage implements Image {
         set(isShared ? shared : exclusive, s);
       }
     };
-    let metaEnd = 0;
     for (const [a, b] of this.g.reserved) {
       for (let s = Math.floor(a / 512); s < Math.ceil(b / 512); s++) set(exclusive, s);
-      metaEnd = Math.max(metaEnd, b);
     }
     const l2Bytes = 8 * this.l2Entries;
     const buf = new Uint8Array(l2Bytes);
+    const geometry = tableGeometry(this.g);
     for (let i = 0; i < this.l1.length; i++) {
       const off = this.l1[i]!;
       if (off === 0) continue;
       claim(off, off + l2Bytes, false, () => [`l1_table[${i}]`, this.g.l1Offset + 8 * i, off]);
       await this.child.read(buf, off);
-      const t = decodeL2(buf, this.geometry, i, off);
+      const t = decodeL2(buf, geometry, i, off);
       for (let j = 0; j < this.l2Entries; j++) {
         const c = t.off[j]!;
         if (c === 0) continue;
-        const len = t.csize[j] || this.cs;
+        const len = t.csize[j] || this.clusterSize;
         claim(c, c + len, t.csize[j]! > 0, () => [`l2_table[${i}][${j}]`, off + 8 * j, c]);
       }
     }
   }
-
-  // ---- L2 tables -------------------------------------------------------
-
-  private async table(index: number): Promise<L2Table | undefined> {
-    const off = this.l1[index]!;
-    if (off === 0) return undefined;
-    const cached = this.tables.get(index);
-    if (cached) {
-      this.tables.delete(index);
-      this.tables.set(index, cached);
-      return cached;
-    }
-    const p = (async () => {
-      const bytes = new Uint8Array(8 * this.l2Entries);
-      await this.child.read(bytes, off);
-      // Entries may point at clusters appended since open: validate against the current end.
-      this.geometry = { ...this.geometry, fileSize: Math.max(this.end, this.child.size) };
-      const t = decodeL2(bytes, this.geometry, index, off);
-      this.loaded.set(index, t);
-      return t;
-    })();
-    this.tables.set(index, p);
-    p.catch(() => {
-      if (this.tables.get(index) === p) this.tables.delete(index);
-    });
-    this.evict();
-    return p;
-  }
-
-  /**
-   * The cached table for `index`, marked busy so it stays cached (and so the
-   * only copy anyone modifies) until `unpin`. Undefined when there is none.
-   */
-  private async pin(index: number): Promise<L2Table | undefined> {
-    for (;;) {
-      const t = await this.table(index);
-      if (!t) return undefined;
-      // Evicted between load and now? Load again: the disk copy is current.
-      if (this.loaded.get(index) === t) {
-        t.busy++;
-        return t;
-      }
-    }
-  }
-
-  private unpin(t: L2Table): void {
-    t.busy--;
-  }
-
-  private evict(): void {
-    if (this.tables.size <= this.cacheCap) return;
-    for (const k of this.tables.keys()) {
-      if (this.tables.size <= this.cacheCap) break;
-      const t = this.loaded.get(k);
-      if (t && t.busy === 0) {
-        this.tables.delete(k);
-        this.loaded.delete(k);
-      }
-    }
-  }
-
-  private clusterEntry(t: L2Table | undefined, cluster: number): { off: number; csize: number } {
-    if (!t) return { off: 0, csize: 0 };
-    const j = cluster % this.l2Entries;
-    return { off: t.off[j]!, csize: t.csize[j]! };
-  }
-
-  // ---- reads -----------------------------------------------------------
-
-  private async readCompressed(off: number, csize: number, cluster: number): Promise<Uint8Array> {
-    if (this.lastCompressed?.off === off) return this.lastCompressed.data;
-    const raw = new Uint8Array(csize);
-    await this.child.read(raw, off);
-    const data = await decompressCluster(raw, this.cs);
-    if (!data) {
-      const index = Math.floor(cluster / this.l2Entries);
-      const j = cluster % this.l2Entries;
-      const t = this.loaded.get(index);
-      throw fieldError(
-        'corrupt',
-        'qcow',
-        `l2_table[${index}][${j}]`,
-        (t?.offset ?? 0) + 8 * j,
-        off,
-        `points at compressed data [${off}, ${off + csize}) that does not inflate to one ${this.cs}-byte cluster`,
-      );
-    }
-    this.lastCompressed = { off, data };
-    return data;
-  }
-
-  private async readBacking(buf: Uint8Array, offset: number): Promise<void> {
-    const b = this.opts.backing;
-    if (!b) {
-      buf.fill(0);
-      return;
-    }
-    const avail = Math.max(0, Math.min(buf.length, b.size - offset));
-    if (avail > 0) await b.read(buf.subarray(0, avail), offset);
-    buf.fill(0, avail);
-  }
-
-  async read(buf: Uint8Array, offset: number): Promise<void> {
-    checkRange(this, offset, buf.length, 'read');
-    const jobs: Promise<void>[] = [];
-    let runFile = -1;
-    let runStart = 0;
-    let runLen = 0;
-    const flushRun = () => {
-      if (runLen > 0) track(jobs, this.child.read(buf.subarray(runStart, runStart + runLen), runFile));
-      runLen = 0;
-    };
-    let pos = 0;
-    let t: L2Table | undefined;
-    let tIndex = -1;
-    try {
-      while (pos < buf.length) {
-        const abs = offset + pos;
-        const cluster = Math.floor(abs / this.cs);
-        const inCluster = abs - cluster * this.cs;
-        const n = Math.min(this.cs - inCluster, buf.length - pos);
-        const index = Math.floor(cluster / this.l2Entries);
-        if (index !== tIndex) {
-          t = await this.table(index);
-          tIndex = index;
-        }
-        const e = this.clusterEntry(t, cluster);
-        const view = buf.subarray(pos, pos + n);
-        if (e.off === 0) {
-          flushRun();
-          track(jobs, this.readBacking(view, abs));
-        } else if (e.csize > 0) {
-          flushRun();
-          const at = pos;
-          track(jobs, this.readCompressed(e.off, e.csize, cluster).then((d) => buf.set(d.subarray(inCluster, inCluster + n), at)));
-        } else {
-          const fileOff = e.off + inCluster;
-          if (runLen > 0 && runFile + runLen === fileOff) runLen += n;
-          else {
-            flushRun();
-            runFile = fileOff;
-            runStart = pos;
-            runLen = n;
-          }
-        }
-        pos += n;
-      }
-      flushRun();
-    } catch (e) {
-      await Promise.allSettled(jobs); // no request left running (or rejecting unobserved)
-      throw e;
-    }
-    await Promise.all(jobs);
-  }
-
-  async status(offset: number, length: number): Promise<Extent> {
-    checkRange(this, offset, length, 'status');
-    if (length === 0) return { offset, length: 0, kind: 'unallocated' };
-    const end = offset + length;
-    const n = this.l2Entries;
-    let cluster = Math.floor(offset / this.cs);
-    let kind: 'data' | 'unallocated' | undefined;
-    let stop = offset;
-    // One table lookup per L2 table; the entries inside it are scanned synchronously.
-    scan: while (stop < end) {
-      const index = Math.floor(cluster / n);
-      const t = this.l1[index] === 0 ? undefined : await this.table(index);
-      const tableEnd = (index + 1) * n;
-      for (; cluster < tableEnd; cluster++) {
-        const k = t && t.off[cluster - index * n] !== 0 ? 'data' : 'unallocated';
-        if (kind === undefined) kind = k;
-        else if (k !== kind) break scan;
-        stop = Math.min(end, (cluster + 1) * this.cs);
-        if (stop >= end) break scan;
-      }
-    }
-    if (kind === 'unallocated' && this.opts.backing) {
-      // This layer has nothing here: what the guest sees is the backing file's.
-      const b = this.opts.backing;
-      if (offset >= b.size) return { offset, length: stop - offset, kind: 'unallocated' };
-      const e = await b.status(offset, Math.min(stop, b.size) - offset);
-      return { offset, length: e.length, kind: e.kind };
-    }
-    return { offset, length: stop - offset, kind: kind! };
-  }
-
-  /** This layer's run at `offset`, with its host offset (map, check): see LayerRun in ../types.ts. */
-  async layerStatus(offset: number, length: number): Promise<import('../types.js').LayerRun> {
-    checkRange(this, offset, length, 'layerStatus');
-    const end = offset + length;
-    let run: import('../types.js').LayerRun | undefined;
-    for (let pos = offset; pos < end; ) {
-      const cluster = Math.floor(pos / this.cs);
-      const index = Math.floor(cluster / this.l2Entries);
-      const e = this.clusterEntry(this.l1[index] === 0 ? undefined : await this.table(index), cluster);
-      const n = Math.min((cluster + 1) * this.cs, end) - pos;
-      const host = e.off + (pos - cluster * this.cs);
-      const kind = e.off === 0 ? 'unallocated' : e.csize > 0 ? 'compressed' : 'data';
-      if (!run) run = kind === 'data' ? { kind, length: n, host } : { kind, length: n };
-      else if (kind !== run.kind || kind === 'compressed' || (kind === 'data' && run.host! + run.length !== host)) break;
-      else run.length += n;
-      pos += n;
-    }
-    return run ?? { kind: 'unallocated', length };
-  }
-
-  get backingImage(): Image | undefined {
-    return this.opts.backing;
-  }
-
-  // ---- writes ----------------------------------------------------------
-
-  private split(buf: Uint8Array, offset: number): Piece[] {
-    const pieces: Piece[] = [];
-    let pos = 0;
-    while (pos < buf.length) {
-      const abs = offset + pos;
-      const cluster = Math.floor(abs / this.cs);
-      const inCluster = abs - cluster * this.cs;
-      const n = Math.min(this.cs - inCluster, buf.length - pos);
-      const full = inCluster === 0 && (n === this.cs || abs + n === this.size);
-      pieces.push({ cluster, inCluster, pos, data: buf.subarray(pos, pos + n), full });
-      pos += n;
-    }
-    return pieces;
-  }
-
-  async write(buf: Uint8Array, offset: number): Promise<void> {
-    checkWritable(this);
-    checkRange(this, offset, buf.length, 'write');
-    if (buf.length === 0) return;
-    const direct: Promise<void>[] = [];
-    const needAlloc: Piece[] = [];
-    let t: L2Table | undefined;
-    let tIndex = -1;
-    try {
-      for (const p of this.split(buf, offset)) {
-        const index = Math.floor(p.cluster / this.l2Entries);
-        if (index !== tIndex) {
-          t = await this.table(index);
-          tIndex = index;
-        }
-        const e = this.clusterEntry(t, p.cluster);
-        if (e.off !== 0 && e.csize === 0) track(direct, this.child.write(p.data, e.off + p.inCluster));
-        else if (e.off === 0 && !this.opts.backing && isZero(p.data)) continue; // already reads as zero
-        else needAlloc.push(p);
-      }
-    } catch (e) {
-      await Promise.allSettled(direct);
-      throw e;
-    }
-    if (needAlloc.length) {
-      if (this.opts.compress) {
-        await Promise.all(
-          needAlloc.map(async (p) => {
-            if (!p.full || isZero(p.data)) return;
-            const cluster = p.data.length === this.cs ? p.data : padded(p.data, this.cs);
-            p.compressed = await compressCluster(cluster);
-          }),
-        );
-      }
-      direct.push(this.allocate(needAlloc));
-    }
-    await Promise.all(direct);
-  }
-
-  /** Allocate clusters for pieces (under the metadata mutex) and write them. */
-  private async allocate(pieces: Piece[]): Promise<void> {
-    const release = await this.meta.lock();
-    // Tables touched, pinned while we change them; new tables are published last.
-    const touched = new Map<number, { t: L2Table; isNew: boolean; from: number; to: number }>();
-    try {
-      const writes: Array<{ off: number; data: Uint8Array }> = [];
-      const compressedBlobs: Array<{ p: Piece; t: L2Table; j: number }> = [];
-      const normal: Array<{ t: L2Table; j: number; content: Uint8Array }> = [];
-
-      for (const p of pieces) {
-        const index = Math.floor(p.cluster / this.l2Entries);
-        const j = p.cluster % this.l2Entries;
-        let entry = touched.get(index);
-        if (!entry) {
-          const existing = await this.pin(index);
-          if (existing) entry = { t: existing, isNew: false, from: j, to: j };
-          else {
-            const off = alignUp(this.end, this.cs);
-            this.end = off + 8 * this.l2Entries;
-            const t: L2Table = {
-              index,
-              offset: off,
-              off: new Float64Array(this.l2Entries),
-              csize: new Uint32Array(this.l2Entries),
-              busy: 1,
-            };
-            entry = { t, isNew: true, from: j, to: j };
-          }
-          touched.set(index, entry);
-        }
-        const t = entry.t;
-        // Re-check under the mutex: another writer may have allocated it meanwhile.
-        if (t.off[j] !== 0 && t.csize[j] === 0) {
-          writes.push({ off: t.off[j]! + p.inCluster, data: p.data });
-          continue;
-        }
-        if (t.off[j] === 0 && !this.opts.backing && isZero(p.data)) continue;
-        entry.from = entry.to === entry.from ? j : Math.min(entry.from, j);
-        entry.to = Math.max(entry.to, j + 1);
-        if (p.compressed) {
-          compressedBlobs.push({ p, t, j });
-          continue;
-        }
-        let content: Uint8Array;
-        if (p.full && p.data.length === this.cs) content = p.data;
-        else {
-          content = new Uint8Array(this.cs);
-          const guest = p.cluster * this.cs;
-          if (t.off[j] !== 0) content.set(await this.readCompressed(t.off[j]!, t.csize[j]!, p.cluster));
-          else if (this.opts.backing) await this.readBacking(content.subarray(0, Math.min(this.cs, this.size - guest)), guest);
-          content.set(p.data, p.inCluster);
-        }
-        normal.push({ t, j, content });
-      }
-
-      // Normal clusters: consecutive at the aligned end; neighbours merge into one write.
-      let runOff = -1;
-      let run: Uint8Array[] = [];
-      let runBytes = 0;
-      const flushRun = () => {
-        if (run.length === 0) return;
-        writes.push({ off: runOff, data: run.length === 1 ? run[0]! : concat(run, runBytes) });
-        run = [];
-        runBytes = 0;
-      };
-      const assigned: Array<{ t: L2Table; j: number; off: number; csize: number }> = [];
-      for (const n of normal) {
-        const off = alignUp(this.end, this.cs);
-        this.end = off + this.cs;
-        if (run.length && runOff + runBytes === off && runBytes < 8 << 20) {
-          run.push(n.content);
-          runBytes += this.cs;
-        } else {
-          flushRun();
-          runOff = off;
-          run = [n.content];
-          runBytes = this.cs;
-        }
-        assigned.push({ t: n.t, j: n.j, off, csize: 0 });
-      }
-      flushRun();
-      // Compressed clusters: appended back to back, unaligned, in one write.
-      if (compressedBlobs.length) {
-        const start = this.end;
-        let total = 0;
-        for (const c of compressedBlobs) total += c.p.compressed!.length;
-        const blob = new Uint8Array(total);
-        let at = 0;
-        for (const c of compressedBlobs) {
-          blob.set(c.p.compressed!, at);
-          assigned.push({ t: c.t, j: c.j, off: start + at, csize: c.p.compressed!.length });
-          at += c.p.compressed!.length;
-        }
-        this.end = start + total;
-        writes.push({ off: start, data: blob });
-      }
-      // Data first; only then do the tables point at it.
-      await this.ensureChildSize(this.end);
-      await Promise.all(writes.map((w) => this.child.write(w.data, w.off)));
-      for (const a of assigned) {
-        a.t.off[a.j] = a.off;
-        a.t.csize[a.j] = a.csize;
-      }
-      this.lastCompressed = undefined;
-      for (const [index, e] of touched) {
-        if (e.isNew) {
-          await this.child.write(encodeL2Entries(e.t, this.cb, 0, this.l2Entries), e.t.offset);
-          await this.child.write(encodeU64(e.t.offset), this.g.l1Offset + 8 * index);
-          this.l1[index] = e.t.offset;
-          this.loaded.set(index, e.t);
-          this.tables.set(index, Promise.resolve(e.t));
-        } else if (e.to > e.from) {
-          await this.child.write(encodeL2Entries(e.t, this.cb, e.from, e.to), e.t.offset + 8 * e.from);
-        }
-      }
-    } finally {
-      for (const e of touched.values()) this.unpin(e.t);
-      this.evict();
-      release();
-    }
-  }
-
-  /**
-   * Make the child at least `end` bytes long: growable children (new files)
-   * extend by writing, an existing file opened for writing through resize
-   * (only ever growing it: we hold the metadata mutex).
-   */
-  private async ensureChildSize(end: number): Promise<void> {
-    await growDevice(this.child, end, 'qcow');
-  }
-
-  async writeZeroes(offset: number, length: number): Promise<void> {
-    checkWritable(this);
-    checkRange(this, offset, length, 'writeZeroes');
-    const zero = new Uint8Array(Math.min(length, 1 << 20));
-    const dealloc: number[] = [];
-    const partial: Array<[number, number]> = [];
-    let pos = offset;
-    const end = offset + length;
-    while (pos < end) {
-      const cluster = Math.floor(pos / this.cs);
-      const inCluster = pos - cluster * this.cs;
-      const n = Math.min(this.cs - inCluster, end - pos);
-      const t = await this.table(Math.floor(cluster / this.l2Entries));
-      const e = this.clusterEntry(t, cluster);
-      const full = inCluster === 0 && (n === this.cs || pos + n === this.size);
-      if (!this.opts.backing && e.off === 0) {
-        /* already zero */
-      } else if (!this.opts.backing && full) dealloc.push(cluster);
-      else partial.push([pos, n]);
-      pos += n;
-    }
-    for (const [at, n] of partial) {
-      for (let done = 0; done < n; done += zero.length) await this.write(zero.subarray(0, Math.min(zero.length, n - done)), at + done);
-    }
-    if (dealloc.length) await this.deallocate(dealloc);
-  }
-
-  /** Without a backing file an unallocated cluster reads as zero: drop the mapping (the space is leaked, as in qemu). */
-  private async deallocate(clusters: number[]): Promise<void> {
-    const release = await this.meta.lock();
-    const spans = new Map<number, { t: L2Table; from: number; to: number }>();
-    try {
-      for (const c of clusters) {
-        const index = Math.floor(c / this.l2Entries);
-        const j = c % this.l2Entries;
-        let s = spans.get(index);
-        if (!s) {
-          const t = await this.pin(index);
-          if (!t) continue;
-          s = { t, from: j, to: j };
-          spans.set(index, s);
-        }
-        if (s.t.off[j] === 0) continue;
-        s.t.off[j] = 0;
-        s.t.csize[j] = 0;
-        s.from = s.to === s.from ? j : Math.min(s.from, j);
-        s.to = Math.max(s.to, j + 1);
-      }
-      this.lastCompressed = undefined;
-      for (const s of spans.values()) {
-        if (s.to > s.from) await this.child.write(encodeL2Entries(s.t, this.cb, s.from, s.to), s.t.offset + 8 * s.from);
-      }
-    } finally {
-      for (const s of spans.values()) this.unpin(s.t);
-      this.evict();
-      release();
-    }
-  }
-
-  async flush(): Promise<void> {
-    if (this.readOnly || this.closed) return;
-    // Wait for metadata updates in progress, then make them durable.
-    const release = await this.meta.lock();
-    release();
-    await this.child.flush();
-  }
-
-  async close(): Promise<void> {
-    if (this.closed) return;
-    try {
-      await this.flush();
-    } finally {
-      this.closed = true;
-      await this.child.close();
-      await this.opts.backing?.close();
-    }
-  }
-
-  async info(): Promise<ImageInfo> {
-    const info: ImageInfo = { format: 'qcow', 'virtual-size': this.size, 'cluster-size': this.cs, 'dirty-flag': false };
-    if (this.backingName !== undefined) {
-      info['backing-filename'] = this.backingName;
-      // As qemu: a relative name is relative to the image's directory.
-      if (this.opts.path !== undefined) {
-        info['full-backing-filename'] = path.isAbsolute(this.backingName)
-          ? this.backingName
-          : path.join(path.dirname(this.opts.path), this.backingName);
-      }
-    }
-    return info;
-  }
 }
 
 /**
- * Keep a request for a later Promise.all, observing its rejection now: the
- * caller may still be awaiting other things when it fails, and an unobserved
- * rejection must not escape as an unhandled one.
+ * The engine's device, naming the L2 entry of a compressed cluster that does
+ * not inflate (as qcow always did), with one fast path: whole clusters not
+ * stored yet (not compressing) are allocated as one run per L2 table and
+ * written from the caller's buffer in one request (the engine goes cluster
+ * by cluster, a request per 4 KiB). Such a run overlaps every other write to
+ * its clusters (never in flight with it: formats/types.ts), and allocation
+ * is serialised in the driver; data is written before the table points at it.
  */
-function track(jobs: Promise<void>[], p: Promise<void>): void {
-  p.catch(() => {});
-  jobs.push(p);
+class QcowDevice extends SparseMappedDevice {
+  private readonly container: BlockDevice;
+  private readonly compress: boolean;
+  private readonly backed: boolean;
+
+  constructor(
+    private readonly q: QcowFormat,
+    o: EngineOptions,
+  ) {
+    super(q, o);
+    this.container = o.container;
+    this.compress = !!o.compress;
+    this.backed = !!o.backing;
+  }
+
+  override async write(buf: Uint8Array, offset: number): Promise<void> {
+    const cs = this.q.clusterSize;
+    if (this.readOnly || this.compress || buf.length < cs) return super.write(buf, offset);
+    checkRange(this, offset, buf.length, 'write');
+    const span = cs * this.q.l2Entries;
+    const jobs: Promise<void>[] = [];
+    let rest = -1; // start (in buf) of a span left to the engine
+    const toEngine = (end: number) => {
+      if (rest >= 0 && end > rest) jobs.push(super.write(buf.subarray(rest, end), offset + rest));
+      rest = -1;
+    };
+    try {
+      for (let pos = 0; pos < buf.length; ) {
+        const abs = offset + pos;
+        const whole = Math.floor((buf.length - pos) / cs) * cs;
+        if (abs % cs !== 0 || whole === 0) {
+          if (rest < 0) rest = pos;
+          pos += Math.min(cs - (abs % cs), buf.length - pos);
+          continue;
+        }
+        const m = await this.q.lookup(abs, Math.min(whole, span - (abs % span)));
+        if (m.kind !== 'unallocated') {
+          if (rest < 0) rest = pos;
+          pos += m.length;
+          continue;
+        }
+        toEngine(pos);
+        // Clusters of zeros stay unallocated (without a backing file they read as zero already).
+        let run = pos;
+        for (let c = pos; c <= pos + m.length; c += cs) {
+          const zero = c < pos + m.length && !this.backed && isZero(buf.subarray(c, c + cs));
+          if (c === pos + m.length || zero) {
+            if (c > run) jobs.push(this.writeRun(buf.subarray(run, c), offset + run));
+            run = c + cs;
+          }
+        }
+        pos += m.length;
+      }
+      toEngine(buf.length);
+    } catch (e) {
+      await Promise.allSettled(jobs); // no request left running
+      throw e;
+    }
+    const results = await Promise.allSettled(jobs);
+    for (const r of results) if (r.status === 'rejected') throw r.reason;
+  }
+
+  private async writeRun(piece: Uint8Array, abs: number): Promise<void> {
+    const count = piece.length / this.q.clusterSize;
+    const host = await this.q.allocateRun(abs, count);
+    await growDevice(this.container, host + piece.length, 'qcow');
+    await this.container.write(piece, host);
+    await this.q.commitRun(abs, host, count);
+  }
+
+  override async read(buf: Uint8Array, offset: number): Promise<void> {
+    try {
+      await super.read(buf, offset);
+    } catch (e) {
+      if (!(e instanceof ImageError) || e.context.field !== 'compressed cluster' || typeof e.context.offset !== 'number') throw e;
+      const host = e.context.offset;
+      const entry = await this.q.entryOf(offset, buf.length, host);
+      if (!entry) throw e;
+      throw fieldError(
+        'corrupt',
+        'qcow',
+        entry.field,
+        entry.at,
+        host,
+        `points at compressed data [${host}, ${host + entry.csize}) that does not inflate to one ${this.q.clusterSize}-byte cluster`,
+      );
+    }
+  }
+}
+
+export class QcowImage extends DescribedImage {
+  readonly backingName?: string;
+  private readonly q: QcowFormat;
+  private readonly backing?: Image;
+
+  constructor(child: BlockDevice, g: QcowGeometry, l1: Float64Array, opts: QcowImageOptions) {
+    const q = new QcowFormat(child, g, l1, !!opts.backing);
+    const dev = new QcowDevice(q, { container: child, writable: opts.writable, backing: opts.backing, compress: opts.compress, zeroInit: opts.zeroInit });
+    super('qcow', dev, async () => describeQcow(q, g.backingName, opts.path));
+    this.q = q;
+    this.backing = opts.backing;
+    this.backingName = g.backingName;
+  }
+
+  get clusterSize(): number {
+    return this.q.clusterSize;
+  }
+
+  get backingImage(): Image | undefined {
+    return this.backing;
+  }
+
+  verifyNoOverlaps(): Promise<void> {
+    return this.q.verifyNoOverlaps();
+  }
+}
+
+function describeQcow(q: QcowFormat, backingName: string | undefined, imagePath: string | undefined): ImageInfo {
+  const info: ImageInfo = { format: 'qcow', 'virtual-size': q.size, 'cluster-size': q.clusterSize, 'dirty-flag': false };
+  if (backingName !== undefined) {
+    info['backing-filename'] = backingName;
+    // As qemu: a relative name is relative to the image's directory.
+    if (imagePath !== undefined) {
+      info['full-backing-filename'] = path.isAbsolute(backingName) ? backingName : path.join(path.dirname(imagePath), backingName);
+    }
+  }
+  return info;
 }
 
 function alignUp(x: number, a: number): number {
   return Math.ceil(x / a) * a;
-}
-
-function padded(data: Uint8Array, size: number): Uint8Array {
-  const out = new Uint8Array(size);
-  out.set(data);
-  return out;
-}
-
-function concat(parts: Uint8Array[], total: number): Uint8Array {
-  const out = new Uint8Array(total);
-  let at = 0;
-  for (const p of parts) {
-    out.set(p, at);
-    at += p.length;
-  }
-  return out;
 }
 
 /**
@@ -816,5 +612,5 @@ export async function createQcow(child: BlockDevice, p: { size: number; compress
       [l1Offset, l1Offset + 8 * l1Size],
     ],
   };
-  return new QcowImage(child, g, new Float64Array(l1Size), { writable: true, compress: p.compress });
+  return new QcowImage(child, g, new Float64Array(l1Size), { writable: true, compress: p.compress, zeroInit: true });
 }

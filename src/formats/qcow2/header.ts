@@ -38,7 +38,58 @@
 
 import type { BlockDevice } from '../../core/device.js';
 import { fieldError } from '../../core/errors.js';
+import { defineStruct } from '../engine/struct.js';
 import type { WarningLog } from '../warnings.js';
+
+const V2_FIELDS = [
+  ['magic', 'u32be'],
+  ['version', 'u32be'],
+  ['backing_file_offset', 'u64be'],
+  ['backing_file_size', 'u32be'],
+  ['cluster_bits', 'u32be'],
+  ['size', 'u64be'],
+  ['crypt_method', 'u32be'],
+  ['l1_size', 'u32be'],
+  ['l1_table_offset', 'u64be'],
+  ['refcount_table_offset', 'u64be'],
+  ['refcount_table_clusters', 'u32be'],
+  ['nb_snapshots', 'u32be'],
+  ['snapshots_offset', 'u64be'],
+] as const;
+
+/** The version 2 header (72 bytes); names are the spec's. */
+export const HeaderV2 = defineStruct('qcow2 header', V2_FIELDS);
+
+/** The version 3 header (104 bytes): version 2's fields, then the feature words. */
+export const HeaderV3 = defineStruct('qcow2 version 3 header', [
+  ...V2_FIELDS,
+  ['incompatible_features', 'u64be'],
+  ['compatible_features', 'u64be'],
+  ['autoclear_features', 'u64be'],
+  ['refcount_order', 'u32be'],
+  ['header_length', 'u32be'],
+] as const);
+
+/** The optional fields after byte 104 (present when header_length > 104; we write 112). */
+export const HeaderV3Tail = defineStruct('qcow2 header compression type', [
+  ['compression_type', 'u8'],
+  ['padding', { bytes: 7 }],
+] as const);
+
+/** Each header extension starts with this record; its data (padded to 8 bytes) follows. */
+export const ExtensionHeader = defineStruct('qcow2 header extension', [
+  ['type', 'u32be'],
+  ['length', 'u32be'],
+] as const);
+
+/** One entry of the feature name table extension. */
+export const FeatureNameEntry = defineStruct('qcow2 feature name table entry', [
+  ['type', 'u8'],
+  ['bit', 'u8'],
+  ['name', { bytes: 46 }],
+] as const);
+
+export type HeaderV3Value = ReturnType<typeof HeaderV3.parse>;
 
 export const QCOW2_MAGIC = 0x514649fb;
 export const FORMAT = 'qcow2';
@@ -111,18 +162,20 @@ export interface Qcow2Header {
 
 const u32 = (b: Uint8Array, o: number) => ((b[o]! << 24) >>> 0) + (b[o + 1]! << 16) + (b[o + 2]! << 8) + b[o + 3]!;
 
-function u64big(b: Uint8Array, o: number): bigint {
-  return (BigInt(u32(b, o)) << 32n) | BigInt(u32(b, o + 4));
-}
+type FieldName = keyof HeaderV3Value;
+const at = (field: FieldName): number => HeaderV3.offsetOf(field);
 
 /** A 64-bit offset/size field as a number; error when it cannot be one. */
-function u64num(b: Uint8Array, o: number, field: string): number {
-  const v = u64big(b, o);
+function u64num(v: bigint, field: FieldName): number {
   if (v > BigInt(Number.MAX_SAFE_INTEGER)) {
-    throw fieldError('invalid-format', FORMAT, field, o, v, 'is larger than 2^53');
+    throw fieldError('invalid-format', FORMAT, field, at(field), v, 'is larger than 2^53');
   }
   return Number(v);
 }
+
+const high = (v: bigint): number => Number(v >> 32n);
+const low = (v: bigint): number => Number(v & 0xffffffffn);
+const join = (hi: number, lo: number): bigint => (BigInt(hi >>> 0) << 32n) | BigInt(lo >>> 0);
 
 export function probeQcow2(head: Uint8Array): boolean {
   return head.length >= 8 && u32(head, 0) === QCOW2_MAGIC && (u32(head, 4) === 2 || u32(head, 4) === 3);
@@ -158,19 +211,20 @@ export async function readHeader(child: BlockDevice, log?: WarningLog): Promise<
     hdr = new Uint8Array(Math.min(cs, fileSize));
     await child.read(hdr, 0);
   }
+  const f = HeaderV2.parse(hdr);
   const h: Qcow2Header = {
     version,
-    backingFileOffset: u64num(hdr, 8, 'backing_file_offset'),
-    backingFileSize: u32(hdr, 16),
+    backingFileOffset: u64num(f.backing_file_offset, 'backing_file_offset'),
+    backingFileSize: f.backing_file_size,
     clusterBits,
     size: 0,
-    cryptMethod: u32(hdr, 32),
-    l1Size: u32(hdr, 36),
-    l1TableOffset: u64num(hdr, 40, 'l1_table_offset'),
-    refcountTableOffset: u64num(hdr, 48, 'refcount_table_offset'),
-    refcountTableClusters: u32(hdr, 56),
-    nbSnapshots: u32(hdr, 60),
-    snapshotsOffset: snapshotsOffset(hdr, log),
+    cryptMethod: f.crypt_method,
+    l1Size: f.l1_size,
+    l1TableOffset: u64num(f.l1_table_offset, 'l1_table_offset'),
+    refcountTableOffset: u64num(f.refcount_table_offset, 'refcount_table_offset'),
+    refcountTableClusters: f.refcount_table_clusters,
+    nbSnapshots: f.nb_snapshots,
+    snapshotsOffset: snapshotsOffset(f.snapshots_offset, f.nb_snapshots, log),
     incompatible: 0,
     incompatibleHigh: 0,
     compatible: 0,
@@ -178,36 +232,37 @@ export async function readHeader(child: BlockDevice, log?: WarningLog): Promise<
     autoclear: 0,
     autoclearHigh: 0,
     refcountOrder: 4,
-    headerLength: 72,
+    headerLength: HeaderV2.size,
     compressionType: 0,
     featureNames: [],
     hasBitmaps: false,
   };
-  const size = u64big(hdr, 24);
-  if (size > BigInt(Number.MAX_SAFE_INTEGER)) {
-    throw fieldError('unsupported', FORMAT, 'size', 24, size, 'virtual size is larger than 2^53 bytes');
+  if (f.size > BigInt(Number.MAX_SAFE_INTEGER)) {
+    throw fieldError('unsupported', FORMAT, 'size', at('size'), f.size, 'virtual size is larger than 2^53 bytes');
   }
-  h.size = Number(size);
+  h.size = Number(f.size);
 
   if (version === 3) {
-    if (hdr.length < 104) throw fieldError('invalid-format', FORMAT, 'header_length', 100, hdr.length, 'file is too small for a version 3 header');
-    h.incompatibleHigh = u32(hdr, 72);
-    h.incompatible = u32(hdr, 76);
-    h.compatibleHigh = u32(hdr, 80);
-    h.compatible = u32(hdr, 84);
-    h.autoclearHigh = u32(hdr, 88);
-    h.autoclear = u32(hdr, 92);
-    h.refcountOrder = u32(hdr, 96);
-    h.headerLength = u32(hdr, 100);
-    if (h.headerLength < 104 || h.headerLength > cs || h.headerLength > hdr.length) {
-      throw fieldError('invalid-format', FORMAT, 'header_length', 100, h.headerLength, 'must be at least 104 and inside the first cluster');
+    if (hdr.length < HeaderV3.size) throw fieldError('invalid-format', FORMAT, 'header_length', at('header_length'), hdr.length, 'file is too small for a version 3 header');
+    const v3 = HeaderV3.parse(hdr);
+    h.incompatibleHigh = high(v3.incompatible_features);
+    h.incompatible = low(v3.incompatible_features);
+    h.compatibleHigh = high(v3.compatible_features);
+    h.compatible = low(v3.compatible_features);
+    h.autoclearHigh = high(v3.autoclear_features);
+    h.autoclear = low(v3.autoclear_features);
+    h.refcountOrder = v3.refcount_order;
+    h.headerLength = v3.header_length;
+    if (h.headerLength < HeaderV3.size || h.headerLength > cs || h.headerLength > hdr.length) {
+      throw fieldError('invalid-format', FORMAT, 'header_length', at('header_length'), h.headerLength, 'must be at least 104 and inside the first cluster');
     }
     if (h.headerLength % 8 !== 0) {
-      log?.add('header_length', 'header_length', 100, h.headerLength, 'is not a multiple of 8 (the header extensions are read from there, as qemu does)');
+      log?.add('header_length', 'header_length', at('header_length'), h.headerLength, 'is not a multiple of 8 (the header extensions are read from there, as qemu does)');
     }
-    if (h.headerLength > 104) h.compressionType = hdr[104]!;
+    // compression_type: the first byte of HeaderV3Tail, present when header_length reaches it.
+    if (h.headerLength > HeaderV3.size) h.compressionType = hdr[HeaderV3.size]!;
     if (h.refcountOrder > 6) {
-      throw fieldError('invalid-format', FORMAT, 'refcount_order', 96, h.refcountOrder, 'is larger than 6 (64-bit refcounts)');
+      throw fieldError('invalid-format', FORMAT, 'refcount_order', at('refcount_order'), h.refcountOrder, 'is larger than 6 (64-bit refcounts)');
     }
   }
 
@@ -231,10 +286,9 @@ export async function readHeader(child: BlockDevice, log?: WarningLog): Promise<
   let pos = h.headerLength;
   const seen = new Set<number>();
   while (pos + 8 <= extEnd) {
-    const type = u32(hdr, pos);
-    const len = u32(hdr, pos + 4);
+    const { type, length: len } = ExtensionHeader.parse(hdr.subarray(pos, pos + ExtensionHeader.size));
     if (type === EXT_END) break;
-    const data = pos + 8;
+    const data = pos + ExtensionHeader.size;
     if (len > extEnd - data) {
       throw fieldError('invalid-format', FORMAT, `header extension 0x${type.toString(16)} length`, pos + 4, len, `runs past the extension area end (${extEnd})`);
     }
@@ -256,14 +310,10 @@ export async function readHeader(child: BlockDevice, log?: WarningLog): Promise<
         if (len % 48 !== 0) {
           log?.add('feature table', 'feature name table length', pos + 4, len, `is not a multiple of 48: the last ${len % 48} bytes are ignored (the table only names feature bits for messages)`);
         }
-        for (let e = 0; e + 48 <= len; e += 48) {
-          const nameBytes = body.subarray(e + 2, e + 48);
-          const nul = nameBytes.indexOf(0);
-          h.featureNames.push({
-            type: body[e]!,
-            bit: body[e + 1]!,
-            name: latin(nul < 0 ? nameBytes : nameBytes.subarray(0, nul)),
-          });
+        for (let e = 0; e + FeatureNameEntry.size <= len; e += FeatureNameEntry.size) {
+          const entry = FeatureNameEntry.parse(body.subarray(e, e + FeatureNameEntry.size));
+          const nul = entry.name.indexOf(0);
+          h.featureNames.push({ type: entry.type, bit: entry.bit, name: latin(nul < 0 ? entry.name : entry.name.subarray(0, nul)) });
         }
         break;
       case EXT_BITMAPS:
@@ -278,11 +328,10 @@ export async function readHeader(child: BlockDevice, log?: WarningLog): Promise<
 }
 
 /** snapshots_offset: an offset past 2^53 is an error only when there are snapshots (qemu ignores it otherwise). */
-function snapshotsOffset(hdr: Uint8Array, log?: WarningLog): number {
-  const v = u64big(hdr, 64);
+function snapshotsOffset(v: bigint, nbSnapshots: number, log?: WarningLog): number {
   if (v <= BigInt(Number.MAX_SAFE_INTEGER)) return Number(v);
-  if (u32(hdr, 60) !== 0) throw fieldError('invalid-format', FORMAT, 'snapshots_offset', 64, v, 'is larger than 2^53');
-  log?.add('snapshots_offset', 'snapshots_offset', 64, v, 'is not a valid offset, but nb_snapshots is 0: there is no snapshot table');
+  if (nbSnapshots !== 0) throw fieldError('invalid-format', FORMAT, 'snapshots_offset', at('snapshots_offset'), v, 'is larger than 2^53');
+  log?.add('snapshots_offset', 'snapshots_offset', at('snapshots_offset'), v, 'is not a valid offset, but nb_snapshots is 0: there is no snapshot table');
   return 0;
 }
 
@@ -314,6 +363,34 @@ const OUR_FEATURE_NAMES: FeatureName[] = [
   { type: 2, bit: 1, name: 'raw external data' },
 ];
 
+/** The fixed part of the header (72 bytes for version 2, 104 for version 3), with header_length 112. */
+function encodeFixed(h: Qcow2Header, backingFileOffset: number, backingFileSize: number): Uint8Array {
+  const v2 = {
+    magic: QCOW2_MAGIC,
+    version: h.version,
+    backing_file_offset: BigInt(backingFileOffset),
+    backing_file_size: backingFileSize,
+    cluster_bits: h.clusterBits,
+    size: BigInt(h.size),
+    crypt_method: h.cryptMethod,
+    l1_size: h.l1Size,
+    l1_table_offset: BigInt(h.l1TableOffset),
+    refcount_table_offset: BigInt(h.refcountTableOffset),
+    refcount_table_clusters: h.refcountTableClusters,
+    nb_snapshots: h.nbSnapshots,
+    snapshots_offset: BigInt(h.snapshotsOffset),
+  };
+  if (h.version !== 3) return HeaderV2.encode(v2);
+  return HeaderV3.encode({
+    ...v2,
+    incompatible_features: join(h.incompatibleHigh, h.incompatible),
+    compatible_features: join(h.compatibleHigh, h.compatible),
+    autoclear_features: join(h.autoclearHigh, h.autoclear),
+    refcount_order: h.refcountOrder,
+    header_length: HeaderV3.size + HeaderV3Tail.size,
+  });
+}
+
 /**
  * Encode a header (and, for version 3, a feature name table and the backing
  * format extension) into one cluster. The backing name goes right after the
@@ -322,72 +399,43 @@ const OUR_FEATURE_NAMES: FeatureName[] = [
 export function encodeHeader(h: Qcow2Header): Uint8Array {
   const cs = 2 ** h.clusterBits;
   const out = new Uint8Array(cs);
-  putU32(out, 0, QCOW2_MAGIC);
-  putU32(out, 4, h.version);
-  putU32(out, 20, h.clusterBits);
-  putU64(out, 24, h.size);
-  putU32(out, 32, h.cryptMethod);
-  putU32(out, 36, h.l1Size);
-  putU64(out, 40, h.l1TableOffset);
-  putU64(out, 48, h.refcountTableOffset);
-  putU32(out, 56, h.refcountTableClusters);
-  putU32(out, 60, h.nbSnapshots);
-  putU64(out, 64, h.snapshotsOffset);
-  let pos = 72;
+  let pos = HeaderV2.size;
   if (h.version === 3) {
-    putU32(out, 72, h.incompatibleHigh);
-    putU32(out, 76, h.incompatible);
-    putU32(out, 80, h.compatibleHigh);
-    putU32(out, 84, h.compatible);
-    putU32(out, 88, h.autoclearHigh);
-    putU32(out, 92, h.autoclear);
-    putU32(out, 96, h.refcountOrder);
-    putU32(out, 100, 112);
-    out[104] = h.compressionType;
-    pos = 112;
+    HeaderV3Tail.encode({ compression_type: h.compressionType, padding: new Uint8Array(7) }, out.subarray(HeaderV3.size));
+    pos = HeaderV3.size + HeaderV3Tail.size;
     const ext = (type: number, body: Uint8Array) => {
-      const need = 8 + Math.ceil(body.length / 8) * 8;
-      if (pos + need + 8 > cs) return; // no room (512-byte clusters): extensions are optional
-      putU32(out, pos, type);
-      putU32(out, pos + 4, body.length);
-      out.set(body, pos + 8);
+      const need = ExtensionHeader.size + Math.ceil(body.length / 8) * 8;
+      if (pos + need + ExtensionHeader.size > cs) return; // no room (512-byte clusters): extensions are optional
+      ExtensionHeader.encode({ type, length: body.length }, out.subarray(pos));
+      out.set(body, pos + ExtensionHeader.size);
       pos += need;
     };
     if (h.backingFormat) ext(EXT_BACKING_FORMAT, Buffer.from(h.backingFormat, 'utf8'));
-    const table = new Uint8Array(48 * OUR_FEATURE_NAMES.length);
+    const table = new Uint8Array(FeatureNameEntry.size * OUR_FEATURE_NAMES.length);
     OUR_FEATURE_NAMES.forEach((f, i) => {
-      table[i * 48] = f.type;
-      table[i * 48 + 1] = f.bit;
-      table.set(Buffer.from(f.name, 'utf8'), i * 48 + 2);
+      const name = new Uint8Array(46);
+      name.set(Buffer.from(f.name, 'utf8'));
+      FeatureNameEntry.encode({ type: f.type, bit: f.bit, name }, table.subarray(i * FeatureNameEntry.size));
     });
     ext(EXT_FEATURE_TABLE, table);
-    pos += 8; // end-of-extensions marker (zeros)
+    pos += ExtensionHeader.size; // end-of-extensions marker (zeros)
   }
+  let backingOffset = 0;
+  let backingSize = 0;
   if (h.backingFile) {
     const name = Buffer.from(h.backingFile, 'utf8');
-    putU64(out, 8, pos);
-    putU32(out, 16, name.length);
+    backingOffset = pos;
+    backingSize = name.length;
     out.set(name, pos);
   }
+  out.set(encodeFixed(h, backingOffset, backingSize), 0);
   return out;
 }
 
 /** Bytes 40..63 (table locations) and, for v3, the feature words: what a writer changes after creation. */
 export function encodeMutableFields(h: Qcow2Header): { offset: number; bytes: Uint8Array } {
-  const b = new Uint8Array(h.version === 3 ? 96 - 40 : 64 - 40);
-  putU64(b, 0, h.l1TableOffset);
-  putU64(b, 8, h.refcountTableOffset);
-  putU32(b, 16, h.refcountTableClusters);
-  putU32(b, 20, h.nbSnapshots);
-  if (h.version === 3) {
-    putU64(b, 24, h.snapshotsOffset);
-    putU32(b, 32, h.incompatibleHigh);
-    putU32(b, 36, h.incompatible);
-    putU32(b, 40, h.compatibleHigh);
-    putU32(b, 44, h.compatible);
-    putU32(b, 48, h.autoclearHigh);
-    putU32(b, 52, h.autoclear);
-  }
   // v2 headers stop at 72; snapshots_offset (64) is not rewritten for them: we never change it.
-  return { offset: 40, bytes: b };
+  const from = at('l1_table_offset');
+  const to = h.version === 3 ? at('refcount_order') : at('snapshots_offset');
+  return { offset: from, bytes: encodeFixed(h, 0, 0).slice(from, to) };
 }

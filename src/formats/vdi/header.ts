@@ -38,10 +38,46 @@
  */
 
 import { randomUUID } from 'node:crypto';
+import { defineStruct } from '../engine/struct.js';
 
-export const PRE_HEADER_SIZE = 72;
+/** VDIPREHEADER: at offset 0. */
+export const PreHeader = defineStruct('vdi pre-header', [
+  ['text', { bytes: 64 }],
+  ['signature', 'u32le'],
+  ['version', 'u32le'],
+] as const);
+
+/** VDIHEADER1PLUS: at offset 72, right after the pre-header (VDIHEADER1 is its first 384 bytes). */
+export const Header1Plus = defineStruct('vdi header', [
+  ['header_size', 'u32le'],
+  ['image_type', 'u32le'],
+  ['image_flags', 'u32le'],
+  ['description', { bytes: 256 }],
+  ['offset_bmap', 'u32le'],
+  ['offset_data', 'u32le'],
+  ['cylinders', 'u32le'],
+  ['heads', 'u32le'],
+  ['sectors', 'u32le'],
+  ['sector_size', 'u32le'],
+  ['unused1', 'u32le'],
+  ['disk_size', 'u64le'],
+  ['block_size', 'u32le'],
+  ['block_extra', 'u32le'],
+  ['blocks_in_image', 'u32le'],
+  ['blocks_allocated', 'u32le'],
+  ['uuid_image', { bytes: 16 }],
+  ['uuid_last_snap', { bytes: 16 }],
+  ['uuid_link', { bytes: 16 }],
+  ['uuid_parent', { bytes: 16 }],
+  ['lchs_cylinders', 'u32le'],
+  ['lchs_heads', 'u32le'],
+  ['lchs_sectors', 'u32le'],
+  ['lchs_sector_size', 'u32le'],
+] as const);
+
+export const PRE_HEADER_SIZE = PreHeader.size; // 72
 export const HEADER1_SIZE = 384;
-export const HEADER1PLUS_SIZE = 400;
+export const HEADER1PLUS_SIZE = Header1Plus.size; // 400
 /** Bytes of the file the header occupies at most (pre-header + VDIHEADER1PLUS). */
 export const HEADER_AREA = PRE_HEADER_SIZE + HEADER1PLUS_SIZE; // 472
 
@@ -54,36 +90,12 @@ export const TYPE_FIXED = 2;
 export const TYPE_UNDO = 3;
 export const TYPE_DIFF = 4;
 
-/** Field byte offsets in the file, for error messages and patching. */
-export const OFF = {
-  text: 0,
-  signature: 64,
-  version: 68,
-  header_size: 72,
-  image_type: 76,
-  image_flags: 80,
-  description: 84,
-  offset_bmap: 340,
-  offset_data: 344,
-  cylinders: 348,
-  heads: 352,
-  sectors: 356,
-  sector_size: 360,
-  unused1: 364,
-  disk_size: 368,
-  block_size: 376,
-  block_extra: 380,
-  blocks_in_image: 384,
-  blocks_allocated: 388,
-  uuid_image: 392,
-  uuid_last_snap: 408,
-  uuid_link: 424,
-  uuid_parent: 440,
-  lchs_cylinders: 456,
-  lchs_heads: 460,
-  lchs_sectors: 464,
-  lchs_sector_size: 468,
-} as const;
+type FieldName = keyof ReturnType<typeof PreHeader.parse> | keyof ReturnType<typeof Header1Plus.parse>;
+/** Field byte offsets in the file (from the two structs' layout tables), for error messages and patching. */
+export const OFF = Object.fromEntries([
+  ...PreHeader.layout.map((r) => [r.field, r.offset] as const),
+  ...Header1Plus.layout.map((r) => [r.field, PRE_HEADER_SIZE + r.offset] as const),
+]) as Readonly<Record<FieldName, number>>;
 
 export interface VdiHeader {
   text: string;
@@ -119,43 +131,45 @@ function cstring(bytes: Uint8Array): string {
   return Buffer.from(nul < 0 ? bytes : bytes.subarray(0, nul)).toString('utf8');
 }
 
+/** A string in a NUL-padded field of `size` bytes (at most size - 1 of them, so a NUL always ends it). */
+function cfield(text: string, size: number): Uint8Array {
+  const out = new Uint8Array(size);
+  out.set(Buffer.from(text, 'utf8').subarray(0, size - 1));
+  return out;
+}
+
 /** Decode the header from the first HEADER_AREA bytes of the file (shorter buffers are zero-extended). */
 export function parseHeader(head: Uint8Array): VdiHeader {
   const b = new Uint8Array(HEADER_AREA);
   b.set(head.subarray(0, HEADER_AREA));
-  const v = new DataView(b.buffer);
-  const u32 = (o: number) => v.getUint32(o, true);
+  const p = PreHeader.parse(b);
+  const v = Header1Plus.parse(b.subarray(PRE_HEADER_SIZE));
   const h: VdiHeader = {
-    text: cstring(b.subarray(0, 64)),
-    signature: u32(OFF.signature),
-    version: u32(OFF.version),
-    headerSize: u32(OFF.header_size),
-    imageType: u32(OFF.image_type),
-    imageFlags: u32(OFF.image_flags),
-    description: cstring(b.subarray(OFF.description, OFF.description + 256)),
-    offsetBmap: u32(OFF.offset_bmap),
-    offsetData: u32(OFF.offset_data),
-    cylinders: u32(OFF.cylinders),
-    heads: u32(OFF.heads),
-    sectors: u32(OFF.sectors),
-    sectorSize: u32(OFF.sector_size),
-    diskSize: v.getBigUint64(OFF.disk_size, true),
-    blockSize: u32(OFF.block_size),
-    blockExtra: u32(OFF.block_extra),
-    blocksInImage: u32(OFF.blocks_in_image),
-    blocksAllocated: u32(OFF.blocks_allocated),
-    uuidImage: b.slice(OFF.uuid_image, OFF.uuid_image + 16),
-    uuidLastSnap: b.slice(OFF.uuid_last_snap, OFF.uuid_last_snap + 16),
-    uuidLink: b.slice(OFF.uuid_link, OFF.uuid_link + 16),
-    uuidParent: b.slice(OFF.uuid_parent, OFF.uuid_parent + 16),
+    text: cstring(p.text),
+    signature: p.signature,
+    version: p.version,
+    headerSize: v.header_size,
+    imageType: v.image_type,
+    imageFlags: v.image_flags,
+    description: cstring(v.description),
+    offsetBmap: v.offset_bmap,
+    offsetData: v.offset_data,
+    cylinders: v.cylinders,
+    heads: v.heads,
+    sectors: v.sectors,
+    sectorSize: v.sector_size,
+    diskSize: v.disk_size,
+    blockSize: v.block_size,
+    blockExtra: v.block_extra,
+    blocksInImage: v.blocks_in_image,
+    blocksAllocated: v.blocks_allocated,
+    uuidImage: v.uuid_image,
+    uuidLastSnap: v.uuid_last_snap,
+    uuidLink: v.uuid_link,
+    uuidParent: v.uuid_parent,
   };
   if (h.headerSize >= HEADER1PLUS_SIZE) {
-    h.lchs = {
-      cylinders: u32(OFF.lchs_cylinders),
-      heads: u32(OFF.lchs_heads),
-      sectors: u32(OFF.lchs_sectors),
-      sectorSize: u32(OFF.lchs_sector_size),
-    };
+    h.lchs = { cylinders: v.lchs_cylinders, heads: v.lchs_heads, sectors: v.lchs_sectors, sectorSize: v.lchs_sector_size };
   }
   return h;
 }
@@ -167,36 +181,37 @@ export function parseHeader(head: Uint8Array): VdiHeader {
 export function encodeHeader(h: VdiHeader): Uint8Array {
   const len = PRE_HEADER_SIZE + Math.max(h.headerSize, HEADER1_SIZE);
   const b = new Uint8Array(Math.max(len, HEADER_AREA));
-  const v = new DataView(b.buffer);
-  const put32 = (o: number, x: number) => v.setUint32(o, x >>> 0, true);
-  b.set(Buffer.from(h.text, 'utf8').subarray(0, 63), OFF.text);
-  put32(OFF.signature, h.signature);
-  put32(OFF.version, h.version);
-  put32(OFF.header_size, h.headerSize);
-  put32(OFF.image_type, h.imageType);
-  put32(OFF.image_flags, h.imageFlags);
-  b.set(Buffer.from(h.description, 'utf8').subarray(0, 255), OFF.description);
-  put32(OFF.offset_bmap, h.offsetBmap);
-  put32(OFF.offset_data, h.offsetData);
-  put32(OFF.cylinders, h.cylinders);
-  put32(OFF.heads, h.heads);
-  put32(OFF.sectors, h.sectors);
-  put32(OFF.sector_size, h.sectorSize);
-  v.setBigUint64(OFF.disk_size, h.diskSize, true);
-  put32(OFF.block_size, h.blockSize);
-  put32(OFF.block_extra, h.blockExtra);
-  put32(OFF.blocks_in_image, h.blocksInImage);
-  put32(OFF.blocks_allocated, h.blocksAllocated);
-  b.set(h.uuidImage, OFF.uuid_image);
-  b.set(h.uuidLastSnap, OFF.uuid_last_snap);
-  b.set(h.uuidLink, OFF.uuid_link);
-  b.set(h.uuidParent, OFF.uuid_parent);
-  if (h.lchs && h.headerSize >= HEADER1PLUS_SIZE) {
-    put32(OFF.lchs_cylinders, h.lchs.cylinders);
-    put32(OFF.lchs_heads, h.lchs.heads);
-    put32(OFF.lchs_sectors, h.lchs.sectors);
-    put32(OFF.lchs_sector_size, h.lchs.sectorSize);
-  }
+  PreHeader.encode({ text: cfield(h.text, 64), signature: h.signature >>> 0, version: h.version >>> 0 }, b);
+  const lchs = h.lchs && h.headerSize >= HEADER1PLUS_SIZE ? h.lchs : { cylinders: 0, heads: 0, sectors: 0, sectorSize: 0 };
+  Header1Plus.encode(
+    {
+      header_size: h.headerSize >>> 0,
+      image_type: h.imageType >>> 0,
+      image_flags: h.imageFlags >>> 0,
+      description: cfield(h.description, 256),
+      offset_bmap: h.offsetBmap >>> 0,
+      offset_data: h.offsetData >>> 0,
+      cylinders: h.cylinders >>> 0,
+      heads: h.heads >>> 0,
+      sectors: h.sectors >>> 0,
+      sector_size: h.sectorSize >>> 0,
+      unused1: 0,
+      disk_size: h.diskSize,
+      block_size: h.blockSize >>> 0,
+      block_extra: h.blockExtra >>> 0,
+      blocks_in_image: h.blocksInImage >>> 0,
+      blocks_allocated: h.blocksAllocated >>> 0,
+      uuid_image: h.uuidImage,
+      uuid_last_snap: h.uuidLastSnap,
+      uuid_link: h.uuidLink,
+      uuid_parent: h.uuidParent,
+      lchs_cylinders: lchs.cylinders >>> 0,
+      lchs_heads: lchs.heads >>> 0,
+      lchs_sectors: lchs.sectors >>> 0,
+      lchs_sector_size: lchs.sectorSize >>> 0,
+    },
+    b.subarray(PRE_HEADER_SIZE),
+  );
   return b.subarray(0, len);
 }
 

@@ -1,6 +1,6 @@
 /**
- * A VDI image as a block device: validation on open, reads through the block
- * map, and writes that allocate data blocks at the end of the data area.
+ * A VDI image: validation on open, the block map, and data blocks allocated
+ * at the end of the data area.
  *
  * Spec: VirtualBox src/VBox/Storage/VDICore.h (structures) and VDI.cpp
  * (validation, layout); qemu block/vdi.c (what qemu accepts and writes).
@@ -13,17 +13,19 @@
  *   fixed image (TYPE_FIXED)      static image                fixed/static
  *   normal image (TYPE_NORMAL)    dynamic image               dynamic
  *
- * Concurrency: reads and writes to allocated blocks go straight to the child.
- * Allocation is decided synchronously (JS runs one callback at a time), so the
- * index reservation needs no lock; a block being allocated is recorded in
- * `pending` and other writers to it wait for that allocation, then write in
- * place. The block map and header are written by flush(), after the data
- * they describe, so a crash leaves at worst unreferenced blocks.
+ * The image runs on the shared engine (../engine): this file holds only what
+ * is VDI's own, the header checks, the block map and where new blocks go
+ * (VdiFormat); the engine reads, writes, builds new blocks whole and
+ * serialises allocation.
  */
 
-import { type BlockDevice, type Extent, checkRange, checkWritable, isZero, growDevice } from '../../core/device.js';
+import { type BlockDevice, checkRange, growDevice, isZero } from '../../core/device.js';
 import { ImageError, fieldError } from '../../core/errors.js';
-import type { Image, ImageInfo } from '../types.js';
+import type { EngineOptions } from '../engine/engine.js';
+import { DescribedImage } from '../engine/image.js';
+import type { Mapping, MappedFormat } from '../engine/mapping.js';
+import { SparseMappedDevice } from '../engine/sparse.js';
+import type { LayerRun } from '../types.js';
 import type { WarningLog } from '../warnings.js';
 import { BLOCK_FREE, BLOCK_ZERO, BlockMapChecker, decodeEntries, encodeEntries, isAllocated } from './blockmap.js';
 import {
@@ -258,259 +260,103 @@ export async function readBlockMap(child: BlockDevice, g: VdiGeometry, opts: { l
   return map;
 }
 
-export class VdiImage implements Image {
-  readonly format = 'vdi';
+/**
+ * The VDI driver for the engine: the block map is held whole (4 bytes per
+ * block); blocks are the engine's clusters. New blocks are appended after
+ * the last allocated one (blocks_allocated); the map sectors that changed
+ * and the header are written back, coalesced, at flush, after the data they
+ * describe, so a crash leaves at worst unreferenced blocks.
+ *
+ * Zero writes keep a stored block stored (qemu-img check counts
+ * blocks_allocated against the map), so there is no markZero: free and
+ * zero blocks already read as zero and the engine skips them.
+ */
+export class VdiFormat implements MappedFormat {
+  readonly name = 'vdi';
   readonly size: number;
-  readonly readOnly: boolean;
-  private readonly h: VdiHeader;
-  private readonly headerBytes: Uint8Array;
-  private readonly blockSize: number;
+  readonly clusterSize: number;
+  readonly h: VdiHeader;
   private readonly blockTotal: number;
-  private blocksAllocatedNow: number;
-  /** Guest block -> allocation in progress. */
-  private readonly pending = new Map<number, Promise<void>>();
+  allocatedNow: number;
   /** 512-byte sectors of the block map that changed since the last flush. */
   private readonly dirtyMapSectors = new Set<number>();
   private headerDirty = false;
   private touched: boolean;
-  private closed = false;
-  /** See Image.warnings. */
-  readonly warnings: readonly string[];
 
   constructor(
     private readonly child: BlockDevice,
     g: VdiGeometry,
-    private readonly map: Uint32Array,
-    opts: { writable: boolean; fresh?: boolean; log?: WarningLog },
+    readonly map: Uint32Array,
+    private readonly headerBytes: Uint8Array,
+    fresh: boolean,
   ) {
-    this.warnings = opts.log?.list ?? [];
     this.h = { ...g.header };
-    this.headerBytes = g.headerBytes;
     this.size = g.virtualSize;
-    this.readOnly = !opts.writable;
-    this.blockSize = g.header.blockSize;
+    this.clusterSize = g.header.blockSize;
     this.blockTotal = g.header.blockSize + g.header.blockExtra;
-    this.blocksAllocatedNow = g.header.blocksAllocated;
+    this.allocatedNow = g.header.blocksAllocated;
     // A freshly created image already has fresh UUIDs.
-    this.touched = !!opts.fresh;
+    this.touched = fresh;
   }
 
-  /** 1 dynamic (normal), 2 fixed (static). */
-  get imageType(): number {
-    return this.h.imageType;
-  }
-
-  get blocksAllocated(): number {
-    return this.blocksAllocatedNow;
-  }
-
-  private dataOffset(entry: number): number {
+  dataOffset(entry: number): number {
     return this.h.offsetData + entry * this.blockTotal + this.h.blockExtra;
   }
 
-  async read(buf: Uint8Array, offset: number): Promise<void> {
-    checkRange(this, offset, buf.length, 'read');
-    const jobs: Promise<void>[] = [];
-    const bs = this.blockSize;
-    let pos = 0;
-    // Merge pieces that are contiguous in the file into one read.
-    let runFile = -1;
-    let runStart = 0;
-    let runLen = 0;
-    const flushRun = () => {
-      if (runLen > 0) jobs.push(this.child.read(buf.subarray(runStart, runStart + runLen), runFile));
-      runLen = 0;
-    };
-    while (pos < buf.length) {
-      const abs = offset + pos;
-      const b = Math.floor(abs / bs);
-      const inBlock = abs - b * bs;
-      const n = Math.min(bs - inBlock, buf.length - pos);
-      const e = this.map[b]!;
-      if (isAllocated(e)) {
-        const fileOff = this.dataOffset(e) + inBlock;
-        if (runLen > 0 && runFile + runLen === fileOff) runLen += n;
-        else {
-          flushRun();
-          runFile = fileOff;
-          runStart = pos;
-          runLen = n;
-        }
-      } else {
-        flushRun();
-        buf.fill(0, pos, pos + n);
+  async lookup(offset: number, length: number): Promise<Mapping> {
+    const bs = this.clusterSize;
+    const map = this.map;
+    let b = Math.floor(offset / bs);
+    const first = map[b]!;
+    const end = offset + length;
+    let stop = (b + 1) * bs;
+    if (isAllocated(first)) {
+      const next = (e: number) => isAllocated(e) && e === first + (b + 1 - Math.floor(offset / bs));
+      while (stop < end && next(map[b + 1]!)) {
+        b++;
+        stop += bs;
       }
-      pos += n;
+      return { kind: 'data', length: Math.min(stop, end) - offset, host: this.dataOffset(first) + (offset % bs) };
     }
-    flushRun();
-    await Promise.all(jobs);
-  }
-
-  private kindOf(b: number): Extent['kind'] {
-    const e = this.map[b]!;
-    return isAllocated(e) ? 'data' : e === BLOCK_ZERO ? 'zero' : 'unallocated';
-  }
-
-  async status(offset: number, length: number): Promise<Extent> {
-    checkRange(this, offset, length, 'status');
-    if (length === 0) return { offset, length: 0, kind: 'unallocated' };
-    const bs = this.blockSize;
-    const end = offset + length;
-    let b = Math.floor(offset / bs);
-    const kind = this.kindOf(b);
-    let stop = Math.min(end, (b + 1) * bs);
-    while (stop < end && this.kindOf(++b) === kind) stop = Math.min(end, (b + 1) * bs);
-    return { offset, length: stop - offset, kind };
-  }
-
-  /**
-   * This layer's run at `offset`, with its host offset (map, check): see
-   * LayerRun in ../types.ts. VDI has no backing file: a block not stored
-   * reads as zero, and qemu maps it as present zeros.
-   */
-  async layerStatus(offset: number, length: number): Promise<import('../types.js').LayerRun> {
-    checkRange(this, offset, length, 'layerStatus');
-    const bs = this.blockSize;
-    const end = offset + length;
-    let b = Math.floor(offset / bs);
-    const first = this.map[b]!;
-    let stop = Math.min(end, (b + 1) * bs);
-    if (!isAllocated(first)) {
-      while (stop < end && !isAllocated(this.map[b + 1]!)) stop = Math.min(end, (++b + 1) * bs);
-      return { kind: 'zero', length: stop - offset };
+    while (stop < end && map[b + 1] === first) {
+      b++;
+      stop += bs;
     }
-    const host = this.dataOffset(first) + (offset - b * bs);
-    while (stop < end && isAllocated(this.map[b + 1]!) && this.dataOffset(this.map[b + 1]!) === host + (stop - offset)) stop = Math.min(end, (++b + 1) * bs);
-    return { kind: 'data', length: stop - offset, host };
+    return { kind: first === BLOCK_ZERO ? 'zero' : 'unallocated', length: Math.min(stop, end) - offset };
+  }
+
+  async allocate(_offset: number): Promise<number> {
+    if (this.allocatedNow >= this.h.blocksInImage) {
+      // Only an image that leaks blocks gets here (blocks_allocated above the blocks the map uses).
+      throw fieldError('corrupt', 'vdi', 'blocks_allocated', OFF.blocks_allocated, this.allocatedNow, 'leaves no data block to allocate: it already equals blocks_in_image');
+    }
+    const idx = this.allocatedNow++;
+    this.headerDirty = true;
+    const host = this.dataOffset(idx);
+    // The extra area before the block's data (none in images anyone writes today) reads as zero.
+    if (this.h.blockExtra > 0) {
+      await growDevice(this.child, host, 'vdi');
+      await this.child.write(new Uint8Array(this.h.blockExtra), host - this.h.blockExtra);
+    }
+    return host;
+  }
+
+  async commit(offset: number, host: number): Promise<void> {
+    const b = Math.floor(offset / this.clusterSize);
+    this.map[b] = (host - this.h.blockExtra - this.h.offsetData) / this.blockTotal;
+    this.dirtyMapSectors.add(Math.floor((b * 4) / SECTOR));
   }
 
   /** First modification after opening an existing image: VirtualBox gives it a new modification UUID. */
-  private touch(): void {
+  touch(): void {
     if (this.touched) return;
     this.touched = true;
     this.h.uuidLastSnap = randomVdiUuid();
     this.headerDirty = true;
   }
 
-  private pieces(offset: number, length: number, fn: (b: number, inBlock: number, pos: number, n: number) => Promise<void>): Promise<void> {
-    const jobs: Promise<void>[] = [];
-    const bs = this.blockSize;
-    let pos = 0;
-    while (pos < length) {
-      const abs = offset + pos;
-      const b = Math.floor(abs / bs);
-      const inBlock = abs - b * bs;
-      const n = Math.min(bs - inBlock, length - pos);
-      jobs.push(fn(b, inBlock, pos, n));
-      pos += n;
-    }
-    return Promise.all(jobs).then(() => undefined);
-  }
-
-  async write(buf: Uint8Array, offset: number): Promise<void> {
-    checkWritable(this);
-    checkRange(this, offset, buf.length, 'write');
-    if (buf.length === 0) return;
-    this.touch();
-    await this.pieces(offset, buf.length, (b, inBlock, pos, n) => this.writePiece(b, inBlock, buf.subarray(pos, pos + n)));
-  }
-
-  private async writePiece(b: number, inBlock: number, piece: Uint8Array): Promise<void> {
-    for (;;) {
-      const p = this.pending.get(b);
-      if (p) {
-        await p;
-        continue;
-      }
-      const e = this.map[b]!;
-      if (isAllocated(e)) return this.child.write(piece, this.dataOffset(e) + inBlock);
-      // Free and zero blocks both read as zero: writing zeros there changes nothing.
-      if (isZero(piece)) return;
-      if (this.blocksAllocatedNow >= this.h.blocksInImage) {
-        // Only an image that leaks blocks gets here (blocks_allocated above the blocks the map uses).
-        throw fieldError(
-          'corrupt',
-          'vdi',
-          'blocks_allocated',
-          OFF.blocks_allocated,
-          this.blocksAllocatedNow,
-          'leaves no data block to allocate: it already equals blocks_in_image',
-        );
-      }
-      const idx = this.blocksAllocatedNow++;
-      this.headerDirty = true;
-      const job = this.fillNewBlock(idx, inBlock, piece).then(() => {
-        this.map[b] = idx;
-        this.dirtyMapSectors.add(Math.floor((b * 4) / SECTOR));
-      });
-      const done = job.finally(() => this.pending.delete(b));
-      this.pending.set(
-        b,
-        done.catch(() => {}),
-      );
-      return done;
-    }
-  }
-
-  /**
-   * Make the child at least `end` bytes long. Growable children (new files)
-   * extend by writing; an existing file opened for writing is extended with
-   * resize, which only ever grows it here (checked and done synchronously).
-   */
-  private async ensureChildSize(end: number): Promise<void> {
-    await growDevice(this.child, end, 'vdi');
-  }
-
-  /** Write a whole new data block: the piece, zeros around it, zeros in the extra area. */
-  private async fillNewBlock(idx: number, inBlock: number, piece: Uint8Array): Promise<void> {
-    const start = this.h.offsetData + idx * this.blockTotal;
-    await this.ensureChildSize(start + this.blockTotal);
-    const extra = this.h.blockExtra;
-    if (extra === 0 && inBlock === 0 && piece.length === this.blockSize) {
-      await this.child.write(piece, start);
-      return;
-    }
-    if (this.blockTotal <= 4 * MiB) {
-      const whole = new Uint8Array(this.blockTotal);
-      whole.set(piece, extra + inBlock);
-      await this.child.write(whole, start);
-      return;
-    }
-    await this.writeZeroBytes(start, extra + inBlock);
-    await this.child.write(piece, start + extra + inBlock);
-    const after = extra + inBlock + piece.length;
-    await this.writeZeroBytes(start + after, this.blockTotal - after);
-  }
-
-  private async writeZeroBytes(at: number, length: number): Promise<void> {
-    const zero = new Uint8Array(Math.min(length, MiB));
-    for (let pos = 0; pos < length; pos += zero.length) {
-      const n = Math.min(zero.length, length - pos);
-      await this.child.write(zero.subarray(0, n), at + pos);
-    }
-  }
-
-  async writeZeroes(offset: number, length: number): Promise<void> {
-    checkWritable(this);
-    checkRange(this, offset, length, 'writeZeroes');
-    if (length === 0) return;
-    this.touch();
-    await this.pieces(offset, length, async (b, inBlock, _pos, n) => {
-      for (;;) {
-        const p = this.pending.get(b);
-        if (!p) break;
-        await p;
-      }
-      const e = this.map[b]!;
-      // Unallocated blocks already read as zero. Allocated blocks keep their
-      // storage (qemu-img check counts blocks_allocated against the map).
-      if (isAllocated(e)) await this.child.writeZeroes(this.dataOffset(e) + inBlock, n);
-    });
-  }
-
+  /** The changed block map sectors, coalesced into runs, then the header. */
   async flush(): Promise<void> {
-    if (this.readOnly || this.closed) return;
-    while (this.pending.size) await Promise.all(this.pending.values());
     if (this.dirtyMapSectors.size) {
       const sectors = [...this.dirtyMapSectors].sort((a, b) => a - b);
       this.dirtyMapSectors.clear();
@@ -528,26 +374,115 @@ export class VdiImage implements Image {
     if (this.headerDirty) {
       this.headerDirty = false;
       const v = new DataView(this.headerBytes.buffer, this.headerBytes.byteOffset, this.headerBytes.byteLength);
-      v.setUint32(OFF.blocks_allocated, this.blocksAllocatedNow, true);
-      this.h.blocksAllocated = this.blocksAllocatedNow;
+      v.setUint32(OFF.blocks_allocated, this.allocatedNow, true);
+      this.h.blocksAllocated = this.allocatedNow;
       this.headerBytes.set(this.h.uuidLastSnap, OFF.uuid_last_snap);
       await this.child.write(this.headerBytes, 0);
     }
-    await this.child.flush();
+  }
+}
+
+/**
+ * The engine's device, giving the image a new modification UUID at its first
+ * change, with one fast path: a write that covers whole blocks not stored
+ * yet writes them straight from the caller's buffer (the engine would build
+ * each in a new buffer first: a copy of every byte converted). VDI's
+ * allocation is a synchronous bump of blocks_allocated, and a whole-block
+ * write overlaps every other write to that block (which formats/types.ts
+ * says are never in flight with it), so this needs no lock; the data is
+ * written before the block map points at it, as the engine does.
+ */
+class VdiDevice extends SparseMappedDevice {
+  constructor(
+    private readonly v: VdiFormat,
+    private readonly child: BlockDevice,
+    o: EngineOptions,
+  ) {
+    super(v, o);
   }
 
-  async close(): Promise<void> {
-    if (this.closed) return;
-    try {
-      await this.flush();
-    } finally {
-      this.closed = true;
-      await this.child.close();
+  override async write(buf: Uint8Array, offset: number): Promise<void> {
+    if (this.readOnly || buf.length === 0) return super.write(buf, offset);
+    this.v.touch();
+    checkRange(this, offset, buf.length, 'write');
+    const bs = this.v.clusterSize;
+    const jobs: Promise<void>[] = [];
+    let rest = -1; // start (in buf) of a span left to the engine
+    const toEngine = (end: number) => {
+      if (rest >= 0) jobs.push(super.write(buf.subarray(rest, end), offset + rest));
+      rest = -1;
+    };
+    for (let pos = 0; pos < buf.length; ) {
+      const abs = offset + pos;
+      const n = Math.min(bs - (abs % bs), buf.length - pos);
+      if (n === bs && !isAllocated(this.v.map[abs / bs]!)) {
+        toEngine(pos);
+        const piece = buf.subarray(pos, pos + n);
+        // Zeros where the image reads zero already: nothing to store.
+        if (!isZero(piece)) jobs.push(this.writeNewBlock(piece, abs));
+      } else if (rest < 0) rest = pos;
+      pos += n;
     }
+    toEngine(buf.length);
+    const results = await Promise.allSettled(jobs);
+    for (const r of results) if (r.status === 'rejected') throw r.reason;
   }
 
-  async info(): Promise<ImageInfo> {
-    return { format: 'vdi', 'virtual-size': this.size, 'cluster-size': this.blockSize, 'dirty-flag': false };
+  private async writeNewBlock(piece: Uint8Array, abs: number): Promise<void> {
+    const host = await this.v.allocate(abs);
+    await growDevice(this.child, host + piece.length, 'vdi');
+    await this.child.write(piece, host);
+    await this.v.commit(abs, host);
+  }
+
+  override writeZeroes(offset: number, length: number): Promise<void> {
+    if (!this.readOnly && length > 0) this.v.touch();
+    return super.writeZeroes(offset, length);
+  }
+}
+
+export class VdiImage extends DescribedImage {
+  /** See Image.warnings. */
+  readonly warnings: readonly string[];
+  private readonly v: VdiFormat;
+
+  constructor(child: BlockDevice, g: VdiGeometry, map: Uint32Array, opts: { writable: boolean; fresh?: boolean; log?: WarningLog }) {
+    const v = new VdiFormat(child, g, map, g.headerBytes, !!opts.fresh);
+    const dev = new VdiDevice(v, child, { container: child, writable: opts.writable, zeroInit: !!opts.fresh && g.header.imageType !== TYPE_FIXED });
+    super('vdi', dev, async () => ({ format: 'vdi', 'virtual-size': v.size, 'cluster-size': v.clusterSize, 'dirty-flag': false }));
+    this.v = v;
+    this.warnings = opts.log?.list ?? [];
+  }
+
+  /** 1 dynamic (normal), 2 fixed (static). */
+  get imageType(): number {
+    return this.v.h.imageType;
+  }
+
+  get blocksAllocated(): number {
+    return this.v.allocatedNow;
+  }
+
+  /**
+   * This layer's run at `offset`, with its host offset (map, check): see
+   * LayerRun in ../types.ts. VDI has no backing file: a block not stored
+   * reads as zero, and qemu maps it as present zeros.
+   */
+  override async layerStatus(offset: number, length: number): Promise<LayerRun> {
+    checkRange(this, offset, length, 'layerStatus');
+    const { map } = this.v;
+    const bs = this.v.clusterSize;
+    const end = offset + length;
+    let b = Math.floor(offset / bs);
+    const first = map[b]!;
+    let stop = Math.min(end, (b + 1) * bs);
+    if (!isAllocated(first)) {
+      while (stop < end && !isAllocated(map[b + 1]!)) stop = Math.min(end, (++b + 1) * bs);
+      return { kind: 'zero', length: stop - offset };
+    }
+    const host = this.v.dataOffset(first) + (offset - b * bs);
+    while (stop < end && isAllocated(map[b + 1]!) && this.v.dataOffset(map[b + 1]!) === host + (stop - offset)) stop = Math.min(end, (++b + 1) * bs);
+    return { kind: 'data', length: stop - offset, host };
   }
 }
 
