@@ -194,7 +194,7 @@ export class MappedDevice implements BlockDevice {
         continue;
       }
       let run = this.wholeRun(pos, Math.min(m.length, buf.length - done));
-      if (run >= 2 && this.o.skipZeroWrites && this.readsZero(m)) {
+      if (run >= 1 && this.o.skipZeroWrites && this.readsZero(m)) {
         // Zero clusters onto clusters that read as zero store nothing: skip them, and end the run at the next one.
         const zeroAt = (k: number) => isZero(buf.subarray(done + k * cs, done + (k + 1) * cs));
         let z = 0;
@@ -207,7 +207,7 @@ export class MappedDevice implements BlockDevice {
         while (k < run && !zeroAt(k)) k++;
         run = k;
       }
-      if (run >= 2) {
+      if (run >= 1) {
         await this.writeNewRun(buf.subarray(done, done + run * cs), pos, run);
         done += run * cs;
         continue;
@@ -283,9 +283,14 @@ export class MappedDevice implements BlockDevice {
     const start = pos - (pos % cs);
     if (stored) return this.placeCompressed(stored, start);
     const cluster = new Uint8Array(cs);
-    if (piece.length < Math.min(cs, this.size - start)) {
-      // Copy-on-write: the cluster's bytes as they read now, under the new ones.
-      await this.read(cluster.subarray(0, Math.min(cs, this.size - start)), start);
+    const inCluster = Math.min(cs, this.size - start);
+    if (piece.length < inCluster) {
+      // Copy-on-write: the cluster's bytes as they read now, under the new
+      // ones (unless all of it reads as zero: the new buffer is zeros already,
+      // and zero-filling a 1 MiB VDI block per partial write costs more than
+      // the write).
+      const whole = await this.lookup(start, inCluster);
+      if (!(this.readsZero(whole) && whole.length >= inCluster)) await this.read(cluster.subarray(0, inCluster), start);
     }
     cluster.set(piece, pos - start);
     if (await this.writeCompressed(cluster, start)) return;

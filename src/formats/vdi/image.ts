@@ -19,12 +19,11 @@
  * serialises allocation.
  */
 
-import { type BlockDevice, checkRange, growDevice, isZero } from '../../core/device.js';
+import { type BlockDevice, checkRange, growDevice } from '../../core/device.js';
 import { ImageError, fieldError } from '../../core/errors.js';
-import type { EngineOptions } from '../engine/engine.js';
+import { MappedDevice, type EngineOptions } from '../engine/engine.js';
 import { DescribedImage } from '../engine/image.js';
 import type { Mapping, MappedFormat } from '../engine/mapping.js';
-import { SparseMappedDevice } from '../engine/sparse.js';
 import type { LayerRun } from '../types.js';
 import type { WarningLog } from '../warnings.js';
 import { BLOCK_FREE, BLOCK_ZERO, BlockMapChecker, decodeEntries, encodeEntries, isAllocated } from './blockmap.js';
@@ -297,6 +296,10 @@ export class VdiFormat implements MappedFormat {
     this.allocatedNow = g.header.blocksAllocated;
     // A freshly created image already has fresh UUIDs.
     this.touched = fresh;
+    if (this.h.blockExtra === 0) {
+      this.allocateRun = (offset, clusters) => this.allocateBlocks(offset, clusters);
+      this.commitRun = (offset, clusters, host) => this.commitBlocks(offset, clusters, host);
+    }
   }
 
   dataOffset(entry: number): number {
@@ -347,6 +350,29 @@ export class VdiFormat implements MappedFormat {
     this.dirtyMapSectors.add(Math.floor((b * 4) / SECTOR));
   }
 
+  /**
+   * Several whole blocks at once (the engine's run path): the next
+   * `clusters` data blocks, contiguous in the file when blocks carry no
+   * extra area (every image written today); with one, blocks are allocated
+   * one by one (allocateRun is not offered then).
+   */
+  readonly allocateRun?: (offset: number, clusters: number) => Promise<number>;
+  readonly commitRun?: (offset: number, clusters: number, host: number) => Promise<void>;
+
+  private async allocateBlocks(_offset: number, clusters: number): Promise<number> {
+    if (this.allocatedNow + clusters > this.h.blocksInImage) {
+      throw fieldError('corrupt', 'vdi', 'blocks_allocated', OFF.blocks_allocated, this.allocatedNow, `leaves fewer than ${clusters} data blocks to allocate before blocks_in_image`);
+    }
+    const idx = this.allocatedNow;
+    this.allocatedNow += clusters;
+    this.headerDirty = true;
+    return this.dataOffset(idx);
+  }
+
+  private async commitBlocks(offset: number, clusters: number, host: number): Promise<void> {
+    for (let k = 0; k < clusters; k++) await this.commit(offset + k * this.clusterSize, host + k * this.blockTotal);
+  }
+
   /** First modification after opening an existing image: VirtualBox gives it a new modification UUID. */
   touch(): void {
     if (this.touched) return;
@@ -384,55 +410,21 @@ export class VdiFormat implements MappedFormat {
 
 /**
  * The engine's device, giving the image a new modification UUID at its first
- * change, with one fast path: a write that covers whole blocks not stored
- * yet writes them straight from the caller's buffer (the engine would build
- * each in a new buffer first: a copy of every byte converted). VDI's
- * allocation is a synchronous bump of blocks_allocated, and a whole-block
- * write overlaps every other write to that block (which formats/types.ts
- * says are never in flight with it), so this needs no lock; the data is
- * written before the block map points at it, as the engine does.
+ * change (VirtualBox does): whole blocks not stored yet go through the
+ * engine's run path (allocateRun), zeros onto blocks that read as zero store
+ * nothing (skipZeroWrites), as before the move onto the engine.
  */
-class VdiDevice extends SparseMappedDevice {
+class VdiDevice extends MappedDevice {
   constructor(
     private readonly v: VdiFormat,
-    private readonly child: BlockDevice,
     o: EngineOptions,
   ) {
-    super(v, o);
+    super(v, { ...o, skipZeroWrites: true });
   }
 
-  override async write(buf: Uint8Array, offset: number): Promise<void> {
-    if (this.readOnly || buf.length === 0) return super.write(buf, offset);
-    this.v.touch();
-    checkRange(this, offset, buf.length, 'write');
-    const bs = this.v.clusterSize;
-    const jobs: Promise<void>[] = [];
-    let rest = -1; // start (in buf) of a span left to the engine
-    const toEngine = (end: number) => {
-      if (rest >= 0) jobs.push(super.write(buf.subarray(rest, end), offset + rest));
-      rest = -1;
-    };
-    for (let pos = 0; pos < buf.length; ) {
-      const abs = offset + pos;
-      const n = Math.min(bs - (abs % bs), buf.length - pos);
-      if (n === bs && !isAllocated(this.v.map[abs / bs]!)) {
-        toEngine(pos);
-        const piece = buf.subarray(pos, pos + n);
-        // Zeros where the image reads zero already: nothing to store.
-        if (!isZero(piece)) jobs.push(this.writeNewBlock(piece, abs));
-      } else if (rest < 0) rest = pos;
-      pos += n;
-    }
-    toEngine(buf.length);
-    const results = await Promise.allSettled(jobs);
-    for (const r of results) if (r.status === 'rejected') throw r.reason;
-  }
-
-  private async writeNewBlock(piece: Uint8Array, abs: number): Promise<void> {
-    const host = await this.v.allocate(abs);
-    await growDevice(this.child, host + piece.length, 'vdi');
-    await this.child.write(piece, host);
-    await this.v.commit(abs, host);
+  override write(buf: Uint8Array, offset: number): Promise<void> {
+    if (!this.readOnly && buf.length > 0) this.v.touch();
+    return super.write(buf, offset);
   }
 
   override writeZeroes(offset: number, length: number): Promise<void> {
@@ -448,7 +440,7 @@ export class VdiImage extends DescribedImage {
 
   constructor(child: BlockDevice, g: VdiGeometry, map: Uint32Array, opts: { writable: boolean; fresh?: boolean; log?: WarningLog }) {
     const v = new VdiFormat(child, g, map, g.headerBytes, !!opts.fresh);
-    const dev = new VdiDevice(v, child, { container: child, writable: opts.writable, zeroInit: !!opts.fresh && g.header.imageType !== TYPE_FIXED });
+    const dev = new VdiDevice(v, { container: child, writable: opts.writable, zeroInit: !!opts.fresh && g.header.imageType !== TYPE_FIXED });
     super('vdi', dev, async () => ({ format: 'vdi', 'virtual-size': v.size, 'cluster-size': v.clusterSize, 'dirty-flag': false }));
     this.v = v;
     this.warnings = opts.log?.list ?? [];
