@@ -25,13 +25,14 @@
  */
 
 import * as fs from 'node:fs';
-import { rootCertificates } from 'node:tls';
 import type { Readable } from 'node:stream';
 import type { Dispatcher } from 'undici';
 import { createRequire } from 'node:module';
 
 /** undici, loaded when a URL is first opened (most runs never need it). */
 const undici = () => createRequire(import.meta.url)('undici') as typeof import('undici');
+/** node:tls (with net, crypto, stream) loads only when a URL is opened: start-up of local commands stays light. */
+const rootCertificates = (): readonly string[] => (createRequire(import.meta.url)('node:tls') as typeof import('node:tls')).rootCertificates;
 import { type Extent, type SourceDevice, checkRange, checkWritable } from '../core/device.js';
 import { ImageError } from '../core/errors.js';
 import { escapeLine } from '../core/escape.js';
@@ -103,7 +104,7 @@ class Client {
       }
     }
     // A --ca-file adds to Node's bundled trust store; it never replaces it, and nothing turns verification off.
-    this.dispatcher = new (undici().EnvHttpProxyAgent)(ca ? { connect: { ca: [...rootCertificates, ca] } } : {});
+    this.dispatcher = new (undici().EnvHttpProxyAgent)(ca ? { connect: { ca: [...rootCertificates(), ca] } } : {});
   }
 
   /**
