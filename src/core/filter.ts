@@ -44,36 +44,38 @@ export class AllocationFilterDevice implements BlockDevice {
     return ans;
   }
 
-  async status(offset: number, length: number): Promise<Extent> {
-    checkRange(this, offset, length, 'status');
+  /** The piece of [offset, offset + length) up to the next range boundary, and whether it is inside a used range. */
+  private span(offset: number, length: number): { used: boolean; length: number } {
     const i = this.find(offset);
     const r = i >= 0 ? this.ranges[i]! : undefined;
-    if (r && offset < r.offset + r.length) {
-      const n = Math.min(length, r.offset + r.length - offset);
-      const e = await this.base.status(offset, n);
-      return { offset, length: e.length, kind: e.kind };
-    }
+    if (r && offset < r.offset + r.length) return { used: true, length: Math.min(length, r.offset + r.length - offset) };
     const next = this.ranges[i + 1];
     const end = next ? Math.min(offset + length, next.offset) : offset + length;
-    return { offset, length: end - offset, kind: 'unallocated' };
+    return { used: false, length: end - offset };
+  }
+
+  async status(offset: number, length: number): Promise<Extent> {
+    checkRange(this, offset, length, 'status');
+    const s = this.span(offset, length);
+    if (!s.used) return { offset, length: s.length, kind: 'unallocated' };
+    const e = await this.base.status(offset, s.length);
+    return { offset, length: e.length, kind: e.kind };
   }
 
   async read(buf: Uint8Array, offset: number): Promise<void> {
     checkRange(this, offset, buf.length, 'read');
     let pos = offset;
     const end = offset + buf.length;
+    // Used ranges are read from the base as they are (its holes read as
+    // zero): asking the base's status first would cost two lseek calls per
+    // range on a raw file, for nothing.
     while (pos < end) {
-      const e = await this.status(pos, end - pos);
-      const view = buf.subarray(pos - offset, pos - offset + e.length);
-      if (e.kind === 'unallocated' && !this.inRange(pos)) view.fill(0);
-      else await this.base.read(view, pos);
-      pos += e.length;
+      const s = this.span(pos, end - pos);
+      const view = buf.subarray(pos - offset, pos - offset + s.length);
+      if (s.used) await this.base.read(view, pos);
+      else view.fill(0);
+      pos += s.length;
     }
-  }
-
-  private inRange(pos: number): boolean {
-    const i = this.find(pos);
-    return i >= 0 && pos < this.ranges[i]!.offset + this.ranges[i]!.length;
   }
 
   async write(): Promise<void> {
