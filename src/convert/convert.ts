@@ -14,7 +14,7 @@
  *   bounded by concurrency x chunk size, whatever the image size.
  */
 
-import { type BlockDevice, extents, isZero } from '../core/device.js';
+import { type BlockDevice, extents, isZeroRange } from '../core/device.js';
 import { ImageError } from '../core/errors.js';
 import { type Progress, noProgress } from './progress.js';
 
@@ -74,42 +74,38 @@ export async function copyDevice(src: BlockDevice, dst: BlockDevice, opts: CopyO
   const pool: Uint8Array[] = [];
   const take = () => pool.pop() ?? new Uint8Array(chunk);
 
+  // Reads run `concurrency` deep; writes go out one at a time, in order (as
+  // qemu-img's convert does without -W). Concurrent writes to one file only
+  // queue on its inode lock in the kernel, where the waiters spin and burn
+  // the CPU the reads need (on tmpfs, raw -> raw spent half its system time
+  // there), and on a disk in-order writes keep the output's blocks in order.
+  let lastWrite: Promise<void> = Promise.resolve();
   const copyChunk = async (offset: number, length: number) => {
     const buf = take();
+    const turn = lastWrite;
+    let done!: () => void;
+    lastWrite = new Promise<void>((res) => (done = res));
     try {
       const view = buf.subarray(0, length);
       await src.read(view, offset);
-      if (gran === 0) {
-        await dst.write(view, offset);
-        stats.writtenBytes += length;
-      } else {
-        // Write maximal runs of non-zero blocks; blocks are aligned to absolute offsets.
-        let pos = 0;
-        let runStart = -1;
-        while (pos < length) {
-          const abs = offset + pos;
-          const blockEnd = Math.min(length, Math.floor(abs / gran) * gran + gran - offset);
-          const zero = isZero(view.subarray(pos, blockEnd));
-          if (!zero && runStart < 0) runStart = pos;
-          if (zero && runStart >= 0) {
-            await dst.write(view.subarray(runStart, pos), offset + runStart);
-            stats.writtenBytes += pos - runStart;
-            runStart = -1;
-          }
-          if (zero) {
-            stats.zeroDetectedBytes += blockEnd - pos;
-            if (!targetIsZero) await dst.writeZeroes(offset + pos, blockEnd - pos);
-          }
-          pos = blockEnd;
-        }
-        if (runStart >= 0) {
-          await dst.write(view.subarray(runStart, length), offset + runStart);
-          stats.writtenBytes += length - runStart;
+      // Split into maximal runs of data and zero blocks (blocks aligned to absolute offsets) before taking the turn to write.
+      const runs = gran === 0 ? [0, length, 1] : blockRuns(view, offset, gran);
+      await turn;
+      for (let i = 0; i < runs.length; i += 3) {
+        const from = runs[i]!;
+        const to = runs[i + 1]!;
+        if (runs[i + 2]) {
+          await dst.write(view.subarray(from, to), offset + from);
+          stats.writtenBytes += to - from;
+        } else {
+          stats.zeroDetectedBytes += to - from;
+          if (!targetIsZero) await dst.writeZeroes(offset + from, to - from);
         }
       }
       stats.dataBytes += length;
       progress.update(stats.dataBytes);
     } finally {
+      done();
       pool.push(buf);
     }
   };
@@ -123,16 +119,21 @@ export async function copyDevice(src: BlockDevice, dst: BlockDevice, opts: CopyO
     if (inflight.size >= concurrency) await Promise.race(inflight);
   };
 
+  // Interrupted: stop scheduling, and let the chunks in flight finish before
+  // throwing (the caller closes the output next; no write may still be queued on its descriptor).
+  const interrupted = () => {
+    if (opts.signal?.aborted) failure ??= new ImageError('interrupted', 'conversion interrupted');
+    return failure !== undefined;
+  };
   for (const r of runs) {
-    if (failure) break;
-    if (opts.signal?.aborted) throw new ImageError('interrupted', 'conversion interrupted');
+    if (interrupted()) break;
     if (r.kind !== 'data') {
       if (!targetIsZero) await dst.writeZeroes(r.offset, r.length);
       continue;
     }
     let pos = r.offset;
     const end = r.offset + r.length;
-    while (pos < end && !failure) {
+    while (pos < end && !interrupted()) {
       // Chunks aligned to absolute multiples of the chunk size keep cluster-aligned writes.
       const next = Math.min(end, (Math.floor(pos / chunk) + 1) * chunk);
       await schedule(copyChunk(pos, next - pos));
@@ -144,6 +145,24 @@ export async function copyDevice(src: BlockDevice, dst: BlockDevice, opts: CopyO
   progress.finish();
   stats.seconds = (performance.now() - t0) / 1000;
   return stats;
+}
+
+/**
+ * view (which holds the bytes at `offset`) as maximal runs of blocks of
+ * `gran` bytes, aligned to absolute multiples of `gran`, that are all zero or
+ * all hold data: a flat list of (start, end, isData) triples, relative to view.
+ */
+function blockRuns(view: Uint8Array, offset: number, gran: number): number[] {
+  const runs: number[] = [];
+  for (let pos = 0; pos < view.length; ) {
+    const blockEnd = Math.min(view.length, Math.floor((offset + pos) / gran) * gran + gran - offset);
+    const data = isZeroRange(view, pos, blockEnd) ? 0 : 1;
+    const n = runs.length;
+    if (n > 0 && runs[n - 1] === data) runs[n - 2] = blockEnd;
+    else runs.push(pos, blockEnd, data);
+    pos = blockEnd;
+  }
+  return runs;
 }
 
 /** Smallest multiple of both (they are powers of two in practice: the max). */

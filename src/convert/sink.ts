@@ -15,7 +15,7 @@
  */
 
 import * as path from 'node:path';
-import { isZero } from '../core/device.js';
+import { isZeroRange } from '../core/device.js';
 import { ImageError } from '../core/errors.js';
 import type { FileDevice } from '../core/file.js';
 import type { OutputFile } from '../core/output.js';
@@ -148,7 +148,7 @@ export class Sink {
     let runStart = -1;
     for (let pos = 0; pos < view.length; ) {
       const blockEnd = Math.min(view.length, pos + this.gran);
-      const zero = isZero(view.subarray(pos, blockEnd));
+      const zero = isZeroRange(view, pos, blockEnd);
       if (!zero && runStart < 0) runStart = pos;
       if (zero) {
         if (runStart >= 0) await this.write(view.subarray(runStart, pos), base + runStart);

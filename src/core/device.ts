@@ -134,11 +134,24 @@ export async function allocatedBytes(dev: BlockDevice): Promise<number> {
 
 const ZERO_CHUNK = Buffer.alloc(1 << 20);
 
-/** True when every byte of buf is zero (memcmp against a shared zero buffer). */
+/** True when every byte of buf is zero. */
 export function isZero(buf: Uint8Array): boolean {
-  for (let pos = 0; pos < buf.length; pos += ZERO_CHUNK.length) {
-    const n = Math.min(ZERO_CHUNK.length, buf.length - pos);
-    if (Buffer.compare(buf.subarray(pos, pos + n), ZERO_CHUNK.subarray(0, n)) !== 0) return false;
+  return isZeroRange(buf, 0, buf.length);
+}
+
+/**
+ * True when every byte of buf[start, end) is zero. Allocation-free (a copy
+ * loop calls this for every 4 KiB block): the first 16 bytes are looked at
+ * directly, which settles almost every data block, and only a block that
+ * starts with zeros is compared with a shared zero buffer (memcmp, by offsets:
+ * no views are created).
+ */
+export function isZeroRange(buf: Uint8Array, start: number, end: number): boolean {
+  const head = Math.min(end, start + 16);
+  for (let i = start; i < head; i++) if (buf[i] !== 0) return false;
+  for (let pos = head; pos < end; pos += ZERO_CHUNK.length) {
+    const n = Math.min(ZERO_CHUNK.length, end - pos);
+    if (ZERO_CHUNK.compare(buf, pos, pos + n, 0, n) !== 0) return false;
   }
   return true;
 }

@@ -34,7 +34,7 @@
  *               `hostEnd` at close
  */
 
-import { type BlockDevice, type Extent, checkRange, checkWritable, growDevice, isZero } from '../../core/device.js';
+import { type BlockDevice, type Extent, checkRange, checkWritable, growDevice, isZero, isZeroRange } from '../../core/device.js';
 import { ImageError } from '../../core/errors.js';
 import { Mutex } from '../../core/mutex.js';
 import { compressCluster, decompressCluster } from './codecs.js';
@@ -196,7 +196,7 @@ export class MappedDevice implements BlockDevice {
       let run = this.wholeRun(pos, Math.min(m.length, buf.length - done));
       if (run >= 1 && this.o.skipZeroWrites && this.readsZero(m)) {
         // Zero clusters onto clusters that read as zero store nothing: skip them, and end the run at the next one.
-        const zeroAt = (k: number) => isZero(buf.subarray(done + k * cs, done + (k + 1) * cs));
+        const zeroAt = (k: number) => isZeroRange(buf, done + k * cs, done + (k + 1) * cs);
         let z = 0;
         while (z < run && zeroAt(z)) z++;
         if (z > 0) {
