@@ -20,7 +20,7 @@
 import * as fs from 'node:fs';
 import * as fsp from 'node:fs/promises';
 import { escapeLine } from './escape.js';
-import { execFile } from 'node:child_process';
+import { nodeChildProcess } from './lazy.js';
 import { type Extent, type SourceDevice, checkRange, checkWritable } from './device.js';
 import { ImageError, ioError } from './errors.js';
 import { dataRunAt } from './seek-data.js';
@@ -284,7 +284,7 @@ let zeroOutUnavailable = false;
 async function kernelZeroOut(dev: string, offset: number, length: number): Promise<boolean> {
   if (zeroOutUnavailable) return false;
   return new Promise((resolve) => {
-    execFile('blkdiscard', ['--zeroout', '--offset', String(offset), '--length', String(length), dev], (e) => {
+    nodeChildProcess().execFile('blkdiscard', ['--zeroout', '--offset', String(offset), '--length', String(length), dev], (e) => {
       if (e && (e as NodeJS.ErrnoException).code === 'ENOENT') zeroOutUnavailable = true;
       resolve(!e);
     });

@@ -10,7 +10,7 @@
 
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { randomBytes } from 'node:crypto';
+import { nodeCrypto } from './lazy.js';
 import { FileDevice } from './file.js';
 import { ImageError, ioError } from './errors.js';
 
@@ -77,7 +77,7 @@ export class OutputFile {
     }
     if (st?.isDirectory()) throw new ImageError('usage', `output ${finalPath} is a directory`, { path: finalPath });
     const dir = path.dirname(path.resolve(finalPath));
-    const temp = path.join(dir, `.${path.basename(finalPath)}.${randomBytes(4).toString('hex')}.imgtool-tmp`);
+    const temp = path.join(dir, `.${path.basename(finalPath)}.${nodeCrypto().randomBytes(4).toString('hex')}.imgtool-tmp`);
     pending.add(temp);
     try {
       return new OutputFile(finalPath, temp, await FileDevice.open(temp, { create: true }));

@@ -9,7 +9,7 @@
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
-import { randomBytes } from 'node:crypto';
+import { nodeCrypto } from '../core/lazy.js';
 import { isZero } from '../core/device.js';
 import { FileDevice } from '../core/file.js';
 import { ImageError } from '../core/errors.js';
@@ -28,7 +28,7 @@ const BLOCK = 4096;
 
 export async function spoolStream(stream: AsyncIterable<Uint8Array>, opts: SpoolOptions = {}): Promise<FileDevice> {
   const dir = opts.scratchDir ?? os.tmpdir();
-  const file = path.join(dir, `.imgtool-spool-${randomBytes(6).toString('hex')}.tmp`);
+  const file = path.join(dir, `.imgtool-spool-${nodeCrypto().randomBytes(6).toString('hex')}.tmp`);
   const spool = await FileDevice.open(file, { create: true });
   fs.unlinkSync(file);
   try {

@@ -20,7 +20,8 @@
  * hostile data never chooses an allocation size.
  */
 
-import * as zlib from 'node:zlib';
+import type * as Zlib from 'node:zlib';
+import { nodeZlib } from '../../core/lazy.js';
 import { availableParallelism } from 'node:os';
 import { ImageError } from '../../core/errors.js';
 import type { Codec } from './mapping.js';
@@ -69,7 +70,8 @@ export async function decompressCluster(
   o: DecodeOptions = {},
 ): Promise<Uint8Array> {
   if (codec === 'zstd') return inSlot(() => zstdCluster(format, stored, clusterSize, host, o));
-  const opts: zlib.ZlibOptions = {
+  const zlib = nodeZlib();
+  const opts: Zlib.ZlibOptions = {
     maxOutputLength: clusterSize,
     // qcow/qcow2 (deflate): qemu accepts a stream that stops once the
     // cluster is full (inflate Z_FINISH giving Z_BUF_ERROR with the output
@@ -105,6 +107,7 @@ export async function decompressCluster(
  */
 export function compressCluster(codec: Codec, data: Uint8Array): Promise<Uint8Array> {
   if (codec === 'zstd') return inSlot(async () => (await zstdEncode(data, Infinity))!);
+  const zlib = nodeZlib();
   if (codec === 'deflate') {
     const windowBits = Math.min(12, Math.max(9, Math.ceil(Math.log2(Math.max(2, data.length)))));
     const opts = { level: 6, windowBits, memLevel: 9, chunkSize: data.length + 1024 };

@@ -5,7 +5,7 @@
  * archive lacks is an error too.
  */
 
-import { createHash } from 'node:crypto';
+import { nodeCrypto } from '../../core/lazy.js';
 import type { BlockDevice } from '../../core/device.js';
 import { ImageError } from '../../core/errors.js';
 import type { TarEntry } from './tar.js';
@@ -34,7 +34,7 @@ export function parseManifest(text: string): ManifestLine[] {
 }
 
 async function digest(dev: BlockDevice, e: TarEntry, algorithm: string): Promise<string> {
-  const h = createHash(ALGORITHMS[algorithm]!);
+  const h = nodeCrypto().createHash(ALGORITHMS[algorithm]!);
   const buf = new Uint8Array(Math.min(CHUNK, Math.max(1, e.size)));
   for (let pos = 0; pos < e.size; pos += buf.length) {
     const part = buf.subarray(0, Math.min(buf.length, e.size - pos));

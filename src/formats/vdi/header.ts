@@ -37,7 +37,7 @@
  * acceptable (it needs the file size).
  */
 
-import { randomUUID } from 'node:crypto';
+import { nodeCrypto } from '../../core/lazy.js';
 import { defineStruct } from '../engine/struct.js';
 
 /** VDIPREHEADER: at offset 0. */
@@ -221,7 +221,7 @@ export function encodeHeader(h: VdiHeader): Uint8Array {
  * remaining 8 bytes as in the RFC 4122 string.
  */
 export function randomVdiUuid(): Uint8Array {
-  return uuidToIprt(randomUUID());
+  return uuidToIprt(nodeCrypto().randomUUID());
 }
 
 /** RFC 4122 text form to IPRT bytes. */

@@ -15,7 +15,7 @@
  * the source's allocation first).
  */
 
-import { randomBytes } from 'node:crypto';
+import { nodeCrypto } from '../../core/lazy.js';
 import type { BlockDevice } from '../../core/device.js';
 import { ImageError } from '../../core/errors.js';
 import { SliceDevice } from '../../core/slice.js';
@@ -87,7 +87,7 @@ export function vhdParams(opts: CreateOptions): VhdParams {
     heads: geometry.heads,
     sectorsPerTrack: geometry.sectorsPerTrack,
     diskType: fixed ? TYPE_FIXED : TYPE_DYNAMIC,
-    uniqueId: randomBytes(16),
+    uniqueId: nodeCrypto().randomBytes(16),
     savedState: 0,
     reserved: new Uint8Array(427),
   });

@@ -8,7 +8,7 @@
  * read-only.
  */
 
-import { randomBytes } from 'node:crypto';
+import { nodeCrypto } from '../../core/lazy.js';
 import type { BlockDevice } from '../../core/device.js';
 import { ImageError } from '../../core/errors.js';
 import type { CheckResult, Repair } from '../types.js';
@@ -27,7 +27,7 @@ export async function checkVhdx(child: BlockDevice, repair: Repair, _say: (line:
     }
     await applyReplay(child, await readLog(child, h.header, h.at, Math.max(child.size, 2 ** 46)));
     await child.flush();
-    const guids = { file: randomBytes(16), data: randomBytes(16) };
+    const guids = { file: nodeCrypto().randomBytes(16), data: nodeCrypto().randomBytes(16) };
     await writeHeader(child, h.header, h.header.sequenceNumber + 1n, h.slot === 0 ? 1 : 0, guids);
     await writeHeader(child, h.header, h.header.sequenceNumber + 2n, h.slot, guids);
     await child.flush();

@@ -15,7 +15,7 @@
  * them (sparse). Sector-bitmap entries: "not present".
  */
 
-import { randomBytes } from 'node:crypto';
+import { nodeCrypto } from '../../core/lazy.js';
 import type { BlockDevice } from '../../core/device.js';
 import { put32le, put64le } from '../../core/bytes.js';
 import { ImageError } from '../../core/errors.js';
@@ -114,7 +114,7 @@ function metadataRegion(p: VhdxParams): Uint8Array {
   put32le(fp, 4, p.fixed ? 1 : 0); // leave blocks allocated
   const vds = new Uint8Array(8);
   put64le(vds, 0, p.size);
-  items.push([FILE_PARAMETERS, fp, 4], [VIRTUAL_DISK_SIZE, vds, 6], [PAGE83, randomBytes(16), 6], [LOGICAL_SECTOR_SIZE, u32(LOGICAL), 6], [PHYSICAL_SECTOR_SIZE, u32(PHYSICAL), 6]);
+  items.push([FILE_PARAMETERS, fp, 4], [VIRTUAL_DISK_SIZE, vds, 6], [PAGE83, nodeCrypto().randomBytes(16), 6], [LOGICAL_SECTOR_SIZE, u32(LOGICAL), 6], [PHYSICAL_SECTOR_SIZE, u32(PHYSICAL), 6]);
   out.set(MetadataTableHeader.encode({ signature: Buffer.from('metadata', 'latin1'), reserved: 0, entryCount: items.length, reserved2: new Uint8Array(20) }));
   let at = 64 * 1024;
   items.forEach(([id, data, flags], i) => {
@@ -159,7 +159,7 @@ export async function createVhdx(child: BlockDevice, opts: CreateOptions): Promi
   // Log: zeros (the file was empty); headers last, once everything they describe is in place.
   const base = Header.parse(new Uint8Array(Header.size));
   const h = { ...base, signature: SIG_HEAD, version: 1, logVersion: 0, logLength: p.logSize, logOffset: BigInt(logOffset) };
-  const guids = { file: randomBytes(16), data: randomBytes(16) };
+  const guids = { file: nodeCrypto().randomBytes(16), data: nodeCrypto().randomBytes(16) };
   await writeHeader(child, h, 0n, 0, guids);
   await writeHeader(child, h, 1n, 1, guids);
   const layout = await readLayout(child, await readHeaders(child));

@@ -9,7 +9,7 @@
  * before the first write.
  */
 
-import { randomBytes } from 'node:crypto';
+import { nodeCrypto } from '../../core/lazy.js';
 import type { BlockDevice } from '../../core/device.js';
 import { DescribedImage } from '../engine/image.js';
 import { MappedDevice } from '../engine/engine.js';
@@ -44,7 +44,7 @@ export async function openVhdx(child: BlockDevice, opts: OpenOptions): Promise<I
     }
   }
   if (writable) {
-    const guids = { file: randomBytes(16), data: randomBytes(16) };
+    const guids = { file: nodeCrypto().randomBytes(16), data: nodeCrypto().randomBytes(16) };
     const other: 0 | 1 = h.slot === 0 ? 1 : 0;
     await writeHeader(child, h.header, h.header.sequenceNumber + 1n, other, guids);
     await child.flush();

@@ -11,7 +11,7 @@
  *   overHead        (rounded up to a grain) grains, in allocation order
  */
 
-import { randomInt } from 'node:crypto';
+import { nodeCrypto } from '../../core/lazy.js';
 import * as path from 'node:path';
 import type { BlockDevice } from '../../core/device.js';
 import { ImageError } from '../../core/errors.js';
@@ -86,7 +86,7 @@ export function vmdkParams(opts: CreateOptions): VmdkParams {
     toolsVersion,
     compat6,
     zeroedGrain: onOff(o, 'zeroed_grain'),
-    cid: randomInt(0, 0xfffffffe),
+    cid: nodeCrypto().randomInt(0, 0xfffffffe),
     extentName: opts.path && opts.path !== '-' ? path.basename(opts.path) : 'disk.vmdk',
   };
 }
