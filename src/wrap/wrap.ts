@@ -275,6 +275,7 @@ export async function wrapImage(src: OpenedImage, opts: WrapOptions): Promise<Wr
     stores.push(s);
     return s;
   };
+  let checks: Promise<FsckResult[]> | undefined;
   try {
     const root = await stageFs(src.image, sb, rootPart.size, await store(), progress);
     log(`filesystem: ${sb.type}, ${formatSize(sb.size)}, ${formatSize(root.usedBytes)} in use`);
@@ -318,13 +319,20 @@ export async function wrapImage(src: OpenedImage, opts: WrapOptions): Promise<Wr
       log(`guest: ${guest.fixes.changes.length} file(s) changed, boot ${guest.mode}`);
     }
 
-    // 6. Read-only checks: every filesystem must be clean now.
-    const final = await finalCheck(root.dev, src.path, log);
-    const extraFinal: FsckResult[] = [];
-    for (const s of staged) extraFinal.push(await finalCheck(s.staged.dev, s.image.path, log));
+    // 6. Read-only checks: every filesystem must be clean now. Nothing
+    // writes to the overlays any more, so the checks (e2fsck -fn, in its
+    // worker thread) run while step 7 writes the disk, on the other core;
+    // the output is committed only once every check has passed, and removed
+    // if one fails.
+    checks = (async () => {
+      const all = [await finalCheck(root.dev, src.path, log)];
+      for (const s of staged) all.push(await finalCheck(s.staged.dev, s.image.path, log));
+      return all;
+    })();
+    checks.catch(() => {}); // awaited before the commit (and in `finally`)
 
     // 7. Write the disk, then the files beside it; all appear together at the end.
-    const out = await writeOutputs(src, opts, disk, plan.diskSize, guest, (direct) =>
+    const out = await writeOutputs(src, opts, disk, plan.diskSize, guest, checks, (direct) =>
       opts.domain
         ? convertWrapDomain({
             text: opts.domain.text,
@@ -349,6 +357,7 @@ export async function wrapImage(src: OpenedImage, opts: WrapOptions): Promise<Wr
         : undefined,
     );
     const direct = out.direct;
+    const [final, ...extraFinal] = await checks;
     return {
       source: src.path,
       'source-format': src.driver.name,
@@ -400,6 +409,8 @@ export async function wrapImage(src: OpenedImage, opts: WrapOptions): Promise<Wr
       seconds: (performance.now() - t0) / 1000,
     };
   } finally {
+    // A check still reading an overlay (the copy failed first) ends before its store closes.
+    await checks?.catch(() => {});
     for (const st of stores) await st.close();
   }
 }
@@ -421,6 +432,7 @@ async function writeOutputs(
   disk: BlockDevice,
   diskSize: number,
   guest: PreparedGuest | undefined,
+  checked: Promise<unknown>,
   makeDomain: (direct: { kernel: string; initrd?: string } | undefined) => WrapDomainResult | undefined,
 ): Promise<{ copied: number; allocated: number; direct?: { kernel: string; initrd?: string }; domain?: WrapReport['domain'] }> {
   const created = await createImage(
@@ -435,11 +447,17 @@ async function writeOutputs(
   let domain: WrapReport['domain'];
   try {
     const info = await created.image.info();
+    // A failed check stops the copy early; its error is the one reported.
+    const stop = new AbortController();
+    checked.catch(() => stop.abort());
     const stats = await copyDevice(disk, created.image, {
       targetGranularity: info['cluster-size'],
       targetIsZero: created.zeroInit,
       concurrency: opts.compress ? 8 : 4,
       progress: opts.progress ?? noProgress,
+      signal: stop.signal,
+    }).catch(async (e: unknown) => {
+      throw (await checked.then(() => undefined, (c: unknown) => c)) ?? e;
     });
     copied = stats.writtenBytes;
     await created.image.flush();
@@ -457,6 +475,8 @@ async function writeOutputs(
       domain = { path: `${opts.output}.xml`, warnings: converted.warnings, consumed: converted.consumed };
       sides.push(await sideFile(domain.path, new TextEncoder().encode(converted.xml), opts.force));
     }
+    // The read-only checks ran during the copy: nothing is committed unless they all passed.
+    await checked;
     await created.output.commit();
     for (const s of sides) await s.commit();
   } catch (e) {
