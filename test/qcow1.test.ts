@@ -10,6 +10,8 @@ import { ImageError } from '../src/core/errors.js';
 import { describe as describeImage, openImage } from '../src/formats/index.js';
 import { convertImage } from '../src/convert/image.js';
 import { parseHeader } from '../src/formats/qcow/header.js';
+import { type QcowImage, createQcow } from '../src/formats/qcow/image.js';
+import { FileDevice } from '../src/core/file.js';
 import { pattern } from './helpers/devices.js';
 import { must, qemuCompare, qemuInfo, run, tempDir } from './helpers/peers.js';
 
@@ -329,6 +331,8 @@ describe('writable open of existing qcow images', () => {
     [40 * KiB, 8 * KiB], // write zeroes over whole clusters: deallocated
     [12 * MiB + 17, pattern(1, 24)], // one byte
     [MiB + 10, pattern(20, 25)], // into a compressed cluster (for -c images): decompress, rewrite
+    [MiB + 64 * KiB, pattern(4 * KiB, 26)], // one whole cluster over a compressed one (for -c images)
+    [MiB + 128 * KiB, pattern(12 * KiB, 27)], // three whole clusters over compressed ones
   ];
 
   for (const compress of [false, true]) {
@@ -380,5 +384,77 @@ describe('writable open of existing qcow images', () => {
     parts.forEach((p, i) => writeSync(fd, p, 0, p.length, MiB + i * 1000));
     closeSync(fd);
     expectSame(ref, img, 'raw', 'qcow');
+  });
+});
+
+/**
+ * A new qcow image with 512-byte clusters and 64-entry L2 tables (32 KiB of
+ * guest per table): qemu reads any cluster_bits 9..16 and l2_bits 6..13,
+ * although qemu-img create always makes 4 KiB clusters.
+ */
+async function smallClusterQcow(path: string, size: number, compress = false): Promise<QcowImage> {
+  const file = await FileDevice.open(path, { create: true });
+  return createQcow(file, { size, compress, clusterBits: 9, l2Bits: 6 });
+}
+
+interface MapEntry {
+  start: number;
+  length: number;
+  data: boolean;
+  offset?: number;
+}
+
+describe('one write across several L2 tables', () => {
+  const SIZE = 512 * KiB;
+  // From inside the first table to inside the sixth: partial first and last cluster, whole clusters between.
+  const AT = 20 * KiB + 100;
+  const DATA = pattern(170 * KiB, 71);
+  const firstWhole = Math.ceil(AT / 512) * 512;
+  const lastWhole = Math.floor((AT + DATA.length) / 512) * 512;
+  /** A raw file of SIZE bytes holding `data` at AT. */
+  const rawWith = (ref: string, data: Uint8Array): string => {
+    const fd = openSync(ref, 'w');
+    ftruncateSync(fd, SIZE);
+    writeSync(fd, data, 0, data.length, AT);
+    closeSync(fd);
+    return ref;
+  };
+
+  it('stores the whole clusters as one host range, before which every new L2 table lies, and qemu-img reads what was written', async () => {
+    const img = t.path('runs.qcow');
+    // One table the write crosses exists already, mapping nothing: a cluster written, then unmapped by a zero write.
+    const made = await smallClusterQcow(img, SIZE);
+    await made.write(pattern(512, 70), 96 * KiB);
+    await made.writeZeroes(96 * KiB, 512);
+    await made.close();
+    expect(qemuInfo(img, 'qcow')['cluster-size']).toBe(512);
+    const before = statSync(img).size;
+    const opened = await openImage(img, { writable: true });
+    await opened.image.write(DATA, AT);
+    await opened.image.close();
+
+    expectSame(rawWith(t.path('runs.raw'), DATA), img, 'raw', 'qcow');
+
+    // qemu's map joins clusters at consecutive host offsets: the whole clusters are one extent.
+    const map = JSON.parse(must('qemu-img', ['map', '--output=json', '-f', 'qcow', img])) as MapEntry[];
+    const run = map.find((e) => e.data && e.start <= firstWhole && e.start + e.length > firstWhole);
+    expect(run, JSON.stringify(map)).toBeDefined();
+    expect(run!.start + run!.length, JSON.stringify(map)).toBeGreaterThanOrEqual(lastWhole);
+    // Host space: 5 new tables (of 512 bytes; the fourth existed), the clusters, nothing else; the
+    // run's data ends where the last partial cluster begins: the tables it needed lie before it.
+    const clusters = (lastWhole - firstWhole) / 512 + 2;
+    expect(statSync(img).size).toBe(before + 5 * 512 + clusters * 512);
+    const runHost = run!.offset! + (firstWhole - run!.start);
+    expect(runHost + (lastWhole - firstWhole)).toBe(statSync(img).size - 512);
+  });
+
+  it('stores the same write compressed cluster by cluster (-c), the tables made as the clusters need them', async () => {
+    const img = t.path('runs-c.qcow');
+    const data = compressible(DATA.length, 72);
+    const made = await smallClusterQcow(img, SIZE, true);
+    await made.write(data, AT);
+    await made.close();
+    expect(statSync(img).size).toBeLessThan(data.length / 2);
+    expectSame(rawWith(t.path('runs-c.raw'), data), img, 'raw', 'qcow');
   });
 });

@@ -15,7 +15,8 @@
  * file) is unmapped.
  *
  * Allocation is append-only: a new L2 table, then clusters, at the end of the
- * file (compressed data back to back, unaligned). The engine writes a
+ * file (compressed data back to back, unaligned); a run of whole clusters
+ * gets every new L2 table it crosses first, then one host range. The engine writes a
  * cluster's data before `commit` points the table at it; changed L2 entries
  * are written back in batches (at most DIRTY_TABLES tables held, and at
  * flush), a new table before the L1 entry that points at it, so the file is
@@ -23,15 +24,14 @@
  */
 
 import * as path from 'node:path';
-import { type BlockDevice, checkRange, growDevice, isZero } from '../../core/device.js';
+import type { BlockDevice } from '../../core/device.js';
 import { Mutex } from '../../core/mutex.js';
 import { ImageError, fieldError } from '../../core/errors.js';
 import type { Image, ImageInfo } from '../types.js';
 import { TableCache } from '../engine/cache.js';
-import type { EngineOptions } from '../engine/engine.js';
+import { MappedDevice, type EngineOptions } from '../engine/engine.js';
 import { DescribedImage } from '../engine/image.js';
 import type { Mapping, MappedFormat } from '../engine/mapping.js';
-import { SparseMappedDevice } from '../engine/sparse.js';
 import { HEADER_SIZE, OFF, QCOW_MAGIC, QCOW_VERSION, type QcowHeader, encodeHeader, parseHeader } from './header.js';
 import { type L2Table, type TableGeometry, decodeL1, decodeL2, encodeL2Entries, encodeU64 } from './tables.js';
 
@@ -188,8 +188,6 @@ export class QcowFormat implements MappedFormat {
   private readonly cache: TableCache<L2Table>;
   private readonly dirty = new Map<number, Dirty>();
   private readonly writeBack = new Mutex();
-  /** Serialises table creation and the append point (the engine's writers and QcowDevice's whole-cluster path). */
-  private readonly alloc = new Mutex();
   /** The append point. */
   private end: number;
   /** The run compressed data is packed into: [packAt, packEnd) is free. */
@@ -278,19 +276,28 @@ export class QcowFormat implements MappedFormat {
     return this.allocateRun(offset, 1);
   }
 
-  /** Host space for `count` clusters from `offset` (all inside one L2 table), one after another. */
-  allocateRun(offset: number, count: number): Promise<number> {
-    return this.alloc.run(async () => {
-      await this.tableFor(offset);
-      const at = alignUp(this.end, this.clusterSize);
-      this.end = at + count * this.clusterSize;
-      return at;
-    });
+  /**
+   * Host space for `clusters` whole clusters from `offset`, one after
+   * another (the engine's run path; `allocate` is a run of one). qcow v1
+   * places L2 tables and data clusters at the same append point, so every
+   * L2 table the run crosses that does not exist yet is made here, before
+   * the data range: made later (at commit) a table would land after it, and
+   * one made in the middle would split it. A run may so cross any number of
+   * tables and still be one host range, one write (the engine never has to
+   * cut it at a table boundary). Under the engine's allocation lock.
+   */
+  async allocateRun(offset: number, clusters: number): Promise<number> {
+    const first = Math.floor(offset / this.clusterSize);
+    for (let c = first; c < first + clusters; c += this.l2Entries - (c % this.l2Entries)) await this.tableFor(c * this.clusterSize);
+    const at = alignUp(this.end, this.clusterSize);
+    this.end = at + clusters * this.clusterSize;
+    return at;
   }
 
-  /** Map `count` clusters from `offset` to the clusters from `host` (written already). */
-  async commitRun(offset: number, host: number, count: number): Promise<void> {
-    for (let i = 0; i < count; i++) await this.setEntry(offset + i * this.clusterSize, host + i * this.clusterSize, 0);
+  /** Map `clusters` clusters from `offset` to the clusters from `host` (written already). Under the engine's allocation lock. */
+  async commitRun(offset: number, clusters: number, host: number): Promise<void> {
+    for (let i = 0; i < clusters; i++) await this.setEntry(offset + i * this.clusterSize, host + i * this.clusterSize, 0);
+    await this.flushIfFull();
   }
 
   /**
@@ -298,11 +305,7 @@ export class QcowFormat implements MappedFormat {
    * clusters, so that clusters stored whole (allocated between them by
    * concurrent writers) stay aligned without a gap before each.
    */
-  allocateCompressed(offset: number, stored: number): Promise<number> {
-    return this.alloc.run(async () => this.packCompressed(offset, stored));
-  }
-
-  private async packCompressed(offset: number, stored: number): Promise<number> {
+  async allocateCompressed(offset: number, stored: number): Promise<number> {
     await this.tableFor(offset);
     if (this.packAt + stored > this.packEnd) {
       const chunk = Math.max(PACK_CLUSTERS * this.clusterSize, alignUp(stored, this.clusterSize));
@@ -315,12 +318,14 @@ export class QcowFormat implements MappedFormat {
     return at;
   }
 
-  commit(offset: number, host: number): Promise<void> {
-    return this.setEntry(offset, host, 0);
+  async commit(offset: number, host: number): Promise<void> {
+    await this.setEntry(offset, host, 0);
+    await this.flushIfFull();
   }
 
-  commitCompressed(offset: number, host: number, stored: number): Promise<void> {
-    return this.setEntry(offset, host, stored);
+  async commitCompressed(offset: number, host: number, stored: number): Promise<void> {
+    await this.setEntry(offset, host, stored);
+    await this.flushIfFull();
   }
 
   /** Without a backing file an unmapped cluster reads as zero: unmap it (its space is leaked, as in qemu). */
@@ -328,20 +333,25 @@ export class QcowFormat implements MappedFormat {
     if (this.hasBacking) return false;
     const cluster = Math.floor(offset / this.clusterSize);
     const t = await this.table(Math.floor(cluster / this.l2Entries));
-    if (t && t.off[cluster % this.l2Entries] !== 0) await this.setEntry(offset, 0, 0);
+    if (t && t.off[cluster % this.l2Entries] !== 0) {
+      await this.setEntry(offset, 0, 0);
+      await this.flushIfFull();
+    }
     return true;
   }
 
+  /** Point the L2 entry of the cluster at `offset` to `host` (`stored` bytes when compressed), the table marked changed. */
   private async setEntry(offset: number, host: number, stored: number): Promise<void> {
-    await this.alloc.run(async () => {
-      const { t, j } = await this.tableFor(offset);
-      t.off[j] = host;
-      t.csize[j] = stored;
-      const d = this.dirty.get(t.index);
-      if (!d) this.dirty.set(t.index, { t, isNew: false, from: j, to: j + 1 });
-      else if (d.to === d.from) Object.assign(d, { from: j, to: j + 1 });
-      else Object.assign(d, { from: Math.min(d.from, j), to: Math.max(d.to, j + 1) });
-    });
+    const { t, j } = await this.tableFor(offset);
+    t.off[j] = host;
+    t.csize[j] = stored;
+    const d = this.dirty.get(t.index);
+    if (!d) this.dirty.set(t.index, { t, isNew: false, from: j, to: j + 1 });
+    else if (d.to === d.from) Object.assign(d, { from: j, to: j + 1 });
+    else Object.assign(d, { from: Math.min(d.from, j), to: Math.max(d.to, j + 1) });
+  }
+
+  private async flushIfFull(): Promise<void> {
     if (this.dirty.size > DIRTY_TABLES) await this.flush();
   }
 
@@ -430,81 +440,18 @@ export class QcowFormat implements MappedFormat {
 
 /**
  * The engine's device, naming the L2 entry of a compressed cluster that does
- * not inflate (as qcow always did), with one fast path: whole clusters not
- * stored yet (not compressing) are allocated as one run per L2 table and
- * written from the caller's buffer in one request (the engine goes cluster
- * by cluster, a request per 4 KiB). Such a run overlaps every other write to
- * its clusters (never in flight with it: formats/types.ts), and allocation
- * is serialised in the driver; data is written before the table points at it.
+ * not inflate (as qcow always did). Whole clusters not stored yet take the
+ * engine's run path (allocateRun/commitRun: one host range and one write for
+ * all of them, across L2 tables); zeros written where the image reads zero
+ * (no backing file) store nothing (skipZeroWrites), as qemu's qcow leaves
+ * them unallocated.
  */
-class QcowDevice extends SparseMappedDevice {
-  private readonly container: BlockDevice;
-  private readonly compress: boolean;
-  private readonly backed: boolean;
-
+class QcowDevice extends MappedDevice {
   constructor(
     private readonly q: QcowFormat,
     o: EngineOptions,
   ) {
-    super(q, o);
-    this.container = o.container;
-    this.compress = !!o.compress;
-    this.backed = !!o.backing;
-  }
-
-  override async write(buf: Uint8Array, offset: number): Promise<void> {
-    const cs = this.q.clusterSize;
-    if (this.readOnly || this.compress || buf.length < cs) return super.write(buf, offset);
-    checkRange(this, offset, buf.length, 'write');
-    const span = cs * this.q.l2Entries;
-    const jobs: Promise<void>[] = [];
-    let rest = -1; // start (in buf) of a span left to the engine
-    const toEngine = (end: number) => {
-      if (rest >= 0 && end > rest) jobs.push(super.write(buf.subarray(rest, end), offset + rest));
-      rest = -1;
-    };
-    try {
-      for (let pos = 0; pos < buf.length; ) {
-        const abs = offset + pos;
-        const whole = Math.floor((buf.length - pos) / cs) * cs;
-        if (abs % cs !== 0 || whole === 0) {
-          if (rest < 0) rest = pos;
-          pos += Math.min(cs - (abs % cs), buf.length - pos);
-          continue;
-        }
-        const m = await this.q.lookup(abs, Math.min(whole, span - (abs % span)));
-        if (m.kind !== 'unallocated') {
-          if (rest < 0) rest = pos;
-          pos += m.length;
-          continue;
-        }
-        toEngine(pos);
-        // Clusters of zeros stay unallocated (without a backing file they read as zero already).
-        let run = pos;
-        for (let c = pos; c <= pos + m.length; c += cs) {
-          const zero = c < pos + m.length && !this.backed && isZero(buf.subarray(c, c + cs));
-          if (c === pos + m.length || zero) {
-            if (c > run) jobs.push(this.writeRun(buf.subarray(run, c), offset + run));
-            run = c + cs;
-          }
-        }
-        pos += m.length;
-      }
-      toEngine(buf.length);
-    } catch (e) {
-      await Promise.allSettled(jobs); // no request left running
-      throw e;
-    }
-    const results = await Promise.allSettled(jobs);
-    for (const r of results) if (r.status === 'rejected') throw r.reason;
-  }
-
-  private async writeRun(piece: Uint8Array, abs: number): Promise<void> {
-    const count = piece.length / this.q.clusterSize;
-    const host = await this.q.allocateRun(abs, count);
-    await growDevice(this.container, host + piece.length, 'qcow');
-    await this.container.write(piece, host);
-    await this.q.commitRun(abs, host, count);
+    super(q, { ...o, skipZeroWrites: true });
   }
 
   override async read(buf: Uint8Array, offset: number): Promise<void> {
@@ -574,10 +521,15 @@ function alignUp(x: number, a: number): number {
  * Lay out a new image as qemu-img does: 48-byte header, L1 table right after
  * it, zero-filled in whole 512-byte sectors; 4 KiB clusters, 512-entry
  * (4 KiB) L2 tables. The size is rounded up to a whole sector, as qemu does.
+ * (`clusterBits` / `l2Bits`: other geometries qemu reads, 9..16 and 6..13,
+ * for tests that need L2 tables covering little; qemu-img never makes them.)
  */
-export async function createQcow(child: BlockDevice, p: { size: number; compress: boolean }): Promise<QcowImage> {
-  const clusterBits = 12;
-  const l2Bits = 9;
+export async function createQcow(child: BlockDevice, p: { size: number; compress: boolean; clusterBits?: number; l2Bits?: number }): Promise<QcowImage> {
+  const clusterBits = p.clusterBits ?? 12;
+  const l2Bits = p.l2Bits ?? 9;
+  if (clusterBits < 9 || clusterBits > 16 || l2Bits < 6 || l2Bits > 13) {
+    throw new ImageError('usage', `qcow: cluster_bits ${clusterBits} / l2_bits ${l2Bits} are outside 9..16 / 6..13`, { format: 'qcow', value: clusterBits });
+  }
   const size = Math.ceil(p.size / 512) * 512;
   if (size === 0) throw new ImageError('usage', 'qcow: image size is too small, cannot be zero length', { format: 'qcow', value: p.size });
   const l1Size = Math.ceil(size / 2 ** (clusterBits + l2Bits));
