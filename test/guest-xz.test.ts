@@ -12,27 +12,14 @@ import { readFileSync } from 'node:fs';
 import { ImageError } from '../src/core/errors.js';
 import { xzDecode, zstdDecode } from '../src/guest/decode.js';
 import { listInitrd } from '../src/guest/initrd.js';
+import { all, failure } from './helpers/async.js';
 import { pattern } from './helpers/devices.js';
 import { peer } from './helpers/peers.js';
 
 const xz = (data: Uint8Array, args: string[]): Buffer => execFileSync(peer('xz'), ['-c', ...args], { input: data, maxBuffer: 256 << 20 });
 const zstd = (data: Uint8Array, args: string[]): Buffer => execFileSync(peer('zstd'), ['-c', '-q', ...args], { input: data, maxBuffer: 256 << 20 });
 
-async function all(chunks: AsyncIterable<Uint8Array>): Promise<Buffer> {
-  const parts: Uint8Array[] = [];
-  for await (const c of chunks) parts.push(c);
-  return Buffer.concat(parts);
-}
 const decodeXz = (data: Uint8Array) => all(xzDecode(data));
-
-async function failure(p: Promise<unknown>): Promise<unknown> {
-  try {
-    await p;
-  } catch (e) {
-    return e;
-  }
-  return undefined;
-}
 
 /** Text-like data with repeats at many distances, runs of zeros, and random stretches. */
 function mixed(size: number): Uint8Array {

@@ -18,10 +18,8 @@
  * the caller derives from the inner image's declared size.
  */
 
-import { spawn } from 'node:child_process';
-import { Readable } from 'node:stream';
-import * as zlib from 'node:zlib';
 import { createRequire } from 'node:module';
+import { ToolFailed, ToolUnavailable, runFilter, xzDecompress } from '../core/decompressor.js';
 import { ImageError } from '../core/errors.js';
 
 export type Wrapper = 'gzip' | 'xz' | 'zstd' | 'bzip2';
@@ -69,10 +67,10 @@ function corrupt(kind: Wrapper, why: string): ImageError {
 export async function* decompress(kind: Wrapper, input: AsyncIterable<Uint8Array>): AsyncGenerator<Uint8Array> {
   switch (kind) {
     case 'gzip':
-      yield* throughNode(kind, input, zlib.createGunzip());
+      yield* gunzip(input);
       return;
     case 'xz':
-      yield* xzStream(input);
+      yield* xz(input);
       return;
     case 'zstd':
       yield* hostDecoder(kind, 'zstd', ['-dc', '-q'], 'zstd', input);
@@ -83,65 +81,45 @@ export async function* decompress(kind: Wrapper, input: AsyncIterable<Uint8Array
   }
 }
 
-async function* throughNode(kind: Wrapper, input: AsyncIterable<Uint8Array>, transform: NodeJS.ReadWriteStream): AsyncGenerator<Uint8Array> {
+/** node:zlib's gunzip (loaded on first use: most commands never need it). */
+async function* gunzip(input: AsyncIterable<Uint8Array>): AsyncGenerator<Uint8Array> {
+  const require = createRequire(import.meta.url);
+  const { Readable } = require('node:stream') as typeof import('node:stream');
+  const { createGunzip } = require('node:zlib') as typeof import('node:zlib');
+  const transform = createGunzip();
   const source = Readable.from(input);
-  source.on('error', (e) => (transform as unknown as Readable).destroy(e));
-  source.pipe(transform as unknown as NodeJS.WritableStream);
+  source.on('error', (e) => transform.destroy(e));
+  source.pipe(transform);
   try {
-    for await (const chunk of transform as unknown as AsyncIterable<Uint8Array>) yield chunk;
+    for await (const chunk of transform as AsyncIterable<Uint8Array>) yield chunk;
   } catch (e) {
     if (e instanceof ImageError) throw e;
-    throw corrupt(kind, (e as Error).message);
+    throw corrupt('gzip', (e as Error).message);
   } finally {
     source.destroy();
   }
 }
 
-async function* xzStream(input: AsyncIterable<Uint8Array>): AsyncGenerator<Uint8Array> {
-  const { XzReadableStream } = createRequire(import.meta.url)('xz-decompress') as {
-    XzReadableStream: new (s: ReadableStream<Uint8Array>) => ReadableStream<Uint8Array>;
-  };
-  const web = Readable.toWeb(Readable.from(input)) as unknown as ReadableStream<Uint8Array>;
-  const out = new XzReadableStream(web);
+/** xz-decompress; a bad stream is reported as the other wrappers' are. */
+async function* xz(input: AsyncIterable<Uint8Array>): AsyncGenerator<Uint8Array> {
   try {
-    for await (const chunk of out as unknown as AsyncIterable<Uint8Array>) yield chunk;
+    yield* xzDecompress(input);
   } catch (e) {
-    if (e instanceof ImageError) throw e;
-    throw corrupt('xz', (e as Error).message);
+    if (e instanceof ImageError && e.kind === 'invalid-format' && e.context.format === 'xz') throw corrupt('xz', e.message.replace(/^xz: /, ''));
+    throw e;
   }
 }
 
+/** The host's `cmd` (from Debian package `pkg`) as the decoder. */
 async function* hostDecoder(kind: Wrapper, cmd: string, args: string[], pkg: string, input: AsyncIterable<Uint8Array>): AsyncGenerator<Uint8Array> {
-  const child = spawn(cmd, args, { stdio: ['pipe', 'pipe', 'pipe'] });
-  let stderr = '';
-  child.stderr.on('data', (d) => (stderr = (stderr + String(d)).slice(-2000)));
-  const exited = new Promise<{ code: number | null; error?: NodeJS.ErrnoException }>((resolve) => {
-    child.on('error', (error: NodeJS.ErrnoException) => resolve({ code: null, error }));
-    child.on('close', (code) => resolve({ code }));
-  });
-  const feed = (async () => {
-    try {
-      for await (const chunk of input) {
-        if (!child.stdin.write(chunk)) await new Promise((r) => child.stdin.once('drain', r));
-      }
-    } catch {
-      /* the decoder ended early (error or we stopped reading): its exit says why */
-    } finally {
-      child.stdin.end();
-    }
-  })();
-  child.stdin.on('error', () => {});
-  let finished = false;
   try {
-    for await (const chunk of child.stdout as AsyncIterable<Uint8Array>) yield chunk;
-    finished = true;
-  } finally {
-    if (!finished) child.kill('SIGKILL');
-    await feed;
+    yield* runFilter(cmd, args, input);
+  } catch (e) {
+    if (e instanceof ToolUnavailable && e.missing) {
+      throw new ImageError('unsupported', `${kind} input needs the host's '${cmd}' (Debian package ${pkg}); install it or decompress first`);
+    }
+    if (e instanceof ToolUnavailable) throw new ImageError('unsupported', `${kind} input: ${e.message}`, {}, { cause: e });
+    if (e instanceof ToolFailed) throw corrupt(kind, e.reason);
+    throw e;
   }
-  const end = await exited;
-  if (end.error?.code === 'ENOENT') {
-    throw new ImageError('unsupported', `${kind} input needs the host's '${cmd}' (Debian package ${pkg}); install it or decompress first`);
-  }
-  if (end.code !== 0) throw corrupt(kind, stderr.trim().split('\n').pop() ?? `${cmd} exited ${end.code}`);
 }
