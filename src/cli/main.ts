@@ -20,6 +20,7 @@ import { EXIT_CODES, ImageError } from '../core/errors.js';
 import { cleanupPendingOutputs } from '../core/output.js';
 import { escapeLine, terminalSafe } from '../core/escape.js';
 import { setDebugSink } from '../core/debug.js';
+import { lazyStdio } from './stdio.js';
 
 const VERSION = '0.1.0';
 
@@ -109,10 +110,26 @@ function endBySignal(sig: NodeJS.Signals): void {
 export async function cli(): Promise<void> {
   const argv = process.argv.slice(2);
   const debug = argv.includes('--debug');
+  // A closed pipe on stdout (imgtool ... | head) is not an error worth a trace.
+  const epipe = () => {
+    cleanupPendingOutputs();
+    process.exit(141);
+  };
+  const out = lazyStdio(1, {
+    onEpipe: epipe,
+    onMade: (s) =>
+      s.on('error', (e: NodeJS.ErrnoException) => {
+        if (e.code === 'EPIPE') epipe();
+      }),
+  });
+  const errOut = lazyStdio(2, { onEpipe: () => {} });
   const ctx: CliContext = {
-    stdout: terminalSafe(process.stdout),
-    stderr: terminalSafe(process.stderr),
-    isTTY: !!process.stderr.isTTY,
+    stdout: terminalSafe(out.stream),
+    stderr: terminalSafe(errOut.stream),
+    // Asked only by commands that may draw a progress bar.
+    get isTTY() {
+      return !!errOut.stream.isTTY;
+    },
     debug,
   };
   if (debug) {
@@ -122,13 +139,6 @@ export async function cli(): Promise<void> {
     process.setSourceMapsEnabled(true);
   }
   for (const sig of ['SIGINT', 'SIGTERM', 'SIGHUP'] as const) process.on(sig, endBySignal);
-  // A closed pipe on stdout (imgtool ... | head) is not an error worth a trace.
-  process.stdout.on('error', (e: NodeJS.ErrnoException) => {
-    if (e.code === 'EPIPE') {
-      cleanupPendingOutputs();
-      process.exit(141);
-    }
-  });
   let code: number;
   try {
     code = await main(argv, ctx);
@@ -148,7 +158,7 @@ export async function cli(): Promise<void> {
   }
   // Exit now: a handle left open somewhere (a worker, a timer) must not keep
   // a finished command alive. Wait only for our own output to drain.
-  await Promise.all([drained(process.stdout), drained(process.stderr)]);
+  await Promise.all([out.made(), errOut.made()].map((s) => (s ? drained(s) : undefined)));
   process.exit(code);
 }
 
