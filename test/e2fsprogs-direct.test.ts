@@ -9,13 +9,17 @@
  * path does not read through the device.
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { readFileSync, readdirSync, readlinkSync, realpathSync, renameSync, statSync } from 'node:fs';
+import { readFileSync, readdirSync, readlinkSync, realpathSync, renameSync, statSync, writeFileSync } from 'node:fs';
 import { FileDevice } from '../src/core/file.js';
 import { SliceDevice } from '../src/core/slice.js';
 import { openImage } from '../src/formats/index.js';
 import { type FsckResult, e2fsck, rawHostFile, resize2fs } from '../src/fs/e2fsprogs.js';
-import { imgtool, sha256File, tempDir } from './helpers/peers.js';
-import { DAMAGES, type Damage, type FsKind, KINDS, copy, damage, debugfsCat, extract, hostFsck, implant, makeTree, mbrDisk, mkfs, sha256Range } from './e2fsprogs-fixtures.js';
+import { readExtSuperblock } from '../src/fs/ext-superblock.js';
+import { stageFs } from '../src/wrap/filesystem.js';
+import { noProgress } from '../src/convert/progress.js';
+import { imgtool, must, qemuCheck, sha256File, tempDir } from './helpers/peers.js';
+import { DAMAGES, type Damage, type FsKind, KINDS, blockSize, copy, damage, debugfsCat, extract, hostFsck, implant, makeTree, mbrDisk, mkfs, overwrite, sha256Range } from './e2fsprogs-fixtures.js';
+import { execFileSync } from 'node:child_process';
 
 const t = tempDir('imgtool-e2fs-direct-');
 let tree: string;
@@ -253,5 +257,89 @@ describe('direct I/O on a window of a file', () => {
     expect(y.status).toBe(disk.hostY!.status);
     expect(disk.outside()).toEqual(outsideBefore);
     expect(hostFsck(extract(disk.path, p1.start, p1.size, t.path('c-p1.img')), '-fn').status).toBe(0);
+  });
+});
+
+describe("direct I/O through wrap's overlay (a raw input's used blocks, a scratch store)", () => {
+  /** Stage `img` as wrap does: an overlay over its used blocks, zeros to `partMiB`, a scratch file as the store; `host` lets tools go direct. */
+  async function staged(img: string, partMiB: number, host: boolean) {
+    const opened = await openImage(img, { format: 'raw' });
+    const sb = (await readExtSuperblock(opened.image))!;
+    const storePath = t.path(`store-${host ? 'direct' : 'msg'}-${Math.random().toString(16).slice(2)}.tmp`);
+    const store = await FileDevice.open(storePath, { create: true });
+    const file = opened.file as FileDevice;
+    const fs = await stageFs(opened.image, sb, partMiB << 20, store, noProgress, host ? rawHostFile(opened.driver.name, file, 0) : undefined);
+    const all = async () => {
+      const b = new Uint8Array(fs.dev.size);
+      await fs.dev.read(b, 0);
+      return b;
+    };
+    return { dev: fs.dev, file, all, close: async () => (await fs.dev.close(), await opened.image.close()) };
+  }
+
+  it('e2fsck -fy, resize2fs and e2fsck -fn give what the message path gives; the input is only read, its free blocks read as zero', async () => {
+    const img = mkfs(t.path('ov.img'), KINDS[3]!, 16, tree);
+    damage(img, 'dir-block');
+    const hostY = hostFsck(copy(img, t.path('ov-host.img')), '-fy');
+    // Junk in a free block near the end: both paths must read it as zero (the overlay's base is the used blocks only).
+    const bs = blockSize(img);
+    const free = Math.floor((15 << 20) / bs);
+    expect(execFileSync('debugfs', ['-R', `testb ${free}`, img], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'ignore'] })).toContain('not in use');
+    overwrite(img, free * bs, Buffer.alloc(bs, 0xa5));
+    const before = sha256File(img);
+    const d = await staged(img, 24, true);
+    const m = await staged(img, 24, false);
+    try {
+      const opening = d.file.bytesRead;
+      const yD = await e2fsck(d.dev, { mode: 'repair' });
+      const yM = await e2fsck(m.dev, { mode: 'repair' });
+      expect(d.file.bytesRead - opening).toBeLessThanOrEqual(SUPERBLOCK_ONLY);
+      expect(m.file.bytesRead).toBeGreaterThan(THROUGH_DEVICE);
+      expect(streams(yD)).toEqual(streams(yM));
+      expect(yD.exitCode).toBe(hostY.status);
+      expect(yD.exitCode).toBe(1);
+      // The same bytes, but for the primary superblock's times.
+      const [a, b] = [await d.all(), await m.all()];
+      expect(a.subarray(free * bs, (free + 1) * bs).every((x) => x === 0)).toBe(true);
+      a.fill(0, 1024, 2048);
+      b.fill(0, 1024, 2048);
+      expect(Buffer.compare(a, b)).toBe(0);
+
+      const rD = await resize2fs(d.dev);
+      const rM = await resize2fs(m.dev);
+      expect([rD.exitCode, rD.oldSize, rD.newSize]).toEqual([0, 16 << 20, 24 << 20]);
+      expect([rM.exitCode, rM.newSize]).toEqual([0, 24 << 20]);
+      const nD = await e2fsck(d.dev, { mode: 'check' });
+      const nM = await e2fsck(m.dev, { mode: 'check' });
+      expect(streams(nD)).toEqual(streams(nM));
+      expect(nD.exitCode).toBe(0);
+
+      // The overlay as the main thread reads it (what wrap copies) is a clean, grown filesystem with the tree's files.
+      const out = t.path('ov-out.img');
+      writeFileSync(out, await d.all());
+      expect(hostFsck(out, '-fn').status).toBe(0);
+      expect(debugfsCat(out, '/deep/er/est/big.bin')).toEqual(readFileSync(`${tree}/deep/er/est/big.bin`));
+      expect(d.file.bytesRead - opening).toBeGreaterThan(0); // that last read went through the devices
+    } finally {
+      await d.close();
+      await m.close();
+    }
+    expect(sha256File(img)).toBe(before);
+  });
+
+  it('wrap goes direct through its overlays (IMGTOOL_WASI_TRACE says so), and the disk it writes checks clean', () => {
+    const img = mkfs(t.path('wrap-in.img'), KINDS[1]!, 16, tree);
+    const out = t.path('wrap-out.qcow2');
+    const r = imgtool(['wrap', img, '--no-guest', '--size', '40M', '-o', out], { env: { ...process.env, IMGTOOL_WASI_TRACE: '1' } });
+    expect(r.status, r.stderr).toBe(0);
+    expect(r.stderr).toContain(`[e2fsck] direct I/O on ${img} through the overlay`);
+    expect(r.stderr).toContain(`[resize2fs] direct I/O on ${img} through the overlay`);
+    expect(qemuCheck(out, 'qcow2').status).toBe(0);
+    const raw = t.path('wrap-out.raw');
+    must('qemu-img', ['convert', '-O', 'raw', out, raw]);
+    const p1 = (JSON.parse(must('sfdisk', ['--json', raw])) as { partitiontable: { partitions: Array<{ start: number; size: number }> } }).partitiontable.partitions[0]!;
+    const fsOut = extract(raw, p1.start * 512, p1.size * 512, t.path('wrap-p1.img'));
+    expect(hostFsck(fsOut, '-fn').status).toBe(0);
+    expect(debugfsCat(fsOut, '/deep/er/est/big.bin')).toEqual(readFileSync(`${tree}/deep/er/est/big.bin`));
   });
 });

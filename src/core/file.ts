@@ -63,6 +63,21 @@ export class FileDevice implements SourceDevice {
     this.zeroInit = created;
   }
 
+  /**
+   * The open descriptor, for a helper thread that does its own positional
+   * I/O on this file while nothing else uses the device (e2fsprogs' direct
+   * I/O through a wrap overlay; src/fs/e2fsprogs.ts).
+   */
+  get descriptor(): number {
+    if (this.closed) throw new ImageError('usage', `${this.path} is closed`, { path: this.path });
+    return this.fd;
+  }
+
+  /** Such a helper wrote up to `end`: a growable file grows to it. */
+  grewTo(end: number): void {
+    if (this.growable && end > this.size) this.size = end;
+  }
+
   static async open(path: string, opts: FileOpenOptions = {}): Promise<FileDevice> {
     const writable = !!(opts.writable || opts.create);
     const flags = opts.fileOrBlockOnly

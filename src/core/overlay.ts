@@ -9,8 +9,24 @@
  */
 
 import { type BlockDevice, type Extent, checkRange } from './device.js';
+import type { FileDevice } from './file.js';
+import type { Range } from './filter.js';
 import { MemoryDevice } from './memory.js';
 import { Mutex } from './mutex.js';
+
+/**
+ * What the base is, when it is plain bytes of a local file: bytes
+ * [offset + x] of `file` for x inside the sorted `used` ranges and below
+ * `end`, zeros everywhere else (wrap's allocation filter over a raw input,
+ * then zeros to the partition's end). A helper that reads the file itself
+ * (e2fsprogs' direct I/O) needs nothing else to read the base.
+ */
+export interface HostBase {
+  file: FileDevice;
+  offset: number;
+  used: readonly Range[];
+  end: number;
+}
 
 const CHUNK = 64 * 1024;
 
@@ -25,9 +41,22 @@ export class OverlayDevice implements BlockDevice {
 
   constructor(
     readonly base: BlockDevice,
-    private readonly store: BlockDevice = new MemoryDevice(0, { growable: true }),
+    readonly store: BlockDevice = new MemoryDevice(0, { growable: true }),
+    /** Set when the base is plain bytes of a local file (see HostBase). */
+    readonly hostBase?: HostBase,
   ) {
     this.size = base.size;
+  }
+
+  /** CHUNK, the map as flat (chunk index, store offset or -1) pairs, and the store's end: for a helper doing this overlay's I/O while it is idle. */
+  lend(): { chunk: number; entries: number[]; storeEnd: number } {
+    return { chunk: CHUNK, entries: [...this.map].flat(), storeEnd: this.storeEnd };
+  }
+
+  /** Take back what such a helper wrote: new (chunk index, store offset) pairs and the store's new end. */
+  adopt(entries: readonly number[], storeEnd: number): void {
+    for (let i = 0; i + 1 < entries.length; i += 2) this.map.set(entries[i]!, entries[i + 1]!);
+    this.storeEnd = Math.max(this.storeEnd, storeEnd);
   }
 
   async read(buf: Uint8Array, offset: number): Promise<void> {

@@ -77,7 +77,26 @@ export interface ToolWorkerData {
    * never outside that window; without it every request goes to the main
    * thread.
    */
-  direct?: { fd: number; base: number };
+  direct?: { fd: number; base: number; overlay?: DirectOverlay };
+}
+
+/**
+ * Direct I/O through a copy-on-write overlay (core/overlay.ts) whose base is
+ * the used ranges of a host file (wrap's staged filesystem): the device reads
+ * the overlay's store where a chunk was written, else the host file inside
+ * `used` and below `end`, else zeros. Writes copy a chunk into the store on
+ * first touch, as OverlayDevice.write does; the new map entries go back to
+ * the main thread with the exit message (the overlay adopts them).
+ */
+export interface DirectOverlay {
+  /** The store's descriptor (read-write), the overlay's chunk size and its map as flat (chunk index, store offset or -1) pairs. */
+  storeFd: number;
+  chunk: number;
+  entries: number[];
+  storeEnd: number;
+  /** Used ranges of the base as flat (start, end) pairs, sorted, in device bytes; nothing at or past `end` is read from the file. */
+  used: Float64Array;
+  end: number;
 }
 
 /** Messages from the worker. */
@@ -88,7 +107,7 @@ export type ToolWorkerMessage =
   /** Direct I/O: the first write (sent once), and a failed read, write or sync (the worker then waits to be terminated). */
   | { t: 'wrote' }
   | { t: 'ioerror'; op: 'read' | 'write' | 'flush'; offset: number; length: number; message: string; code?: string }
-  | { t: 'exit'; code: number }
+  | { t: 'exit'; code: number; overlay?: { entries: number[]; storeEnd: number } }
   | { t: 'fail'; message: string; name?: string; stack?: string };
 
 export function toolWorkerMain(wt: typeof WorkerThreads, nodeWasi: typeof NodeWasi, crypto: typeof NodeCrypto, nodeFs: typeof NodeFs, wd: ToolWorkerData): void {
@@ -218,6 +237,96 @@ export function toolWorkerMain(wt: typeof WorkerThreads, nodeWasi: typeof NodeWa
     const stop = new Int32Array(new SharedArrayBuffer(4));
     for (;;) Atomics.wait(stop, 0, 0);
   };
+  // --- direct I/O through an overlay (DirectOverlay) ---
+  const ov = direct?.overlay;
+  const omap = new Map<number, number>();
+  const adopted = new Map<number, number>();
+  let storeEnd = 0;
+  if (ov) {
+    for (let i = 0; i + 1 < ov.entries.length; i += 2) omap.set(ov.entries[i]!, ov.entries[i + 1]!);
+    storeEnd = ov.storeEnd;
+  }
+  /** Read exactly n bytes of fd at pos (a short read is a failure: the caller's window said the bytes are there). */
+  const readFully = (fd: number, mem: Uint8Array, at: number, n: number, pos: number): void => {
+    for (let done = 0; done < n; ) {
+      const k = nodeFs.readSync(fd, mem, at + done, n - done, pos + done);
+      if (k <= 0) throw new Error(`unexpected end of file at ${pos + done}`);
+      done += k;
+    }
+  };
+  const writeFully = (fd: number, mem: Uint8Array, at: number, n: number, pos: number): void => {
+    for (let done = 0; done < n; ) done += nodeFs.writeSync(fd, mem, at + done, n - done, pos + done);
+  };
+  /** The base: the host file inside the used ranges below `end`, zeros elsewhere. */
+  const baseRead = (mem: Uint8Array, at: number, n: number, pos: number): void => {
+    const o = ov!;
+    const u = o.used;
+    // Last range starting at or before pos (binary search over the starts).
+    let lo = 0;
+    let hi = u.length / 2 - 1;
+    let i = -1;
+    while (lo <= hi) {
+      const mid = (lo + hi) >> 1;
+      if (u[2 * mid]! <= pos) {
+        i = mid;
+        lo = mid + 1;
+      } else hi = mid - 1;
+    }
+    let p = pos;
+    const end = pos + n;
+    while (p < end) {
+      if (i >= 0 && p < u[2 * i + 1]!) {
+        // Inside used range i: the file's bytes below `end`, zeros past it.
+        const stop = Math.min(end, u[2 * i + 1]!);
+        const fileStop = Math.max(p, Math.min(stop, o.end));
+        if (fileStop > p) readFully(direct!.fd, mem, at + (p - pos), fileStop - p, direct!.base + p);
+        if (stop > fileStop) mem.fill(0, at + (fileStop - pos), at + (stop - pos));
+        p = stop;
+      } else {
+        // A gap: zeros up to the next range, which then becomes range i.
+        const next = i + 1 < u.length / 2 ? u[2 * (i + 1)]! : Infinity;
+        const stop = Math.min(end, next);
+        mem.fill(0, at + (p - pos), at + (stop - pos));
+        p = stop;
+        if (stop === next) i++;
+      }
+    }
+  };
+  /** Walk [pos, pos + n) chunk by chunk: fn(done, device offset, chunk index, offset within it, length, map entry). */
+  const eachChunk = (n: number, pos: number, fn: (done: number, p: number, idx: number, within: number, k: number, where: number | undefined) => void): number => {
+    const chunk = ov!.chunk;
+    for (let done = 0; done < n; ) {
+      const p = pos + done;
+      const idx = Math.floor(p / chunk);
+      const within = p - idx * chunk;
+      const k = Math.min(chunk - within, n - done);
+      fn(done, p, idx, within, k, omap.get(idx));
+      done += k;
+    }
+    return n;
+  };
+  const overlayRead = (mem: Uint8Array, at: number, n: number, pos: number): number =>
+    eachChunk(n, pos, (done, p, _idx, within, k, where) => {
+      if (where === undefined) baseRead(mem, at + done, k, p);
+      else if (where < 0) mem.fill(0, at + done, at + done + k);
+      else readFully(ov!.storeFd, mem, at + done, k, where + within);
+    });
+  const overlayWrite = (mem: Uint8Array, at: number, n: number, pos: number): number =>
+    eachChunk(n, pos, (done, _p, idx, within, k, where) => {
+      const o = ov!;
+      if (where === undefined || where < 0) {
+        // First write into this chunk: the whole chunk goes to the end of the store (as OverlayDevice.write does).
+        const chunkLen = Math.min(o.chunk, wd.deviceSize - idx * o.chunk);
+        const whole = new Uint8Array(chunkLen);
+        if (where === undefined && k < chunkLen) overlayRead(whole, 0, chunkLen, idx * o.chunk);
+        whole.set(mem.subarray(at + done, at + done + k), within);
+        writeFully(o.storeFd, whole, 0, chunkLen, storeEnd);
+        omap.set(idx, storeEnd);
+        adopted.set(idx, storeEnd);
+        storeEnd += o.chunk;
+      } else writeFully(o.storeFd, mem, at + done, k, where + within);
+    });
+
   const directIo = (write: boolean, list: Array<[number, number]>, offset: number): [number, number] => {
     const d = direct!;
     let total = 0;
@@ -237,7 +346,8 @@ export function toolWorkerMain(wt: typeof WorkerThreads, nodeWasi: typeof NodeWa
         if (!Number.isSafeInteger(pos) || pos < 0 || pos + n > wd.deviceSize) return [E.INVAL, done + at];
         let moved: number;
         try {
-          moved = write ? nodeFs.writeSync(d.fd, mem, ptr + at, n, d.base + pos) : nodeFs.readSync(d.fd, mem, ptr + at, n, d.base + pos);
+          if (ov) moved = write ? overlayWrite(mem, ptr + at, n, pos) : overlayRead(mem, ptr + at, n, pos);
+          else moved = write ? nodeFs.writeSync(d.fd, mem, ptr + at, n, d.base + pos) : nodeFs.readSync(d.fd, mem, ptr + at, n, d.base + pos);
         } catch (e) {
           return directFailed(write ? 'write' : 'read', pos, n, e);
         }
@@ -253,6 +363,7 @@ export function toolWorkerMain(wt: typeof WorkerThreads, nodeWasi: typeof NodeWa
     return [E.SUCCESS, done];
   };
   const directSync = (): number => {
+    if (ov) return E.SUCCESS; // the overlay's store is scratch: nothing to make durable
     try {
       nodeFs.fdatasyncSync(direct!.fd);
     } catch (e) {
@@ -589,7 +700,8 @@ export function toolWorkerMain(wt: typeof WorkerThreads, nodeWasi: typeof NodeWa
     const instance = new WA.Instance(wd.module, { wasi_snapshot_preview1: imp });
     memory = instance.exports.memory as WasmMemory;
     const code = wasi.start(instance);
-    port.postMessage({ t: 'exit', code } satisfies ToolWorkerMessage);
+    const overlay = ov ? { entries: [...adopted].flat(), storeEnd } : undefined;
+    port.postMessage({ t: 'exit', code, overlay } satisfies ToolWorkerMessage);
   } catch (e) {
     const err = e as Error;
     // name: RuntimeError for a WebAssembly trap, RangeError for a stack overflow or a failed memory allocation.

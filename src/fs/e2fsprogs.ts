@@ -51,8 +51,9 @@ import type { BlockDevice } from '../core/device.js';
 import { ImageError } from '../core/errors.js';
 import { FileDevice } from '../core/file.js';
 import { SliceDevice } from '../core/slice.js';
+import { OverlayDevice } from '../core/overlay.js';
 import { readExtSuperblock } from './ext-superblock.js';
-import { toolWorkerMain, wasmApi, type ToolWorkerData, type ToolWorkerMessage, type WasmModule } from './e2fsprogs-worker.js';
+import { type DirectOverlay, toolWorkerMain, wasmApi, type ToolWorkerData, type ToolWorkerMessage, type WasmModule } from './e2fsprogs-worker.js';
 import { type LoopInfo, ToolOutput } from './tool-output.js';
 
 export type Tool = 'e2fsck' | 'resize2fs' | 'mke2fs';
@@ -402,6 +403,53 @@ function hostFileOf(dev: BlockDevice, said: HostFile | undefined): HostFile | un
   return said;
 }
 
+/** How the worker reaches the device's bytes itself (ToolWorkerData.direct), and what closes or adopts afterwards. */
+interface Direct {
+  fd: number;
+  base: number;
+  path: string;
+  /** The descriptor was opened for this run (closed after it); else it is a device's own. */
+  owned: boolean;
+  overlay?: DirectOverlay;
+  /** The overlay whose map the worker holds during the run. */
+  lentTo?: OverlayDevice;
+}
+
+/**
+ * Direct I/O through one of wrap's overlays: an OverlayDevice whose base is
+ * bytes of a local file (its HostBase) and whose store is a local file. The
+ * worker reads the base's file and reads and writes the store itself; the
+ * overlay's map is lent for the run and what the tool added comes back with
+ * its exit. The devices' own descriptors are used (the store is an unlinked
+ * scratch file: there is no path to open again), so nothing else may use the
+ * overlay's store while the run writes: wrap runs the writing tools alone,
+ * and only the read-only final check beside the copy (which only reads).
+ */
+function overlayDirect(dev: BlockDevice): Direct | undefined {
+  if (!(dev instanceof OverlayDevice) || !dev.hostBase || !(dev.store instanceof FileDevice) || dev.store.readOnly) return undefined;
+  const h = dev.hostBase;
+  const fileEnd = h.offset + h.end;
+  if (!Number.isSafeInteger(h.offset) || h.offset < 0 || h.end > dev.size || !Number.isSafeInteger(fileEnd) || fileEnd > h.file.size) return undefined;
+  try {
+    const lent = dev.lend();
+    const used = new Float64Array(h.used.length * 2);
+    h.used.forEach((r, i) => {
+      used[2 * i] = r.offset;
+      used[2 * i + 1] = r.offset + r.length;
+    });
+    return {
+      fd: h.file.descriptor,
+      base: h.offset,
+      path: h.file.path,
+      owned: false,
+      overlay: { storeFd: dev.store.descriptor, chunk: lent.chunk, entries: lent.entries, storeEnd: lent.storeEnd, used, end: h.end },
+      lentTo: dev,
+    };
+  } catch {
+    return undefined; // a closed device: the message path reports it
+  }
+}
+
 /**
  * Open the host file for the worker's direct I/O: read-only unless the run
  * writes, and only a regular file (or block device) that holds the whole
@@ -409,7 +457,7 @@ function hostFileOf(dev: BlockDevice, said: HostFile | undefined): HostFile | un
  * run) when anything does not fit: a growable file, a read-only file for a
  * writable run, a file that changed kind or shrank.
  */
-function openDirect(dev: BlockDevice, h: HostFile | undefined, writable: boolean): { fd: number; base: number; path: string } | undefined {
+function openDirect(dev: BlockDevice, h: HostFile | undefined, writable: boolean): Direct | undefined {
   if (!h || h.file.growable || (writable && h.file.readOnly)) return undefined;
   const end = h.offset + dev.size;
   if (!Number.isSafeInteger(h.offset) || h.offset < 0 || !Number.isSafeInteger(end) || end > h.file.size) return undefined;
@@ -422,7 +470,7 @@ function openDirect(dev: BlockDevice, h: HostFile | undefined, writable: boolean
     fd = fs.openSync(h.file.path, writable ? 'r+' : 'r');
     const fst = fs.fstatSync(fd);
     const fits = fst.ino === st.ino && fst.dev === st.dev && (fst.isBlockDevice() || (fst.isFile() && fst.size >= end));
-    if (fits) return { fd, base: h.offset, path: h.file.path };
+    if (fits) return { fd, base: h.offset, path: h.file.path, owned: true };
   } catch {
     // The message path will report whatever is wrong with the file.
   }
@@ -483,9 +531,9 @@ async function runTool(
   // The message path's buffers are made only when there is no direct I/O (see start below).
   let shared = new Uint8Array(new SharedArrayBuffer(0));
   let scratch = Buffer.alloc(0);
-  let direct: ReturnType<typeof openDirect>;
+  let direct: Direct | undefined;
   const closeDirect = () => {
-    if (direct) fs.closeSync(direct.fd);
+    if (direct?.owned) fs.closeSync(direct.fd);
     direct = undefined;
   };
 
@@ -496,7 +544,7 @@ async function runTool(
       if (settled) return;
       // Checked again: the signal may have fired while the module was compiled.
       if (opts.signal?.aborted) return fail(cancelled());
-      direct = opts.direct === false ? undefined : openDirect(dev, hostFileOf(dev, opts.hostFile), opts.writable);
+      direct = opts.direct === false ? undefined : (openDirect(dev, hostFileOf(dev, opts.hostFile), opts.writable) ?? overlayDirect(dev));
       const dataBuf = new SharedArrayBuffer(direct ? 0 : chunk);
       shared = new Uint8Array(dataBuf);
       scratch = Buffer.allocUnsafe(direct ? 0 : chunk);
@@ -512,8 +560,9 @@ async function runTool(
         trace,
       };
       if (direct) {
-        workerData.direct = { fd: direct.fd, base: direct.base };
-        if (trace) process.stderr.write(`[${tool}] direct I/O on ${direct.path} [${direct.base}, ${direct.base + dev.size})${opts.writable ? '' : ' read-only'}\n`);
+        workerData.direct = { fd: direct.fd, base: direct.base, overlay: direct.overlay };
+        const through = direct.overlay ? ' through the overlay' : '';
+        if (trace) process.stderr.write(`[${tool}] direct I/O on ${direct.path}${through} [${direct.base}, ${direct.base + dev.size})${opts.writable ? '' : ' read-only'}\n`);
       }
       worker.postMessage(workerData);
     };
@@ -639,13 +688,18 @@ async function runTool(
           break;
         case 'exit': {
           exited = true;
+          // What the tool wrote through the lent overlay becomes the overlay's.
+          if (direct?.lentTo && m.overlay) {
+            direct.lentTo.adopt(m.overlay.entries, m.overlay.storeEnd);
+            (direct.lentTo.store as FileDevice).grewTo(m.overlay.storeEnd);
+          }
           printed.write(1, decoders[1].decode());
           printed.write(2, decoders[2].decode());
           printed.end();
           const code = m.code;
           const done = async () => {
             if (!(opts.writable && wrote)) return;
-            const fd = direct?.fd;
+            const fd = direct?.overlay ? undefined : direct?.fd;
             if (fd !== undefined) await new Promise<void>((res, rej) => fs.fdatasync(fd, (e) => (e ? rej(e) : res())));
             await dev.flush();
           };

@@ -16,7 +16,7 @@ import { formatSize } from '../core/size.js';
 import type { Progress } from '../convert/progress.js';
 import { type ExtSuperblock, GRUB_UNREADABLE, readExtSuperblock } from '../fs/ext-superblock.js';
 import { extUsedRanges } from '../fs/used-blocks.js';
-import { e2fsck, resize2fs, type FsckResult } from '../fs/e2fsprogs.js';
+import { type FsckResult, type HostFile, e2fsck, resize2fs } from '../fs/e2fsprogs.js';
 
 const MIB = 1024 * 1024;
 
@@ -52,8 +52,14 @@ export interface StagedFs {
   usedBytes: number;
 }
 
-/** Stage a filesystem of `sb.size` bytes from `input` into a partition of `partSize` bytes. */
-export async function stageFs(input: BlockDevice, sb: ExtSuperblock, partSize: number, store: BlockDevice, progress: Progress): Promise<StagedFs> {
+/**
+ * Stage a filesystem of `sb.size` bytes from `input` into a partition of
+ * `partSize` bytes. `host`: input's bytes are those of a local file from
+ * host.offset on (a raw input): the overlay then says so, and e2fsck and
+ * resize2fs read that file and write the overlay's store themselves instead
+ * of asking this thread for every block.
+ */
+export async function stageFs(input: BlockDevice, sb: ExtSuperblock, partSize: number, store: BlockDevice, progress: Progress, host?: HostFile): Promise<StagedFs> {
   const fsView = new SliceDevice(input, 0, sb.size);
   progress.start('scan', 1);
   const used = await extUsedRanges(fsView);
@@ -61,7 +67,8 @@ export async function stageFs(input: BlockDevice, sb: ExtSuperblock, partSize: n
   const usedBytes = used.reduce((s, r) => s + r.length, 0);
   const filtered = new AllocationFilterDevice(fsView, used);
   const base = partSize > sb.size ? new ConcatDevice([filtered, new ZeroDevice(partSize - sb.size)]) : filtered;
-  return { dev: new OverlayDevice(base, store), usedBytes };
+  const hostBase = host ? { file: host.file, offset: host.offset, used, end: sb.size } : undefined;
+  return { dev: new OverlayDevice(base, store, hostBase), usedBytes };
 }
 
 export interface RepairResult {

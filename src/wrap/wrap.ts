@@ -45,7 +45,7 @@ import { directBootInstructions } from '../guest/boot.js';
 import { prepareGuest, type PreparedGuest } from '../guest/prepare.js';
 import type { DiskMapping } from '../guest/domain/convert.js';
 import { type WrapDomainResult, convertWrapDomain, readGuestFstab } from './domain.js';
-import type { FsckResult } from '../fs/e2fsprogs.js';
+import { type FsckResult, rawHostFile } from '../fs/e2fsprogs.js';
 import { type FsckSummary, type RepairResult, type StagedFs, finalCheck, fsckSummary, inspectFs, repairAndGrow, stageFs } from './filesystem.js';
 
 export const MIB = 1024 * 1024;
@@ -277,11 +277,11 @@ export async function wrapImage(src: OpenedImage, opts: WrapOptions): Promise<Wr
   };
   let checks: Promise<FsckResult[]> | undefined;
   try {
-    const root = await stageFs(src.image, sb, rootPart.size, await store(), progress);
+    const root = await stageFs(src.image, sb, rootPart.size, await store(), progress, rawHostFile(src.driver.name, src.file, 0));
     log(`filesystem: ${sb.type}, ${formatSize(sb.size)}, ${formatSize(root.usedBytes)} in use`);
     const staged: Array<(typeof extras)[number] & { part: PlacedPart; staged: StagedFs }> = [];
     for (const [i, p] of extras.entries()) {
-      staged.push({ ...p, part: extraParts[i]!, staged: await stageFs(p.image.image, p.sb, extraParts[i]!.size, await store(), progress) });
+      staged.push({ ...p, part: extraParts[i]!, staged: await stageFs(p.image.image, p.sb, extraParts[i]!.size, await store(), progress, rawHostFile(p.image.driver.name, p.image.file, 0)) });
     }
     const { header, ebrs } = await tablePieces(plan.diskSize, layout, rootPart.start);
     const pieces: Piece[] = [{ offset: 0, dev: header }, { offset: rootPart.start, dev: root.dev }, ...ebrs];
