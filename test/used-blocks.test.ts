@@ -5,6 +5,7 @@
 import { describe, expect, it, afterAll } from 'vitest';
 import { mkdirSync, writeFileSync, openSync, writeSync, closeSync } from 'node:fs';
 import { FileDevice } from '../src/core/file.js';
+import { MemoryDevice } from '../src/core/memory.js';
 import { AllocationFilterDevice } from '../src/core/filter.js';
 import { extents } from '../src/core/device.js';
 import { extUsedRanges } from '../src/fs/used-blocks.js';
@@ -84,5 +85,40 @@ describe.each([
     expect(buf.every((x) => x === 0)).toBe(true);
     await dev.close();
     expect(sha256File(img)).toBe(before);
+  });
+});
+
+describe('AllocationFilterDevice.status', () => {
+  /** A memory device whose status() calls are counted. */
+  class Counted extends MemoryDevice {
+    calls = 0;
+    override async status(offset: number, length: number) {
+      this.calls++;
+      return super.status(offset, length);
+    }
+  }
+
+  it('asks the base once per base extent, not once per used range, and still sees the base holes inside used ranges', async () => {
+    const size = 8 << 20;
+    const base = new Counted(size);
+    // Data in [0, 3 MiB) and [5 MiB, 8 MiB); a hole (reads zero, reported zero) in between.
+    await base.write(pattern(3 << 20, 1), 0);
+    await base.write(pattern(3 << 20, 2), 5 << 20);
+    const used = Array.from({ length: 200 }, (_, i) => ({ offset: i * 40960, length: 8192 }));
+    const f = new AllocationFilterDevice(base, used);
+    const seen: Array<[number, number, string]> = [];
+    for await (const e of extents(f)) seen.push([e.offset, e.offset + e.length, e.kind]);
+    // Every used range below 3 MiB is data, those in the hole are not, the gaps are unallocated.
+    for (const u of used) {
+      const inData = u.offset + u.length <= 3 << 20 || u.offset >= 5 << 20;
+      const e = seen.find(([a, b]) => a <= u.offset && u.offset < b)!;
+      expect(e[2] === 'data').toBe(inData);
+      expect(e[1]).toBeGreaterThanOrEqual(Math.min(u.offset + u.length, inData ? Infinity : (5 << 20)));
+    }
+    expect(seen.filter(([, , k]) => k === 'data').reduce((s, [a, b]) => s + b - a, 0)).toBe(
+      used.filter((u) => u.offset + u.length <= 3 << 20 || u.offset >= 5 << 20).length * 8192,
+    );
+    // Three base extents (data, hole, data): a handful of calls for 200 used ranges.
+    expect(base.calls).toBeLessThanOrEqual(4);
   });
 });

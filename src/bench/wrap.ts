@@ -30,7 +30,7 @@ export function wrapRows(inp: Inputs, runs: number): Row[] {
  * test cache or apt-get download; undefined (row skipped, said on stderr)
  * when neither works.
  */
-function debianGuest(dir: string): string | undefined {
+export function debianGuest(dir: string): string | undefined {
   const cache = fileURLToPath(new URL('../../test/.cache/', import.meta.url));
   let deb = fs.existsSync(cache) ? fs.readdirSync(cache).find((n) => /^linux-image-.*cloud-amd64.*\.deb$/.test(n)) : undefined;
   const work = path.join(dir, 'guest-bench');

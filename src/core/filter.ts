@@ -54,12 +54,24 @@ export class AllocationFilterDevice implements BlockDevice {
     return { used: false, length: end - offset };
   }
 
+  /**
+   * The base's last extent asked for, reaching as far as the base says (not
+   * only to the end of the used range that asked). A filesystem's used
+   * ranges are many and short (one per run of used blocks), and a raw
+   * base answers each with two lseek calls: asking once per base extent
+   * instead took a 2 GiB guest's extent walk from ~20,000 calls to a few.
+   */
+  private known: Extent | undefined;
+
   async status(offset: number, length: number): Promise<Extent> {
     checkRange(this, offset, length, 'status');
     const s = this.span(offset, length);
     if (!s.used) return { offset, length: s.length, kind: 'unallocated' };
-    const e = await this.base.status(offset, s.length);
-    return { offset, length: e.length, kind: e.kind };
+    let k = this.known;
+    if (!k || offset < k.offset || offset >= k.offset + k.length) {
+      k = this.known = await this.base.status(offset, this.size - offset);
+    }
+    return { offset, length: Math.min(s.length, k.offset + k.length - offset), kind: k.kind };
   }
 
   async read(buf: Uint8Array, offset: number): Promise<void> {
