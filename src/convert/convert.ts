@@ -31,6 +31,12 @@ export interface CopyOptions {
   chunkSize?: number;
   progress?: Progress;
   signal?: AbortSignal;
+  /**
+   * Writes go to the target one at a time, in ascending order (default).
+   * false: as soon as each chunk is read (a compressing target compresses
+   * the clusters of every write in flight in parallel, on all cores).
+   */
+  orderedWrites?: boolean;
 }
 
 export interface CopyStats {
@@ -79,12 +85,15 @@ export async function copyDevice(src: BlockDevice, dst: BlockDevice, opts: CopyO
   // queue on its inode lock in the kernel, where the waiters spin and burn
   // the CPU the reads need (on tmpfs, raw -> raw spent half its system time
   // there), and on a disk in-order writes keep the output's blocks in order.
+  // A compressing target is the exception (orderedWrites: false): its
+  // writes are mostly CPU, which concurrent writes spread over the cores.
+  const ordered = opts.orderedWrites ?? true;
   let lastWrite: Promise<void> = Promise.resolve();
   const copyChunk = async (offset: number, length: number) => {
     const buf = take();
-    const turn = lastWrite;
+    const turn = ordered ? lastWrite : undefined;
     let done!: () => void;
-    lastWrite = new Promise<void>((res) => (done = res));
+    if (ordered) lastWrite = new Promise<void>((res) => (done = res));
     try {
       const view = buf.subarray(0, length);
       await src.read(view, offset);
@@ -105,7 +114,7 @@ export async function copyDevice(src: BlockDevice, dst: BlockDevice, opts: CopyO
       stats.dataBytes += length;
       progress.update(stats.dataBytes);
     } finally {
-      done();
+      done?.();
       pool.push(buf);
     }
   };

@@ -37,6 +37,7 @@ export async function convertImage(src: OpenedImage, dst: string, opts: ConvertI
       targetGranularity: info['cluster-size'],
       targetIsZero: created.zeroInit,
       concurrency: opts.compress ? 8 : 4,
+      orderedWrites: !opts.compress,
       progress: opts.progress,
       signal: opts.signal,
     });

@@ -454,6 +454,7 @@ async function writeOutputs(
       targetGranularity: info['cluster-size'],
       targetIsZero: created.zeroInit,
       concurrency: opts.compress ? 8 : 4,
+      orderedWrites: !opts.compress,
       progress: opts.progress ?? noProgress,
       signal: stop.signal,
     }).catch(async (e: unknown) => {
