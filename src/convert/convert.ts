@@ -92,7 +92,7 @@ export async function copyDevice(src: BlockDevice, dst: BlockDevice, opts: CopyO
   const copyChunk = async (offset: number, length: number) => {
     const buf = take();
     const turn = ordered ? lastWrite : undefined;
-    let done!: () => void;
+    let done: (() => void) | undefined;
     if (ordered) lastWrite = new Promise<void>((res) => (done = res));
     try {
       const view = buf.subarray(0, length);
